@@ -1,0 +1,119 @@
+//! The trait a device backend implements (spec 2 "Basic Facilities of a
+//! Virtio Device", seen from the device).
+//!
+//! The transport ([`crate::MmioTransport`]) owns the register file; the
+//! device owns its behaviour. At `DRIVER_OK` the transport hands the device
+//! its ready queues, a guest-memory handle and the interrupt status
+//! ([`VirtioDevice::activate`]); from then on the transport forwards queue
+//! notifications ([`VirtioDevice::queue_notify`]) until a reset.
+
+use vm_memory::GuestMemory;
+use vmmio_spec::notification::NotificationData;
+
+use crate::interrupt::InterruptStatus;
+use crate::queue::Queue;
+
+/// A shared memory region a device declares (spec 2.10 "Shared Memory
+/// Regions"), read through `SHMSel` / `SHMLen*` / `SHMBase*`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SharedMemoryRegion {
+    /// Region id (the value the driver writes to `SHMSel`).
+    pub id: u8,
+    /// Guest-physical base address.
+    pub base: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// Why a device could not start at `DRIVER_OK`. The transport answers with
+/// DEVICE_NEEDS_RESET and a configuration-change interrupt (spec 2.1.2).
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// A queue the device needs was not set up by the driver.
+    #[error("queue {0} is required but not ready")]
+    QueueNotReady(u16),
+    /// The negotiated features do not allow the device to run.
+    #[error("unsupported feature combination {0:#x}")]
+    Features(u64),
+    /// The backend failed (I/O, thread spawn, ...).
+    #[error("backend failed to start")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// A virtio device behind an MMIO window.
+///
+/// `M` is the guest memory type the device reads and writes buffers in.
+/// Everything the driver controls (config offsets, data, notification
+/// values, ring contents) is hostile input: implementations never panic on
+/// it.
+pub trait VirtioDevice<M: GuestMemory>: Send {
+    /// The virtio device ID (`DeviceID`, spec 5), e.g.
+    /// `vmmio_spec::device_id::BLOCK`.
+    fn device_type(&self) -> u32;
+
+    /// Maximum size (`QueueSizeMax`) of each queue, by queue index. The
+    /// length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+
+    /// Feature bits the device offers: device-type bits and the transport
+    /// bits it implements (INDIRECT_DESC, EVENT_IDX, RING_RESET, ...). The
+    /// transport adds VIRTIO_F_VERSION_1 for Version 2 windows and removes
+    /// bits >= 32 for legacy windows.
+    fn device_features(&self) -> u64;
+
+    /// Reads `data.len()` bytes of the device configuration space at byte
+    /// `offset`. Bytes past the end of the config space read as 0.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+
+    /// Writes `data` to the device configuration space at byte `offset`.
+    /// Read-only or out-of-range bytes are ignored.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+
+    /// Starts the device after `DRIVER_OK`: `queues[i]` is queue `i` (not
+    /// ready ones included, with `ready() == false`), `features` the
+    /// negotiated feature bits, `mem` the guest memory and `interrupt` the
+    /// window's `InterruptStatus`.
+    ///
+    /// # Errors
+    /// An [`ActivateError`] makes the transport set DEVICE_NEEDS_RESET.
+    fn activate(
+        &mut self,
+        mem: M,
+        interrupt: InterruptStatus,
+        queues: Vec<Queue>,
+        features: u64,
+    ) -> Result<(), ActivateError>;
+
+    /// The driver notified queue `index` (`QueueNotify`); `data` is the
+    /// decoded notification data when VIRTIO_F_NOTIFICATION_DATA was
+    /// negotiated. Only called between a successful `activate` and `reset`,
+    /// with `index` below the number of queues.
+    fn queue_notify(&mut self, index: u16, data: Option<NotificationData>);
+
+    /// The driver reset the device (`Status` = 0): drop queues and any
+    /// in-flight state, keep the backing (disk file, ...).
+    fn reset(&mut self);
+
+    /// The driver reset queue `index` (`QueueReset`, VIRTIO_F_RING_RESET):
+    /// stop using it and forget its state. Default: nothing.
+    fn queue_reset(&mut self, index: u16) {
+        let _ = index;
+    }
+
+    /// The driver re-enabled queue `index` after a queue reset, while the
+    /// device runs. Default: ignore the queue.
+    fn queue_enable(&mut self, index: u16, queue: Queue) {
+        let _ = (index, queue);
+    }
+
+    /// Shared memory regions the device declares. Default: none.
+    fn shm_regions(&self) -> &[SharedMemoryRegion] {
+        &[]
+    }
+
+    /// Vendor ID (`VendorID`). Default: 0x4f494d56, "VMIO" in
+    /// little-endian ASCII.
+    fn vendor_id(&self) -> u32 {
+        u32::from_le_bytes(*b"VMIO")
+    }
+}

@@ -1,0 +1,29 @@
+//! The device side of virtio over MMIO (virtio v1.4 section 4.2).
+//!
+//! A VMM or emulator embeds this crate to expose virtio devices as a
+//! memory-mapped register window:
+//!
+//! - [`MmioTransport`]: the register file of one window (Version 2 and legacy
+//!   Version 1), its status state machine and feature negotiation. The
+//!   platform forwards guest loads and stores at `offset` within the window
+//!   to [`MmioTransport::read`] / [`MmioTransport::write`].
+//! - [`Queue`]: the device-role split virtqueue over [`vm_memory::GuestMemory`].
+//! - [`VirtioDevice`]: what a device backend implements (device type, queues,
+//!   features, config space, activation, notifications).
+//! - [`Interrupt`]: what the platform implements to deliver the window's
+//!   interrupt line (edge or level).
+//!
+//! The transport knows nothing about the platform: it sees offsets, byte
+//! slices, a guest-memory handle and an interrupt line.
+
+#![deny(missing_docs)]
+
+pub mod device;
+pub mod interrupt;
+pub mod queue;
+pub mod transport;
+
+pub use device::{ActivateError, SharedMemoryRegion, VirtioDevice};
+pub use interrupt::{Interrupt, InterruptCause, InterruptStatus};
+pub use queue::{DescriptorChain, Queue, QueueError};
+pub use transport::{MmioTransport, TransportVersion};
