@@ -59,6 +59,47 @@ impl Queue {
     pub fn max_size(&self) -> u16 {
         self.max_size
     }
+    /// `QueueSize` as last set (defaults to `max_size`).
+    pub fn size(&self) -> u16 {
+        self.max_size
+    }
+    /// Sets `QueueSize`. The transport checks `size <= max_size` first.
+    pub fn set_size(&mut self, _size: u16) {}
+    /// Sets the guest-physical addresses of the descriptor table, the
+    /// driver area (available ring) and the device area (used ring).
+    pub fn set_addresses(&mut self, _desc: u64, _avail: u64, _used: u64) {}
+    /// Checks size (power of two, <= max) and the three areas (alignment
+    /// 16/2/4, inside `mem`) before the queue is enabled.
+    ///
+    /// # Errors
+    /// Placeholder.
+    pub fn validate<M: GuestMemory>(&self, _mem: &M) -> Result<(), QueueError> {
+        Err(QueueError::Unimplemented)
+    }
+    /// Whether the queue is enabled (`QueueReady`).
+    pub fn ready(&self) -> bool {
+        false
+    }
+    /// Enables or disables the queue.
+    pub fn set_ready(&mut self, _ready: bool) {}
+    /// Applies negotiated features (EVENT_IDX, INDIRECT_DESC).
+    pub fn set_features(&mut self, _features: u64) {}
+    /// Puts a chain in the used ring: `head` its head index, `len` the bytes
+    /// written into its writable part.
+    ///
+    /// # Errors
+    /// Placeholder.
+    pub fn add_used<M: GuestMemory>(&mut self, _mem: &M, _head: u16, _len: u32) -> Result<(), QueueError> {
+        Err(QueueError::Unimplemented)
+    }
+    /// Whether the driver wants a used-buffer notification for what was
+    /// added since the last call (EVENT_IDX or VIRTQ_AVAIL_F_NO_INTERRUPT).
+    ///
+    /// # Errors
+    /// Placeholder.
+    pub fn needs_notification<M: GuestMemory>(&mut self, _mem: &M) -> Result<bool, QueueError> {
+        Err(QueueError::Unimplemented)
+    }
     /// Pops the next available chain.
     ///
     /// # Errors
