@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs the Debian packages vmmio's tests need (QEMU for the qtest and
+# reference-boot tests, the RISC-V cross toolchain and kernel sources for the
+# default guest). Idempotent: installs only what is missing.
+set -euo pipefail
+
+packages=(
+    qemu-system-x86 qemu-system-misc
+    gcc-riscv64-linux-gnu linux-libc-dev-riscv64-cross linux-source-6.1
+    bc flex bison cpio make xz-utils device-tree-compiler
+)
+
+missing=()
+for p in "${packages[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$p")
+    fi
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+    echo "install-deps: all packages present" >&2
+    exit 0
+fi
+
+echo "install-deps: installing ${missing[*]}" >&2
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -q >&2
+$sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >&2

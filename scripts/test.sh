@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The test command: everything CI runs, and what a new user runs.
+#   ./scripts/test.sh
+# Installs missing Debian packages, builds (or finds cached) the default
+# guest, then runs every test of the workspace in release mode (the boot
+# tests interpret a whole Linux kernel; debug builds are too slow for them).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+./scripts/install-deps.sh
+guest_dir="$(./guest/build.sh | tail -n 1)"
+echo "test: default guest in $guest_dir" >&2
+
+echo "test: no_std build of the driver" >&2
+cargo build -p vmmio-driver --no-default-features
+
+echo "test: cargo test --workspace --release" >&2
+cargo test --workspace --release
