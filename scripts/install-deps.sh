@@ -27,4 +27,10 @@ sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -q >&2
-$sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+# Some machines carry QEMU's common files from bookworm-backports (pulled in
+# by a newer qemu-utils); the QEMU system emulators must then come from the
+# same suite, so retry there when the plain install cannot resolve.
+if ! $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >&2; then
+    echo "install-deps: retrying from bookworm-backports" >&2
+    $sudo apt-get install -y -q --no-install-recommends -t bookworm-backports "${missing[@]}" >&2
+fi
