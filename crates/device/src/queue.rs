@@ -1,110 +1,651 @@
-//! The device-role split virtqueue (spec 2.7 "Split Virtqueues").
+//! The device-role split virtqueue (virtio v1.4 §2.7 "Split Virtqueues").
 //!
-//! PLACEHOLDER API: being implemented; signatures are the contract between
-//! the transport, the device backends and this module.
+//! [`Queue`] holds what the transport's queue registers configure (size,
+//! the three area addresses, ready) plus the device's ring state
+//! (`next_avail`, `next_used`), and works on guest memory through any
+//! [`vm_memory::GuestMemory`] passed to each call. No host pointer into
+//! guest memory is kept between calls.
+//!
+//! Threat model: the driver controls every byte of the rings, the
+//! descriptor tables and the buffers, and may change them concurrently.
+//! Every index is bounded, every walk has a limit, all arithmetic on guest
+//! values is checked, and a bad value is returned as a [`QueueError`] with
+//! the values in it; nothing here panics on guest data.
+//!
+//! Legacy (Version 1) queues are the same split queue; the transport
+//! computes their three addresses from `QueuePFN` and `QueueAlign` with
+//! [`vmmio_spec::split::legacy_layout`].
 
-use vm_memory::{GuestAddress, GuestMemory};
+mod chain;
+mod error;
+mod ring;
+#[cfg(test)]
+mod tests;
 
-/// Why a queue operation failed. Errors caused by the driver (bad indexes,
-/// bad addresses) are peer faults: the device answers with
-/// DEVICE_NEEDS_RESET, never a panic.
-#[derive(Debug, thiserror::Error)]
-pub enum QueueError {
-    /// Placeholder.
-    #[error("not implemented")]
-    Unimplemented,
-}
+use std::sync::atomic::{fence, Ordering};
 
-/// One descriptor of a chain, as the device sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Descriptor {
-    /// Guest-physical address of the buffer.
-    pub addr: GuestAddress,
-    /// Length in bytes.
-    pub len: u32,
-    /// Device-writable (true) or device-readable (false).
-    pub writable: bool,
-}
+use vm_memory::{GuestAddress, GuestMemory, Permissions};
+use vmmio_spec::features::{bit, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC};
+use vmmio_spec::split::{
+    avail, desc_table_size, need_event, used, AVAIL_ALIGN, DESC_ALIGN, MAX_QUEUE_SIZE, USED_ALIGN,
+    VIRTQ_AVAIL_F_NO_INTERRUPT,
+};
 
-/// A descriptor chain popped from the available ring.
-#[derive(Clone, Debug, Default)]
-pub struct DescriptorChain {
-    head: u16,
-    descriptors: Vec<Descriptor>,
-}
+pub use chain::{Descriptor, DescriptorChain, INLINE_DESCRIPTORS, MAX_INDIRECT_DESCRIPTORS};
+pub use error::{QueueError, RingArea};
 
-impl DescriptorChain {
-    /// Index of the head descriptor (what `add_used` takes).
-    pub fn head_index(&self) -> u16 {
-        self.head
-    }
-    /// All descriptors in chain order: readable ones first, then writable.
-    pub fn descriptors(&self) -> &[Descriptor] {
-        &self.descriptors
-    }
-}
+use chain::{read_chain, WalkParams};
+use ring::Area;
 
-/// A split virtqueue, device role.
+/// A split virtqueue, device role (virtio v1.4 §2.7).
+///
+/// Configuration mirrors the MMIO queue registers (§4.2.2): `QueueSizeMax`
+/// (v1.0 name QueueNumMax) is fixed at [`Queue::new`], `QueueSize`
+/// (QueueNum) is [`Queue::set_size`], the three areas are
+/// [`Queue::set_addresses`], `QueueReady` is [`Queue::set_ready`].
+///
+/// Data path: [`Queue::pop`] / [`Queue::pop_into`] take descriptor chains
+/// from the available ring; [`Queue::add_used`] returns them through the
+/// used ring; [`Queue::needs_notification`] says whether the driver wants an
+/// interrupt for everything added since the previous call, so a device that
+/// processes a batch and then asks once sends one interrupt per batch.
+///
+/// # Example
+///
+/// Playing both sides: the driver part writes one descriptor and one
+/// available-ring entry, the device pops and completes it.
+///
+/// ```
+/// use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+/// use vmmio_device::Queue;
+///
+/// let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+/// let (desc, avail, used) = (0x1000, 0x2000, 0x3000);
+/// // Driver: descriptor 0 = 512 writable bytes at 0x8000, then avail.ring[0] = 0, avail.idx = 1.
+/// mem.write_obj(0x8000u64, GuestAddress(desc)).unwrap();
+/// mem.write_obj(512u32, GuestAddress(desc + 8)).unwrap();
+/// mem.write_obj(2u16, GuestAddress(desc + 12)).unwrap(); // VIRTQ_DESC_F_WRITE
+/// mem.write_obj(0u16, GuestAddress(avail + 4)).unwrap();
+/// mem.write_obj(1u16, GuestAddress(avail + 2)).unwrap();
+///
+/// // Device.
+/// let mut queue = Queue::new(256);
+/// queue.set_size(16);
+/// queue.set_addresses(desc, avail, used);
+/// queue.validate(&mem).unwrap();
+/// queue.set_ready(true);
+/// let chain = queue.pop(&mem).unwrap().expect("one chain");
+/// assert_eq!(chain.descriptors()[0].len, 512);
+/// queue.add_used(&mem, chain.head_index(), 100).unwrap();
+/// assert!(queue.pop(&mem).unwrap().is_none());
+/// assert!(queue.needs_notification(&mem).unwrap());
+/// assert_eq!(mem.read_obj::<u16>(GuestAddress(used + 2)).unwrap(), 1);
+/// ```
 #[derive(Clone, Debug)]
 pub struct Queue {
     max_size: u16,
+    size: u16,
+    ready: bool,
+    desc_table: u64,
+    avail_ring: u64,
+    used_ring: u64,
+    event_idx: bool,
+    indirect: bool,
+    /// Next available-ring entry to read (free-running, modulo 2^16).
+    next_avail: u16,
+    /// Next used-ring entry to write (free-running, modulo 2^16).
+    next_used: u16,
+    /// `avail.idx` as last read; entries `next_avail..avail_idx` are known
+    /// to be available without reading `avail.idx` again.
+    avail_idx: u16,
+    /// `next_used` at the previous `needs_notification`.
+    signalled_used: u16,
+    /// Chains popped that `undo_pop` may still return.
+    undoable: u16,
+    /// Set when `check_layout` passed for the current size and addresses.
+    layout_ok: bool,
 }
 
 impl Queue {
-    /// A queue whose `QueueSizeMax` is `max_size`.
+    /// A queue whose `QueueSizeMax` (v1.0: QueueNumMax) is `max_size`
+    /// elements, in its reset state: `QueueSize` = `max_size`, addresses 0,
+    /// not ready, no features.
+    ///
+    /// `max_size` should be a power of two of at most 32768
+    /// ([`MAX_QUEUE_SIZE`]); a larger value is clamped to 32768.
     pub fn new(max_size: u16) -> Self {
-        Self { max_size }
+        let max_size = max_size.min(MAX_QUEUE_SIZE);
+        Self {
+            max_size,
+            size: max_size,
+            ready: false,
+            desc_table: 0,
+            avail_ring: 0,
+            used_ring: 0,
+            event_idx: false,
+            indirect: false,
+            next_avail: 0,
+            next_used: 0,
+            avail_idx: 0,
+            signalled_used: 0,
+            undoable: 0,
+            layout_ok: false,
+        }
     }
-    /// `QueueSizeMax`.
+
+    /// `QueueSizeMax` (v1.0: QueueNumMax), in elements.
     pub fn max_size(&self) -> u16 {
         self.max_size
     }
-    /// `QueueSize` as last set (defaults to `max_size`).
+
+    /// `QueueSize` (v1.0: QueueNum) as last set, in elements; `max_size`
+    /// after reset.
     pub fn size(&self) -> u16 {
-        self.max_size
+        self.size
     }
-    /// Sets `QueueSize`. The transport checks `size <= max_size` first.
-    pub fn set_size(&mut self, _size: u16) {}
-    /// Sets the guest-physical addresses of the descriptor table, the
-    /// driver area (available ring) and the device area (used ring).
-    pub fn set_addresses(&mut self, _desc: u64, _avail: u64, _used: u64) {}
-    /// Checks size (power of two, <= max) and the three areas (alignment
-    /// 16/2/4, inside `mem`) before the queue is enabled.
+
+    /// Sets `QueueSize` (v1.0: QueueNum) in elements. Any value is stored;
+    /// [`Queue::validate`] (and every data-path call) rejects one that is 0,
+    /// not a power of two, or above `max_size`.
+    pub fn set_size(&mut self, size: u16) {
+        self.size = size;
+        self.layout_ok = false;
+    }
+
+    /// Sets the guest-physical addresses of the descriptor table
+    /// (`QueueDesc`), the driver area / available ring (`QueueDriver`,
+    /// legacy QueueAvail) and the device area / used ring (`QueueDevice`,
+    /// legacy QueueUsed). Checked by [`Queue::validate`].
+    pub fn set_addresses(&mut self, desc: u64, avail: u64, used: u64) {
+        self.desc_table = desc;
+        self.avail_ring = avail;
+        self.used_ring = used;
+        self.layout_ok = false;
+    }
+
+    /// The three addresses as set: `(desc, avail, used)`.
+    pub fn addresses(&self) -> (u64, u64, u64) {
+        (self.desc_table, self.avail_ring, self.used_ring)
+    }
+
+    /// Checks what does not depend on guest memory: the size and the
+    /// alignment and end address of each area.
+    fn check_layout(&self) -> Result<(), QueueError> {
+        let size = self.size;
+        if size == 0 || !size.is_power_of_two() || size > self.max_size {
+            return Err(QueueError::InvalidSize {
+                size,
+                max_size: self.max_size,
+            });
+        }
+        for (area, addr, align, len) in self.areas() {
+            if addr % align != 0 {
+                return Err(QueueError::Misaligned { area, addr, align });
+            }
+            if addr.checked_add(len).is_none() {
+                return Err(QueueError::AreaOverflow { area, addr, len });
+            }
+        }
+        Ok(())
+    }
+
+    /// `(area, address, alignment, length in bytes)` of the three areas.
+    fn areas(&self) -> [(RingArea, u64, u64, u64); 3] {
+        [
+            (
+                RingArea::DescriptorTable,
+                self.desc_table,
+                DESC_ALIGN,
+                desc_table_size(self.size),
+            ),
+            (
+                RingArea::AvailableRing,
+                self.avail_ring,
+                AVAIL_ALIGN,
+                avail::size(self.size),
+            ),
+            (
+                RingArea::UsedRing,
+                self.used_ring,
+                USED_ALIGN,
+                used::size(self.size),
+            ),
+        ]
+    }
+
+    /// Checks the queue's configuration against `mem` before it is enabled
+    /// (virtio v1.4 §2.7, §4.2.3.2): the size is a power of two in
+    /// `1..=max_size`; the descriptor table (`16 * size` bytes), available
+    /// ring (`6 + 2 * size`) and used ring (`6 + 8 * size`) are aligned to
+    /// 16, 2 and 4 bytes, do not wrap the address space, and lie inside
+    /// `mem` (the event fields included, whatever the features).
     ///
     /// # Errors
-    /// Placeholder.
-    pub fn validate<M: GuestMemory>(&self, _mem: &M) -> Result<(), QueueError> {
-        Err(QueueError::Unimplemented)
+    ///
+    /// [`QueueError::InvalidSize`], [`QueueError::Misaligned`],
+    /// [`QueueError::AreaOverflow`], [`QueueError::AreaOutOfMemory`]: all
+    /// peer faults.
+    pub fn validate<M: GuestMemory + ?Sized>(&self, mem: &M) -> Result<(), QueueError> {
+        self.check_layout()?;
+        for (area, addr, _, len) in self.areas() {
+            let access = if area == RingArea::UsedRing {
+                Permissions::ReadWrite
+            } else {
+                Permissions::Read
+            };
+            // `len <= 6 + 8 * 32768`: fits any usize.
+            if !mem.check_range(GuestAddress(addr), len as usize, access) {
+                return Err(QueueError::AreaOutOfMemory { area, addr, len });
+            }
+        }
+        Ok(())
     }
-    /// Whether the queue is enabled (`QueueReady`).
+
+    /// Whether the queue is enabled (`QueueReady`, legacy: `QueuePFN` != 0).
     pub fn ready(&self) -> bool {
-        false
+        self.ready
     }
-    /// Enables or disables the queue.
-    pub fn set_ready(&mut self, _ready: bool) {}
-    /// Applies negotiated features (EVENT_IDX, INDIRECT_DESC).
-    pub fn set_features(&mut self, _features: u64) {}
-    /// Puts a chain in the used ring: `head` its head index, `len` the bytes
-    /// written into its writable part.
+
+    /// Enables or disables the queue (`QueueReady`). Enabling does not
+    /// validate: the transport calls [`Queue::validate`] first, and every
+    /// data-path call re-checks the layout anyway.
+    pub fn set_ready(&mut self, ready: bool) {
+        self.ready = ready;
+    }
+
+    /// Applies the negotiated feature bits: VIRTIO_F_EVENT_IDX (§2.7.7,
+    /// §2.7.10) and VIRTIO_F_INDIRECT_DESC (§2.7.5.3). Other bits are
+    /// ignored.
+    pub fn set_features(&mut self, features: u64) {
+        self.event_idx = features & bit(VIRTIO_F_EVENT_IDX) != 0;
+        self.indirect = features & bit(VIRTIO_F_INDIRECT_DESC) != 0;
+    }
+
+    /// Turns VIRTIO_F_EVENT_IDX handling on or off (`used_event` /
+    /// `avail_event` instead of the ring flags).
+    pub fn set_event_idx(&mut self, enabled: bool) {
+        self.event_idx = enabled;
+    }
+
+    /// Whether VIRTIO_F_EVENT_IDX handling is on.
+    pub fn event_idx(&self) -> bool {
+        self.event_idx
+    }
+
+    /// Turns acceptance of indirect descriptors (VIRTIO_F_INDIRECT_DESC) on
+    /// or off.
+    pub fn set_indirect(&mut self, enabled: bool) {
+        self.indirect = enabled;
+    }
+
+    /// Whether indirect descriptors are accepted.
+    pub fn indirect(&self) -> bool {
+        self.indirect
+    }
+
+    /// The next available-ring index the device will read (free-running,
+    /// modulo 2^16; the ring slot is this modulo the size).
+    pub fn next_avail(&self) -> u16 {
+        self.next_avail
+    }
+
+    /// Sets the next available-ring index (queue reset: 0; restore: a saved
+    /// value). Forgets the cached `avail.idx` and what `undo_pop` could
+    /// return.
+    pub fn set_next_avail(&mut self, index: u16) {
+        self.next_avail = index;
+        self.avail_idx = index;
+        self.undoable = 0;
+    }
+
+    /// The next used-ring index the device will write (free-running, modulo
+    /// 2^16): the value of `used.idx` it last published.
+    pub fn next_used(&self) -> u16 {
+        self.next_used
+    }
+
+    /// Sets the next used-ring index (queue reset: 0; restore: a saved
+    /// value). Entries added before are treated as already notified.
+    pub fn set_next_used(&mut self, index: u16) {
+        self.next_used = index;
+        self.signalled_used = index;
+    }
+
+    /// Puts the queue in its reset state (virtio v1.4 §2.6.1 "Virtqueue
+    /// Reset", and device reset): `QueueSize` = `max_size`, addresses 0, not
+    /// ready, indexes 0. The negotiated features are kept (the transport
+    /// sets them again after a device reset).
+    pub fn reset(&mut self) {
+        let (event_idx, indirect) = (self.event_idx, self.indirect);
+        *self = Self::new(self.max_size);
+        self.event_idx = event_idx;
+        self.indirect = indirect;
+    }
+
+    /// Fails unless the queue is ready and its layout is sound; afterwards
+    /// every ring offset below `areas()` lengths is a valid address.
+    #[inline]
+    fn check_usable(&mut self) -> Result<(), QueueError> {
+        if !self.ready {
+            return Err(QueueError::NotReady);
+        }
+        if !self.layout_ok {
+            self.check_layout()?;
+            self.layout_ok = true;
+        }
+        Ok(())
+    }
+
+    /// Number of chains available that the device has not popped yet.
+    ///
+    /// Reads `avail.idx` (acquire ordering).
     ///
     /// # Errors
-    /// Placeholder.
-    pub fn add_used<M: GuestMemory>(&mut self, _mem: &M, _head: u16, _len: u32) -> Result<(), QueueError> {
-        Err(QueueError::Unimplemented)
+    ///
+    /// [`QueueError::InvalidAvailIdx`] when the driver's index is more than
+    /// `size` ahead; [`QueueError::NotReady`]; layout and memory errors.
+    pub fn available<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> Result<u16, QueueError> {
+        self.check_usable()?;
+        let ring = self.avail_area(mem);
+        self.read_avail_idx(&ring)?;
+        Ok(self.avail_idx.wrapping_sub(self.next_avail))
     }
-    /// Whether the driver wants a used-buffer notification for what was
-    /// added since the last call (EVENT_IDX or VIRTQ_AVAIL_F_NO_INTERRUPT).
+
+    #[inline]
+    fn avail_area<'a, M: GuestMemory + ?Sized>(&self, mem: &'a M) -> Area<'a, M> {
+        // `avail::size(size) <= 6 + 2 * 32768`: fits any usize.
+        Area::new(
+            mem,
+            GuestAddress(self.avail_ring),
+            avail::size(self.size) as usize,
+            Permissions::Read,
+            RingArea::AvailableRing,
+        )
+    }
+
+    #[inline]
+    fn used_area<'a, M: GuestMemory + ?Sized>(&self, mem: &'a M) -> Area<'a, M> {
+        // `used::size(size) <= 6 + 8 * 32768`: fits any usize.
+        Area::new(
+            mem,
+            GuestAddress(self.used_ring),
+            used::size(self.size) as usize,
+            Permissions::ReadWrite,
+            RingArea::UsedRing,
+        )
+    }
+
+    /// Reads `avail.idx` with acquire ordering (so ring entries and
+    /// descriptors read afterwards are at least as new), checks it and
+    /// caches it.
+    #[inline]
+    fn read_avail_idx<M: GuestMemory + ?Sized>(
+        &mut self,
+        ring: &Area<'_, M>,
+    ) -> Result<(), QueueError> {
+        let idx = ring.load_u16(avail::IDX as usize, Ordering::Acquire)?;
+        if idx.wrapping_sub(self.next_avail) > self.size {
+            return Err(QueueError::InvalidAvailIdx {
+                avail_idx: idx,
+                next_avail: self.next_avail,
+                size: self.size,
+            });
+        }
+        self.avail_idx = idx;
+        Ok(())
+    }
+
+    /// Makes sure a chain is known to be available. Reads `avail.idx` only
+    /// when the cached value is used up. When the ring is empty and
+    /// EVENT_IDX is on, publishes `avail_event = next_avail` (asking the
+    /// driver to notify at the next chain, §2.7.10), then re-reads
+    /// `avail.idx` after a full fence to close the race with a driver that
+    /// added a chain meanwhile.
+    #[inline]
+    fn ensure_available<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        ring: &Area<'_, M>,
+    ) -> Result<bool, QueueError> {
+        if self.avail_idx != self.next_avail {
+            return Ok(true);
+        }
+        self.read_avail_idx(ring)?;
+        if self.avail_idx != self.next_avail {
+            return Ok(true);
+        }
+        if !self.event_idx {
+            return Ok(false);
+        }
+        self.publish_avail_event(mem)?;
+        fence(Ordering::SeqCst);
+        self.read_avail_idx(ring)?;
+        Ok(self.avail_idx != self.next_avail)
+    }
+
+    fn publish_avail_event<M: GuestMemory + ?Sized>(&self, mem: &M) -> Result<(), QueueError> {
+        let used = self.used_area(mem);
+        // Inside the used ring: `avail_event(size) + 2 == used::size(size)`.
+        used.store_u16(
+            used::avail_event(self.size) as usize,
+            self.next_avail,
+            Ordering::Relaxed,
+        )
+    }
+
+    /// Pops the next available descriptor chain into `chain`, reusing its
+    /// storage (no heap allocation for chains of up to
+    /// [`INLINE_DESCRIPTORS`] descriptors, or once `chain` has grown to the
+    /// needed capacity).
+    ///
+    /// Returns `Ok(false)` when the ring is empty; with EVENT_IDX the device
+    /// has then published `avail_event` so the driver notifies it about the
+    /// next chain (the device reads `avail.idx` once per batch, and only
+    /// asks to be notified when it has caught up). Implements virtio v1.4
+    /// §2.7.6, §2.7.5, §2.7.5.3, §2.7.10.
     ///
     /// # Errors
-    /// Placeholder.
-    pub fn needs_notification<M: GuestMemory>(&mut self, _mem: &M) -> Result<bool, QueueError> {
-        Err(QueueError::Unimplemented)
+    ///
+    /// Any peer fault of [`QueueError`]: a bad `avail.idx`
+    /// ([`QueueError::InvalidAvailIdx`]), head or `next` index, a loop, a
+    /// malformed or oversized chain, a bad indirect table, or a guest
+    /// memory error; and [`QueueError::NotReady`]. On error `next_avail` is
+    /// not advanced, the content of `chain` is unspecified, and the device
+    /// should set DEVICE_NEEDS_RESET.
+    #[inline]
+    pub fn pop_into<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        chain: &mut DescriptorChain,
+    ) -> Result<bool, QueueError> {
+        self.check_usable()?;
+        let ring = self.avail_area(mem);
+        if !self.ensure_available(mem, &ring)? {
+            return Ok(false);
+        }
+        // `size` is a power of two (check_usable), so the mask is the
+        // modulo; the slot offset is below `avail::size(size)`.
+        let slot = self.next_avail & (self.size - 1);
+        let head = ring.load_u16(avail::ring(slot) as usize, Ordering::Relaxed)?;
+        let table = Area::new(
+            mem,
+            GuestAddress(self.desc_table),
+            // `16 * size <= 512 KiB`.
+            desc_table_size(self.size) as usize,
+            Permissions::Read,
+            RingArea::DescriptorTable,
+        );
+        let params = WalkParams {
+            size: self.size,
+            indirect: self.indirect,
+        };
+        read_chain(mem, &table, &params, head, chain)?;
+        self.next_avail = self.next_avail.wrapping_add(1);
+        self.undoable = self.undoable.saturating_add(1);
+        Ok(true)
     }
-    /// Pops the next available chain.
+
+    /// Pops the next available descriptor chain, or `None` when the ring
+    /// is empty. Same as [`Queue::pop_into`] with a fresh chain (which
+    /// allocates only for chains of more than [`INLINE_DESCRIPTORS`]
+    /// descriptors).
     ///
     /// # Errors
-    /// Placeholder.
-    pub fn pop<M: GuestMemory>(&mut self, _mem: &M) -> Result<Option<DescriptorChain>, QueueError> {
-        Err(QueueError::Unimplemented)
+    ///
+    /// As [`Queue::pop_into`].
+    pub fn pop<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+    ) -> Result<Option<DescriptorChain>, QueueError> {
+        let mut chain = DescriptorChain::new();
+        Ok(if self.pop_into(mem, &mut chain)? {
+            Some(chain)
+        } else {
+            None
+        })
+    }
+
+    /// Gives back the most recently popped chain that has not been given
+    /// back yet: the next pop returns it again. For a device that popped a
+    /// chain it cannot process now (e.g. no room in the backend). The
+    /// device must not have put that chain in the used ring.
+    ///
+    /// Returns `false` (and does nothing) when no pop can be undone: none
+    /// since the last [`Queue::set_next_avail`] / [`Queue::reset`], or all
+    /// already undone.
+    pub fn undo_pop(&mut self) -> bool {
+        if self.undoable == 0 {
+            return false;
+        }
+        self.undoable -= 1;
+        self.next_avail = self.next_avail.wrapping_sub(1);
+        true
+    }
+
+    /// Puts a chain in the used ring (virtio v1.4 §2.7.8, §2.7.8.2): writes
+    /// the element `{ id: head, len }` at slot `next_used % size`, then
+    /// publishes `used.idx = next_used + 1` with release ordering, so the
+    /// driver sees the element (and the buffer contents) before the index.
+    ///
+    /// `head` is [`DescriptorChain::head_index`]; `len` is the number of
+    /// bytes the device wrote into the chain's writable part, from its
+    /// start.
+    ///
+    /// # Errors
+    ///
+    /// [`QueueError::InvalidUsedHead`] when `head >= size`;
+    /// [`QueueError::NotReady`]; layout errors; [`QueueError::GuestMemory`]
+    /// when the used ring is not writable memory. Nothing is published on
+    /// error.
+    #[inline]
+    pub fn add_used<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        head: u16,
+        len: u32,
+    ) -> Result<(), QueueError> {
+        self.add_used_batch(mem, &[(head, len)])
+    }
+
+    /// Puts several chains in the used ring, in order, and publishes
+    /// `used.idx` once at the end (release ordering): one index store per
+    /// batch instead of one per chain. Each element is `(head, len)` as in
+    /// [`Queue::add_used`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Queue::add_used`]; all heads are checked before anything is
+    /// written, and on error `used.idx` is not advanced.
+    pub fn add_used_batch<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        elements: &[(u16, u32)],
+    ) -> Result<(), QueueError> {
+        self.check_usable()?;
+        let size = self.size;
+        if let Some(&(head, _)) = elements.iter().find(|(head, _)| *head >= size) {
+            return Err(QueueError::InvalidUsedHead { head, size });
+        }
+        let ring = self.used_area(mem);
+        let mut next = self.next_used;
+        for &(head, len) in elements {
+            // The mask is the modulo (size is a power of two); the offset
+            // is inside the used ring.
+            let slot = next & (size - 1);
+            let elem = u64::from(head) | (u64::from(len) << 32);
+            ring.write_u64(used::ring(slot) as usize, elem)?;
+            next = next.wrapping_add(1);
+        }
+        // Release: the elements (and the device's writes to the buffers)
+        // become visible before the new index (§2.7.8.2).
+        ring.store_u16(used::IDX as usize, next, Ordering::Release)?;
+        self.next_used = next;
+        Ok(())
+    }
+
+    /// Whether the driver wants a used buffer notification for the chains
+    /// added since the previous call (virtio v1.4 §2.7.7, §2.7.10): with
+    /// EVENT_IDX, whether `used.idx` moved past `used_event` (the wrap-safe
+    /// [`need_event`] test); without, whether the driver left
+    /// `VIRTQ_AVAIL_F_NO_INTERRUPT` clear. `false` when nothing was added
+    /// since the previous call.
+    ///
+    /// Call it once after a batch of [`Queue::add_used`] to send one
+    /// interrupt per batch. A full fence orders the device's `used.idx`
+    /// store before its read of the driver's field. More than 65535 chains
+    /// added between two calls cannot be told apart from fewer (16-bit
+    /// indexes); call at least once per `size` chains.
+    ///
+    /// # Errors
+    ///
+    /// [`QueueError::NotReady`], layout errors, [`QueueError::GuestMemory`].
+    pub fn needs_notification<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+    ) -> Result<bool, QueueError> {
+        self.check_usable()?;
+        let new = self.next_used;
+        let old = self.signalled_used;
+        if new == old {
+            return Ok(false);
+        }
+        fence(Ordering::SeqCst);
+        let ring = self.avail_area(mem);
+        let notify = if self.event_idx {
+            // `used_event(size) + 2 == avail::size(size)`: inside the ring.
+            let used_event =
+                ring.load_u16(avail::used_event(self.size) as usize, Ordering::Relaxed)?;
+            need_event(used_event, new, old)
+        } else {
+            let flags = ring.load_u16(avail::FLAGS as usize, Ordering::Relaxed)?;
+            flags & VIRTQ_AVAIL_F_NO_INTERRUPT == 0
+        };
+        self.signalled_used = new;
+        Ok(notify)
+    }
+
+    /// Re-arms available buffer notifications after the device stopped
+    /// popping before the ring ran empty: with EVENT_IDX publishes
+    /// `avail_event = next_avail` (§2.7.10), then re-reads `avail.idx`.
+    /// Returns whether chains are available (then the device should pop
+    /// them instead of waiting for a notification). Without EVENT_IDX the
+    /// driver always notifies (this device never sets
+    /// `VIRTQ_USED_F_NO_NOTIFY`), so this only reports availability.
+    ///
+    /// # Errors
+    ///
+    /// As [`Queue::available`].
+    pub fn enable_notification<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+    ) -> Result<bool, QueueError> {
+        self.check_usable()?;
+        if self.event_idx {
+            self.publish_avail_event(mem)?;
+            fence(Ordering::SeqCst);
+        }
+        let ring = self.avail_area(mem);
+        self.read_avail_idx(&ring)?;
+        Ok(self.avail_idx != self.next_avail)
     }
 }
