@@ -1,0 +1,483 @@
+//! The virtio block device (virtio v1.4 §5.2 "Block Device").
+//!
+//! [`Block`] serves requests from one or more request queues against a
+//! [`Backend`]: a file or raw image ([`FileBackend`], the default), host
+//! memory ([`MemoryBackend`]) or anything a test injects.
+//!
+//! Requests are processed synchronously in [`VirtioDevice::queue_notify`]:
+//! every available chain of the notified queue is popped, executed and put
+//! in the used ring, then the device asks the queue once whether the driver
+//! wants a notification and raises at most one interrupt for the batch.
+//! Data moves between guest memory and the backend without intermediate
+//! copies and without per-request heap allocation (beyond what the queue
+//! does to hand out a chain).
+//!
+//! # Offered features
+//! `VIRTIO_BLK_F_SIZE_MAX`, `SEG_MAX`, `BLK_SIZE`, `FLUSH`, `RO` (read-only
+//! disks), `MQ` (more than one queue), `DISCARD` and `WRITE_ZEROES` (when
+//! enabled and the backend supports them), and the transport features
+//! `VIRTIO_F_INDIRECT_DESC`, `VIRTIO_F_EVENT_IDX`, `VIRTIO_F_RING_RESET`.
+//! Never `CONFIG_WCE`, `TOPOLOGY`, `GEOMETRY`, `LIFETIME`, `SECURE_ERASE`
+//! or `ZONED`: those request types are answered `VIRTIO_BLK_S_UNSUPP`.
+//!
+//! # Durability
+//! With `VIRTIO_BLK_F_FLUSH` negotiated, writes are volatile until a
+//! `VIRTIO_BLK_T_FLUSH`, which syncs the backend before its status is
+//! written. Without it, every write is synced before its own status
+//! (write-through, §5.2.6.2 case 1).
+//!
+//! # Legacy interface
+//! Request and configuration fields are little-endian, as for modern
+//! devices. That is also right for legacy (Version 1) drivers on
+//! little-endian guests, the only ones vmmio runs; a big-endian legacy guest
+//! is not supported.
+
+mod backend;
+pub mod request;
+
+#[cfg(test)]
+mod tests;
+
+use std::io;
+use std::path::Path;
+
+use vm_memory::GuestMemory;
+use vmmio_device::{ActivateError, DescriptorChain, InterruptStatus, Queue, VirtioDevice};
+use vmmio_spec::device_id;
+use vmmio_spec::features::{bit, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_RING_RESET};
+
+use crate::chain::Served;
+pub use backend::{Backend, FileBackend, MemoryBackend};
+use request::{features as blk, Disk, Limits, ID_BYTES, SECTOR_SIZE};
+
+/// Size of the configuration space this device exposes, in bytes: `struct
+/// virtio_blk_config` up to and including `unused1` (virtio v1.4 §5.2.4).
+/// Later fields (secure erase, zoned) read as 0.
+pub const CONFIG_SIZE: usize = 60;
+
+/// Why a block device could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    /// Opening or inspecting the backing file failed.
+    #[error("cannot open disk image {path}")]
+    Open {
+        /// The path given.
+        path: std::path::PathBuf,
+        /// The host error.
+        #[source]
+        source: io::Error,
+    },
+    /// The ID string is longer than 20 bytes or not printable ASCII.
+    #[error("block device ID {0:?} is not printable ASCII of at most 20 bytes")]
+    InvalidId(String),
+    /// An option is out of range (the text says which).
+    #[error("invalid block device option: {0}")]
+    InvalidOption(&'static str),
+}
+
+/// Options of a [`Block`] device. `Default` gives one queue of 256 entries,
+/// read-write, 512-byte blocks, no discard / write zeroes and an ID taken
+/// from the file name (or empty).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockOptions {
+    /// Refuse writes: offer `VIRTIO_BLK_F_RO`, answer OUT, DISCARD and
+    /// WRITE_ZEROES with `VIRTIO_BLK_S_IOERR`.
+    pub read_only: bool,
+    /// The `VIRTIO_BLK_T_GET_ID` string: printable ASCII, at most 20 bytes.
+    /// `None`: the file name (truncated), or empty for non-file backends.
+    pub id: Option<String>,
+    /// Number of request queues (1..=65535). More than one offers
+    /// `VIRTIO_BLK_F_MQ` with `num_queues`.
+    pub num_queues: u16,
+    /// `QueueSizeMax` of each request queue, in descriptors (1..=32768).
+    pub queue_size: u16,
+    /// `blk_size`: the optimal block size in bytes, a power of two >= 512.
+    /// Sectors stay 512 bytes whatever this is.
+    pub blk_size: u32,
+    /// `seg_max`: most data segments per request. `None`: `queue_size - 2`
+    /// (room for the header and status descriptors).
+    pub seg_max: Option<u32>,
+    /// `size_max`: largest single segment in bytes (advisory; the device
+    /// accepts larger ones).
+    pub size_max: u32,
+    /// Offer `VIRTIO_BLK_F_DISCARD` if the backend supports it.
+    pub discard: bool,
+    /// Offer `VIRTIO_BLK_F_WRITE_ZEROES` if the backend supports it.
+    pub write_zeroes: bool,
+}
+
+impl Default for BlockOptions {
+    fn default() -> Self {
+        Self {
+            read_only: false,
+            id: None,
+            num_queues: 1,
+            queue_size: 256,
+            blk_size: 512,
+            seg_max: None,
+            size_max: 1 << 20,
+            discard: false,
+            write_zeroes: false,
+        }
+    }
+}
+
+/// Most segments in one discard or write-zeroes request (`max_discard_seg`,
+/// `max_write_zeroes_seg`).
+const MAX_SEGMENTS: u32 = 32;
+/// Most sectors in one discard or write-zeroes segment (4 GiB - 512 bytes).
+const MAX_SEGMENT_SECTORS: u32 = u32::MAX / 512;
+
+/// One request queue while the device runs.
+struct RunQueue {
+    queue: Queue,
+    /// The driver broke the ring: the queue is no longer served.
+    broken: bool,
+}
+
+/// State between `activate` and `reset`.
+struct Active<M> {
+    mem: M,
+    interrupt: InterruptStatus,
+    queues: Vec<Option<RunQueue>>,
+    features: u64,
+}
+
+/// A virtio block device (device ID 2) over a [`Backend`].
+///
+/// `M` is the guest memory type, `B` the storage. Build one with
+/// [`Block::from_path`] or [`Block::with_backend`], then hand it to an
+/// `MmioTransport`.
+pub struct Block<M, B = FileBackend> {
+    disk: Disk<B>,
+    config: [u8; CONFIG_SIZE],
+    features: u64,
+    queue_max_sizes: Vec<u16>,
+    active: Option<Active<M>>,
+    /// Chain storage reused by every pop.
+    chain: DescriptorChain,
+}
+
+impl<M> Block<M, FileBackend> {
+    /// A block device over the file or raw image at `path`, opened
+    /// read-only if `read_only`, with default options and the file name as
+    /// its ID.
+    ///
+    /// # Errors
+    /// [`BlockError::Open`] if the file cannot be opened.
+    pub fn from_path(path: impl AsRef<Path>, read_only: bool) -> Result<Self, BlockError> {
+        Self::from_path_with_options(
+            path,
+            BlockOptions {
+                read_only,
+                ..BlockOptions::default()
+            },
+        )
+    }
+
+    /// A block device over the file at `path` with `options` (the file is
+    /// opened read-only if `options.read_only`).
+    ///
+    /// # Errors
+    /// [`BlockError::Open`] if the file cannot be opened, or the errors of
+    /// [`Block::with_backend`].
+    pub fn from_path_with_options(
+        path: impl AsRef<Path>,
+        mut options: BlockOptions,
+    ) -> Result<Self, BlockError> {
+        let path = path.as_ref();
+        let backend =
+            FileBackend::open(path, options.read_only).map_err(|source| BlockError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        if options.id.is_none() {
+            options.id = Some(id_from_path(path));
+        }
+        Self::with_backend(backend, options)
+    }
+}
+
+/// A printable-ASCII ID of at most 20 bytes from the file name of `path`.
+fn id_from_path(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(ID_BYTES)
+        .collect()
+}
+
+impl<M, B: Backend> Block<M, B> {
+    /// A block device over `backend` with `options`.
+    ///
+    /// # Errors
+    /// [`BlockError::InvalidId`] for a bad ID, [`BlockError::InvalidOption`]
+    /// for zero queues, a queue size of 0 or above 32768, or a `blk_size`
+    /// that is not a power of two >= 512.
+    pub fn with_backend(backend: B, options: BlockOptions) -> Result<Self, BlockError> {
+        let mut id = [0u8; ID_BYTES];
+        if let Some(s) = &options.id {
+            if s.len() > ID_BYTES || !s.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+                return Err(BlockError::InvalidId(s.clone()));
+            }
+            id[..s.len()].copy_from_slice(s.as_bytes());
+        }
+        if options.num_queues == 0 {
+            return Err(BlockError::InvalidOption("num_queues must be at least 1"));
+        }
+        if options.queue_size == 0 || options.queue_size > 32768 {
+            return Err(BlockError::InvalidOption("queue_size must be in 1..=32768"));
+        }
+        if options.blk_size < 512 || !options.blk_size.is_power_of_two() {
+            return Err(BlockError::InvalidOption(
+                "blk_size must be a power of two >= 512",
+            ));
+        }
+        let capacity = backend.len() / SECTOR_SIZE;
+        let discard = options.discard && backend.supports_discard();
+        let write_zeroes = options.write_zeroes && backend.supports_write_zeroes();
+        let seg_max = options
+            .seg_max
+            .unwrap_or_else(|| u32::from(options.queue_size).saturating_sub(2).max(1));
+
+        let mut features = bit(blk::SIZE_MAX)
+            | bit(blk::SEG_MAX)
+            | bit(blk::BLK_SIZE)
+            | bit(blk::FLUSH)
+            | bit(VIRTIO_F_INDIRECT_DESC)
+            | bit(VIRTIO_F_EVENT_IDX)
+            | bit(VIRTIO_F_RING_RESET);
+        if options.read_only {
+            features |= bit(blk::RO);
+        }
+        if options.num_queues > 1 {
+            features |= bit(blk::MQ);
+        }
+        if discard {
+            features |= bit(blk::DISCARD);
+        }
+        if write_zeroes {
+            features |= bit(blk::WRITE_ZEROES);
+        }
+
+        let sectors_per_block = options.blk_size / 512;
+        let mut config = [0u8; CONFIG_SIZE];
+        let mut put = |at: usize, bytes: &[u8]| config[at..at + bytes.len()].copy_from_slice(bytes);
+        // Offsets and fields of struct virtio_blk_config (§5.2.4). Fields
+        // left 0: geometry (16..20) and topology (24..32), not offered;
+        // writeback (32) and unused0 (33), and unused1 (57..60), which
+        // must be 0 (§5.2.5.1); write_zeroes_may_unmap (56): zeroes are
+        // written, never unmapped.
+        put(0, &capacity.to_le_bytes());
+        put(8, &options.size_max.to_le_bytes());
+        put(12, &seg_max.to_le_bytes());
+        put(20, &options.blk_size.to_le_bytes());
+        put(34, &options.num_queues.to_le_bytes());
+        if discard {
+            put(36, &MAX_SEGMENT_SECTORS.to_le_bytes()); // max_discard_sectors
+            put(40, &MAX_SEGMENTS.to_le_bytes()); // max_discard_seg
+            put(44, &sectors_per_block.to_le_bytes()); // discard_sector_alignment
+        }
+        if write_zeroes {
+            put(48, &MAX_SEGMENT_SECTORS.to_le_bytes()); // max_write_zeroes_sectors
+            put(52, &MAX_SEGMENTS.to_le_bytes()); // max_write_zeroes_seg
+        }
+
+        let limits = Limits {
+            capacity,
+            read_only: options.read_only,
+            max_discard_seg: MAX_SEGMENTS,
+            max_discard_sectors: MAX_SEGMENT_SECTORS,
+            max_write_zeroes_seg: MAX_SEGMENTS,
+            max_write_zeroes_sectors: MAX_SEGMENT_SECTORS,
+        };
+        Ok(Self {
+            disk: Disk::new(backend, limits, id),
+            config,
+            features,
+            queue_max_sizes: vec![options.queue_size; usize::from(options.num_queues)],
+            active: None,
+            chain: DescriptorChain::new(),
+        })
+    }
+
+    /// Capacity in 512-byte sectors (the backend's length rounded down).
+    pub fn capacity(&self) -> u64 {
+        self.disk.limits.capacity
+    }
+
+    /// Whether the device is read-only.
+    pub fn read_only(&self) -> bool {
+        self.disk.limits.read_only
+    }
+
+    /// The 20-byte, NUL-padded ID string answered to `VIRTIO_BLK_T_GET_ID`.
+    pub fn id(&self) -> &[u8; ID_BYTES] {
+        &self.disk.id
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.disk.backend
+    }
+
+    /// The backend, mutably (e.g. to flush it on host shutdown).
+    pub fn backend_mut(&mut self) -> &mut B {
+        &mut self.disk.backend
+    }
+}
+
+impl<M: GuestMemory, B: Backend> Block<M, B> {
+    /// Serves every available chain of queue `index`, with one used-buffer
+    /// interrupt per batch if the driver wants it.
+    fn serve(&mut self, index: u16) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let Some(Some(rq)) = active.queues.get_mut(usize::from(index)) else {
+            return;
+        };
+        let features = active.features;
+        Served {
+            name: "virtio-blk",
+            queue: &mut rq.queue,
+            broken: &mut rq.broken,
+            mem: &active.mem,
+            interrupt: &active.interrupt,
+            chain: &mut self.chain,
+        }
+        .serve(
+            &mut self.disk,
+            |_| true,
+            |disk, mem, descs| disk.process(mem, descs, features),
+        );
+    }
+}
+
+impl<M, B> VirtioDevice<M> for Block<M, B>
+where
+    M: GuestMemory + Send,
+    B: Backend,
+{
+    fn device_type(&self) -> u32 {
+        device_id::BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_max_sizes
+    }
+
+    fn device_features(&self) -> u64 {
+        self.features
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        // Every field is read-only without CONFIG_WCE.
+        log::debug!(
+            "virtio-blk: ignored config write of {} bytes at {offset:#x}",
+            data.len()
+        );
+    }
+
+    fn activate(
+        &mut self,
+        mem: M,
+        interrupt: InterruptStatus,
+        queues: Vec<Queue>,
+        features: u64,
+    ) -> Result<(), ActivateError> {
+        let queues = queues
+            .into_iter()
+            .map(|queue| {
+                queue.ready().then_some(RunQueue {
+                    queue,
+                    broken: false,
+                })
+            })
+            .collect();
+        self.active = Some(Active {
+            mem,
+            interrupt,
+            queues,
+            features,
+        });
+        // Serve anything made available before DRIVER_OK.
+        for index in 0..self.queue_max_sizes.len() {
+            self.serve(u16::try_from(index).unwrap_or(u16::MAX));
+        }
+        Ok(())
+    }
+
+    fn queue_notify(
+        &mut self,
+        index: u16,
+        _data: Option<vmmio_spec::notification::NotificationData>,
+    ) {
+        self.serve(index);
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+    }
+
+    fn queue_reset(&mut self, index: u16) {
+        if let Some(slot) = self
+            .active
+            .as_mut()
+            .and_then(|a| a.queues.get_mut(usize::from(index)))
+        {
+            *slot = None;
+        }
+    }
+
+    fn queue_enable(&mut self, index: u16, queue: Queue) {
+        if let Some(slot) = self
+            .active
+            .as_mut()
+            .and_then(|a| a.queues.get_mut(usize::from(index)))
+        {
+            *slot = Some(RunQueue {
+                queue,
+                broken: false,
+            });
+        }
+        self.serve(index);
+    }
+}
+
+/// Copies `data.len()` bytes of `config` from byte `offset`; bytes past the
+/// end read as 0 (any offset, any length, no panic).
+pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if let Some(src) = config.get(start..) {
+        let n = src.len().min(data.len());
+        data[..n].copy_from_slice(&src[..n]);
+    }
+}
+
+impl<M, B: std::fmt::Debug> std::fmt::Debug for Block<M, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Block")
+            .field("backend", &self.disk.backend)
+            .field("capacity", &self.disk.limits.capacity)
+            .field("read_only", &self.disk.limits.read_only)
+            .field("active", &self.active.is_some())
+            .finish()
+    }
+}

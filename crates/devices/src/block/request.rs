@@ -1,0 +1,534 @@
+//! Block requests: layout constants and the per-chain processor
+//! (virtio v1.4 §5.2.6 "Device Operation").
+//!
+//! [`Disk::process`] takes one descriptor chain and returns the used length.
+//! It never fails and never panics: every driver mistake becomes the status
+//! the spec asks for, and a chain too broken to carry a status is completed
+//! with length 0.
+
+use std::io;
+
+use vm_memory::{GuestAddress, GuestMemory, Permissions};
+use vmmio_device::queue::Descriptor;
+use vmmio_spec::features::bit;
+
+use super::backend::Backend;
+use crate::chain::{ChainLayout, LogLimiter, Region};
+
+/// Sector size in bytes: the unit of `sector`, `capacity` and the data
+/// length of IN/OUT requests whatever `blk_size` says (virtio v1.4 §5.2.5).
+pub const SECTOR_SIZE: u64 = 512;
+
+/// Size of `struct virtio_blk_req`'s header (`type`, `reserved`, `sector`)
+/// in bytes.
+pub const HEADER_SIZE: u64 = 16;
+
+/// Length of the device ID string of `VIRTIO_BLK_T_GET_ID` in bytes.
+pub const ID_BYTES: usize = 20;
+
+/// Size of one `struct virtio_blk_discard_write_zeroes` segment in bytes.
+pub const SEGMENT_SIZE: u64 = 16;
+
+/// Request types (`type` field of the header, virtio v1.4 §5.2.6).
+pub mod types {
+    /// Read sectors into the writable data.
+    pub const IN: u32 = 0;
+    /// Write the readable data to sectors.
+    pub const OUT: u32 = 1;
+    /// Make completed writes durable.
+    pub const FLUSH: u32 = 4;
+    /// Fetch the 20-byte device ID string.
+    pub const GET_ID: u32 = 8;
+    /// Fetch storage lifetime metrics (not supported here).
+    pub const GET_LIFETIME: u32 = 10;
+    /// Discard sector ranges.
+    pub const DISCARD: u32 = 11;
+    /// Zero sector ranges.
+    pub const WRITE_ZEROES: u32 = 13;
+    /// Securely erase sector ranges (not supported here).
+    pub const SECURE_ERASE: u32 = 14;
+    /// Zoned: append (not supported here).
+    pub const ZONE_APPEND: u32 = 15;
+    /// Zoned: report zones (not supported here).
+    pub const ZONE_REPORT: u32 = 16;
+    /// Zoned: open a zone (not supported here).
+    pub const ZONE_OPEN: u32 = 18;
+    /// Zoned: close a zone (not supported here).
+    pub const ZONE_CLOSE: u32 = 20;
+    /// Zoned: finish a zone (not supported here).
+    pub const ZONE_FINISH: u32 = 22;
+    /// Zoned: reset a zone (not supported here).
+    pub const ZONE_RESET: u32 = 24;
+    /// Zoned: reset all zones (not supported here).
+    pub const ZONE_RESET_ALL: u32 = 26;
+}
+
+/// Status values (the last byte of every request, virtio v1.4 §5.2.6).
+pub mod status {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// Device or driver error.
+    pub const IOERR: u8 = 1;
+    /// Request type (or flag) not supported.
+    pub const UNSUPP: u8 = 2;
+}
+
+/// Block feature bit numbers (virtio v1.4 §5.2.3).
+pub mod features {
+    /// `size_max` is valid.
+    pub const SIZE_MAX: u32 = 1;
+    /// `seg_max` is valid.
+    pub const SEG_MAX: u32 = 2;
+    /// `geometry` is valid.
+    pub const GEOMETRY: u32 = 4;
+    /// The device is read-only.
+    pub const RO: u32 = 5;
+    /// `blk_size` is valid.
+    pub const BLK_SIZE: u32 = 6;
+    /// `VIRTIO_BLK_T_FLUSH` is supported.
+    pub const FLUSH: u32 = 9;
+    /// `topology` is valid.
+    pub const TOPOLOGY: u32 = 10;
+    /// `writeback` can be toggled.
+    pub const CONFIG_WCE: u32 = 11;
+    /// Several request queues; `num_queues` is valid.
+    pub const MQ: u32 = 12;
+    /// `VIRTIO_BLK_T_DISCARD` is supported.
+    pub const DISCARD: u32 = 13;
+    /// `VIRTIO_BLK_T_WRITE_ZEROES` is supported.
+    pub const WRITE_ZEROES: u32 = 14;
+    /// `VIRTIO_BLK_T_GET_LIFETIME` is supported.
+    pub const LIFETIME: u32 = 15;
+    /// `VIRTIO_BLK_T_SECURE_ERASE` is supported.
+    pub const SECURE_ERASE: u32 = 16;
+    /// Zoned block device.
+    pub const ZONED: u32 = 17;
+}
+
+/// Bit 0 of a segment's `flags`: unmap (write zeroes only).
+const FLAG_UNMAP: u32 = 1;
+
+/// The limits a [`Disk`] enforces, derived from the device options.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    /// Capacity in 512-byte sectors.
+    pub(crate) capacity: u64,
+    /// Read-only disk (`VIRTIO_BLK_F_RO` offered).
+    pub(crate) read_only: bool,
+    /// Most segments in a discard request.
+    pub(crate) max_discard_seg: u32,
+    /// Most sectors in one discard segment.
+    pub(crate) max_discard_sectors: u32,
+    /// Most segments in a write-zeroes request.
+    pub(crate) max_write_zeroes_seg: u32,
+    /// Most sectors in one write-zeroes segment.
+    pub(crate) max_write_zeroes_sectors: u32,
+}
+
+/// Counters of peer faults, so each kind is logged a bounded number of
+/// times at warn level.
+#[derive(Debug, Default)]
+struct Faults {
+    malformed: LogLimiter,
+    bad_request: LogLimiter,
+    host_io: LogLimiter,
+}
+
+/// A disk: the backend, the limits and the ID string. Processes one request
+/// chain at a time.
+#[derive(Debug)]
+pub(crate) struct Disk<B> {
+    pub(crate) backend: B,
+    pub(crate) limits: Limits,
+    pub(crate) id: [u8; ID_BYTES],
+    faults: Faults,
+}
+
+/// What a request came to: the status byte and the data bytes the device
+/// wrote into the writable part before the status.
+struct Outcome {
+    status: u8,
+    written: u64,
+}
+
+impl Outcome {
+    fn status(status: u8) -> Self {
+        Self { status, written: 0 }
+    }
+}
+
+/// The two segment commands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SegmentOp {
+    Discard,
+    WriteZeroes,
+}
+
+impl<B: Backend> Disk<B> {
+    pub(crate) fn new(backend: B, limits: Limits, id: [u8; ID_BYTES]) -> Self {
+        Self {
+            backend,
+            limits,
+            id,
+            faults: Faults::default(),
+        }
+    }
+
+    /// Processes one request chain and returns its used length in bytes:
+    /// the data bytes written into device-writable buffers plus the status
+    /// byte, or 0 when the chain has no writable byte for the status (or is
+    /// otherwise unanswerable).
+    ///
+    /// `features` are the negotiated feature bits: without
+    /// `VIRTIO_BLK_F_FLUSH` every write is made durable before its status is
+    /// written (virtio v1.4 §5.2.6.2, write-through case 1).
+    pub(crate) fn process<M: GuestMemory>(
+        &mut self,
+        mem: &M,
+        descs: &[Descriptor],
+        features: u64,
+    ) -> u32 {
+        let layout = match ChainLayout::split(descs) {
+            Ok(layout) => layout,
+            Err(e) => {
+                log::log!(
+                    self.faults.malformed.level(),
+                    "virtio-blk: malformed chain: {e}"
+                );
+                return 0;
+            }
+        };
+        // The status byte is the last writable byte (§5.2.6, struct
+        // virtio_blk_req): without one there is nothing to answer with.
+        let Some(status_at) = layout.writable_len.checked_sub(1) else {
+            log::log!(
+                self.faults.malformed.level(),
+                "virtio-blk: request without a writable status byte"
+            );
+            return 0;
+        };
+        let outcome = if layout.readable_len < HEADER_SIZE {
+            log::log!(
+                self.faults.malformed.level(),
+                "virtio-blk: request header is {} bytes, want {HEADER_SIZE}",
+                layout.readable_len
+            );
+            Outcome::status(status::IOERR)
+        } else {
+            self.execute(mem, &layout, status_at, features)
+        };
+        let status_region = Region::new(layout.writable, status_at, 1);
+        if let Err(e) = status_region.write_from(mem, &[outcome.status]) {
+            log::log!(
+                self.faults.malformed.level(),
+                "virtio-blk: cannot write the status byte: {e}"
+            );
+            return 0;
+        }
+        // `written <= status_at`, so adding the status byte cannot overflow.
+        u32::try_from(outcome.written + 1).unwrap_or(u32::MAX)
+    }
+
+    fn execute<M: GuestMemory>(
+        &mut self,
+        mem: &M,
+        layout: &ChainLayout<'_>,
+        status_at: u64,
+        features: u64,
+    ) -> Outcome {
+        let mut header = [0u8; HEADER_SIZE as usize];
+        if let Err(e) = Region::new(layout.readable, 0, HEADER_SIZE).read_into(mem, &mut header) {
+            log::log!(
+                self.faults.malformed.level(),
+                "virtio-blk: cannot read the request header: {e}"
+            );
+            return Outcome::status(status::IOERR);
+        }
+        let [t0, t1, t2, t3, _, _, _, _, s0, s1, s2, s3, s4, s5, s6, s7] = header;
+        let req_type = u32::from_le_bytes([t0, t1, t2, t3]);
+        let sector = u64::from_le_bytes([s0, s1, s2, s3, s4, s5, s6, s7]);
+        // Readable bytes after the header, and writable bytes before the
+        // status byte: the request's `data`.
+        let out_data = Region::new(
+            layout.readable,
+            HEADER_SIZE,
+            layout.readable_len - HEADER_SIZE,
+        );
+        let in_data = Region::new(layout.writable, 0, status_at);
+        let negotiated = |f: u32| features & bit(f) != 0;
+        match req_type {
+            types::IN => self.read(mem, sector, in_data),
+            types::OUT => {
+                let outcome = self.write(mem, sector, out_data);
+                self.write_through(outcome, negotiated(features::FLUSH))
+            }
+            types::FLUSH => self.flush(),
+            types::GET_ID => self.get_id(mem, in_data),
+            types::DISCARD if negotiated(features::DISCARD) => {
+                let outcome = self.segments(mem, out_data, SegmentOp::Discard);
+                self.write_through(outcome, negotiated(features::FLUSH))
+            }
+            types::WRITE_ZEROES if negotiated(features::WRITE_ZEROES) => {
+                let outcome = self.segments(mem, out_data, SegmentOp::WriteZeroes);
+                self.write_through(outcome, negotiated(features::FLUSH))
+            }
+            other => {
+                log::debug!("virtio-blk: unsupported request type {other}");
+                Outcome::status(status::UNSUPP)
+            }
+        }
+    }
+
+    /// Checks that `len` bytes at sector `sector` lie inside the disk and
+    /// returns the byte offset.
+    fn check_range(&mut self, sector: u64, len: u64) -> Option<u64> {
+        let offset = sector.checked_mul(SECTOR_SIZE)?;
+        let end = offset.checked_add(len)?;
+        // capacity * 512 <= backend.len(), so it does not overflow.
+        if end > self.limits.capacity * SECTOR_SIZE {
+            log::log!(
+                self.faults.bad_request.level(),
+                "virtio-blk: sectors {sector}+{len}B beyond capacity {}",
+                self.limits.capacity
+            );
+            return None;
+        }
+        Some(offset)
+    }
+
+    /// Checks an IN/OUT data length: a multiple of 512 bytes (§5.2.6.1).
+    fn check_data_len(&mut self, len: u64) -> bool {
+        if len % SECTOR_SIZE != 0 {
+            log::log!(
+                self.faults.bad_request.level(),
+                "virtio-blk: data length {len} not a multiple of 512"
+            );
+            return false;
+        }
+        true
+    }
+
+    fn read<M: GuestMemory>(&mut self, mem: &M, sector: u64, data: Region<'_>) -> Outcome {
+        if !self.check_data_len(data.len()) {
+            return Outcome::status(status::IOERR);
+        }
+        let Some(offset) = self.check_range(sector, data.len()) else {
+            return Outcome::status(status::IOERR);
+        };
+        let mut done = 0u64;
+        let result = transfer(mem, data, Permissions::Write, |slice| {
+            // `done` counts bytes inside the checked range: no overflow.
+            let r = self.backend.read_at(offset + done, slice);
+            if r.is_ok() {
+                done += slice.len() as u64;
+            }
+            r
+        });
+        match result {
+            Ok(()) => Outcome {
+                status: status::OK,
+                written: done,
+            },
+            Err(e) => {
+                log::log!(
+                    self.faults.host_io.level(),
+                    "virtio-blk: read at sector {sector} failed: {e}"
+                );
+                Outcome {
+                    status: status::IOERR,
+                    written: done,
+                }
+            }
+        }
+    }
+
+    fn write<M: GuestMemory>(&mut self, mem: &M, sector: u64, data: Region<'_>) -> Outcome {
+        if self.limits.read_only {
+            // §5.2.6.2: IOERR, and no data written.
+            log::log!(
+                self.faults.bad_request.level(),
+                "virtio-blk: write to a read-only disk"
+            );
+            return Outcome::status(status::IOERR);
+        }
+        if !self.check_data_len(data.len()) {
+            return Outcome::status(status::IOERR);
+        }
+        let Some(offset) = self.check_range(sector, data.len()) else {
+            return Outcome::status(status::IOERR);
+        };
+        let mut done = 0u64;
+        let result = transfer(mem, data, Permissions::Read, |slice| {
+            let r = self.backend.write_at(offset + done, slice);
+            done += slice.len() as u64;
+            r
+        });
+        match result {
+            Ok(()) => Outcome::status(status::OK),
+            Err(e) => {
+                log::log!(
+                    self.faults.host_io.level(),
+                    "virtio-blk: write at sector {sector} failed: {e}"
+                );
+                Outcome::status(status::IOERR)
+            }
+        }
+    }
+
+    /// Without negotiated `VIRTIO_BLK_F_FLUSH`, a completed write must be
+    /// stable (§5.2.6.2 case 1): sync before the status is written.
+    fn write_through(&mut self, outcome: Outcome, flush_negotiated: bool) -> Outcome {
+        if flush_negotiated || outcome.status != status::OK {
+            return outcome;
+        }
+        self.flush()
+    }
+
+    fn flush(&mut self) -> Outcome {
+        match self.backend.flush() {
+            Ok(()) => Outcome::status(status::OK),
+            Err(e) => {
+                log::log!(self.faults.host_io.level(), "virtio-blk: flush failed: {e}");
+                Outcome::status(status::IOERR)
+            }
+        }
+    }
+
+    fn get_id<M: GuestMemory>(&mut self, mem: &M, data: Region<'_>) -> Outcome {
+        // The driver MUST give 20 bytes (§5.2.6.1); give what fits.
+        let n = usize::try_from(data.len())
+            .unwrap_or(usize::MAX)
+            .min(ID_BYTES);
+        let region = data.sub(0, n as u64);
+        match region.write_from(mem, &self.id[..n]) {
+            Ok(()) => Outcome {
+                status: status::OK,
+                written: n as u64,
+            },
+            Err(e) => {
+                log::log!(
+                    self.faults.malformed.level(),
+                    "virtio-blk: cannot write the ID: {e}"
+                );
+                Outcome::status(status::IOERR)
+            }
+        }
+    }
+
+    /// Discard and write-zeroes: validate every segment first, then act on
+    /// each. Answers UNSUPP for unknown flags or a discard with `unmap`
+    /// (§5.2.6.2), IOERR for a read-only disk, a range past the end, too
+    /// many segments or sectors, or a host failure.
+    fn segments<M: GuestMemory>(&mut self, mem: &M, data: Region<'_>, op: SegmentOp) -> Outcome {
+        if self.limits.read_only {
+            log::log!(
+                self.faults.bad_request.level(),
+                "virtio-blk: {op:?} on a read-only disk"
+            );
+            return Outcome::status(status::IOERR);
+        }
+        let (max_seg, max_sectors) = match op {
+            SegmentOp::Discard => (self.limits.max_discard_seg, self.limits.max_discard_sectors),
+            SegmentOp::WriteZeroes => (
+                self.limits.max_write_zeroes_seg,
+                self.limits.max_write_zeroes_sectors,
+            ),
+        };
+        let count = data.len() / SEGMENT_SIZE;
+        if data.len() % SEGMENT_SIZE != 0 || count > u64::from(max_seg) {
+            log::log!(
+                self.faults.bad_request.level(),
+                "virtio-blk: {op:?} data of {} bytes (max {max_seg} segments)",
+                data.len()
+            );
+            return Outcome::status(status::IOERR);
+        }
+        // Pass 0 validates, pass 1 acts; each re-reads and re-checks the
+        // segment, as the guest may change it in between.
+        for pass in 0..2 {
+            for i in 0..count {
+                // `i < count = len / 16`, so `i * 16 < len`: no overflow.
+                let seg = data.sub(i * SEGMENT_SIZE, SEGMENT_SIZE);
+                let mut raw = [0u8; SEGMENT_SIZE as usize];
+                if let Err(e) = seg.read_into(mem, &mut raw) {
+                    log::log!(
+                        self.faults.malformed.level(),
+                        "virtio-blk: cannot read segment {i}: {e}"
+                    );
+                    return Outcome::status(status::IOERR);
+                }
+                let [s0, s1, s2, s3, s4, s5, s6, s7, n0, n1, n2, n3, f0, f1, f2, f3] = raw;
+                let sector = u64::from_le_bytes([s0, s1, s2, s3, s4, s5, s6, s7]);
+                let num_sectors = u32::from_le_bytes([n0, n1, n2, n3]);
+                let flags = u32::from_le_bytes([f0, f1, f2, f3]);
+                if flags & !FLAG_UNMAP != 0 || (op == SegmentOp::Discard && flags & FLAG_UNMAP != 0)
+                {
+                    log::log!(
+                        self.faults.bad_request.level(),
+                        "virtio-blk: {op:?} flags {flags:#x} unsupported"
+                    );
+                    return Outcome::status(status::UNSUPP);
+                }
+                if num_sectors > max_sectors {
+                    log::log!(
+                        self.faults.bad_request.level(),
+                        "virtio-blk: {op:?} of {num_sectors} sectors"
+                    );
+                    return Outcome::status(status::IOERR);
+                }
+                let len = u64::from(num_sectors) * SECTOR_SIZE;
+                let Some(offset) = self.check_range(sector, len) else {
+                    return Outcome::status(status::IOERR);
+                };
+                if pass == 1 {
+                    let r = match op {
+                        SegmentOp::Discard => self.backend.discard(offset, len),
+                        SegmentOp::WriteZeroes => self.backend.write_zeroes(offset, len),
+                    };
+                    if let Err(e) = r {
+                        log::log!(
+                            self.faults.host_io.level(),
+                            "virtio-blk: {op:?} at sector {sector} failed: {e}"
+                        );
+                        return Outcome::status(status::IOERR);
+                    }
+                }
+            }
+        }
+        Outcome::status(status::OK)
+    }
+}
+
+/// Calls `f` on each guest-memory slice of `data`, in order, checking the
+/// access permission `access`.
+///
+/// # Errors
+/// A guest address outside guest memory or a region shorter than its
+/// descriptors claim gives `InvalidInput`; `f`'s error is returned as is.
+fn transfer<M, F>(mem: &M, data: Region<'_>, access: Permissions, mut f: F) -> io::Result<()>
+where
+    M: GuestMemory,
+    F: FnMut(&vm_memory::VolatileSlice<'_, vm_memory::bitmap::BS<'_, M::Bitmap>>) -> io::Result<()>,
+{
+    let mut total = 0u64;
+    for piece in data.pieces() {
+        let (addr, len): (GuestAddress, usize) = piece.map_err(bad_guest)?;
+        let slices = mem.get_slices(addr, len, access).map_err(bad_guest)?;
+        for slice in slices {
+            let slice = slice.map_err(bad_guest)?;
+            f(&slice)?;
+            total = total.saturating_add(slice.len() as u64);
+        }
+    }
+    if total != data.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "descriptor chain shorter than its data",
+        ));
+    }
+    Ok(())
+}
+
+fn bad_guest(e: vm_memory::GuestMemoryError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, e)
+}

@@ -1,0 +1,370 @@
+//! Byte-level views of a descriptor chain, shared by the device backends.
+//!
+//! A chain is a device-readable part followed by a device-writable part
+//! (virtio v1.4 §2.7.4 "Message Framing"). Devices must not assume any
+//! particular arrangement of descriptors, so a request header may span two
+//! descriptors and a status byte may share a descriptor with data. These
+//! helpers address "bytes `[skip, skip + len)` of the readable (or writable)
+//! part" without allocating, and walk at most one step per descriptor.
+
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError};
+use vmmio_device::queue::Descriptor;
+use vmmio_device::{DescriptorChain, InterruptCause, InterruptStatus, Queue};
+
+/// The chain has a device-readable descriptor after a device-writable one
+/// (virtio v1.4 §2.7.4.2: the driver MUST place readable descriptors
+/// first). The queue should already reject this; devices check again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("device-readable descriptor {index} follows a device-writable one")]
+pub(crate) struct ReadableAfterWritable {
+    /// Position of the offending descriptor in the chain.
+    pub(crate) index: usize,
+}
+
+/// A chain split into its readable and writable parts, with their total
+/// lengths in bytes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ChainLayout<'a> {
+    /// The device-readable descriptors, in chain order.
+    pub(crate) readable: &'a [Descriptor],
+    /// The device-writable descriptors, in chain order.
+    pub(crate) writable: &'a [Descriptor],
+    /// Sum of the readable lengths, in bytes.
+    pub(crate) readable_len: u64,
+    /// Sum of the writable lengths, in bytes.
+    pub(crate) writable_len: u64,
+}
+
+impl<'a> ChainLayout<'a> {
+    /// Splits `descs` at the first writable descriptor.
+    ///
+    /// # Errors
+    /// [`ReadableAfterWritable`] when a readable descriptor follows a
+    /// writable one.
+    pub(crate) fn split(descs: &'a [Descriptor]) -> Result<Self, ReadableAfterWritable> {
+        let first_writable = descs.iter().position(|d| d.writable).unwrap_or(descs.len());
+        let (readable, writable) = descs.split_at(first_writable);
+        if let Some(pos) = writable.iter().position(|d| !d.writable) {
+            return Err(ReadableAfterWritable {
+                index: first_writable + pos,
+            });
+        }
+        Ok(Self {
+            readable,
+            writable,
+            readable_len: total_len(readable),
+            writable_len: total_len(writable),
+        })
+    }
+}
+
+/// Sum of the descriptor lengths in bytes. Cannot overflow: at most
+/// `usize::MAX` descriptors of at most `u32::MAX` bytes each would need more
+/// than 2^96 bytes; saturating keeps it total anyway.
+fn total_len(descs: &[Descriptor]) -> u64 {
+    descs
+        .iter()
+        .fold(0u64, |acc, d| acc.saturating_add(u64::from(d.len)))
+}
+
+/// Bytes `[skip, skip + len)` of the concatenated buffers of `descs`.
+///
+/// Bytes past the end of the buffers are not part of the region: `pieces`
+/// stops at the last descriptor, so callers compare `len` against the
+/// part's total length first.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Region<'a> {
+    descs: &'a [Descriptor],
+    skip: u64,
+    len: u64,
+}
+
+impl<'a> Region<'a> {
+    /// The `len` bytes starting `skip` bytes into the buffers of `descs`.
+    pub(crate) fn new(descs: &'a [Descriptor], skip: u64, len: u64) -> Self {
+        Self { descs, skip, len }
+    }
+
+    /// The `len` bytes starting `offset` bytes into this region; callers
+    /// keep `offset + len <= self.len()`.
+    pub(crate) fn sub(&self, offset: u64, len: u64) -> Region<'a> {
+        Region {
+            descs: self.descs,
+            skip: self.skip.saturating_add(offset),
+            len,
+        }
+    }
+
+    /// Length of the region in bytes.
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// The guest ranges of the region in order, as `(address, length in
+    /// bytes)`; zero-length pieces are skipped. One step per descriptor.
+    ///
+    /// An item is [`GuestMemoryError::GuestAddressOverflow`] when a
+    /// descriptor's buffer wraps around the end of the address space.
+    pub(crate) fn pieces(
+        &self,
+    ) -> impl Iterator<Item = Result<(GuestAddress, usize), GuestMemoryError>> + 'a {
+        let mut skip = self.skip;
+        let mut left = self.len;
+        self.descs.iter().filter_map(move |d| {
+            let dlen = u64::from(d.len);
+            if left == 0 {
+                return None;
+            }
+            if skip >= dlen {
+                skip -= dlen;
+                return None;
+            }
+            // `skip < dlen`, so `dlen - skip` does not underflow.
+            let take = (dlen - skip).min(left);
+            let addr = d.addr.0.checked_add(skip);
+            skip = 0;
+            left -= take;
+            // `take <= u32::MAX`, which fits `usize` on the 64-bit hosts
+            // vm-memory supports; the fallback is never taken there.
+            let take = usize::try_from(take).unwrap_or(usize::MAX);
+            Some(match addr {
+                // The whole buffer must not wrap either.
+                Some(a) if a.checked_add(take as u64).is_some() => Ok((GuestAddress(a), take)),
+                _ => Err(GuestMemoryError::GuestAddressOverflow),
+            })
+        })
+    }
+
+    /// Reads the region into `buf` (whose length must equal the region's).
+    ///
+    /// # Errors
+    /// A guest memory error when a piece is outside guest memory, or
+    /// [`GuestMemoryError::PartialBuffer`] when the region is shorter than
+    /// `buf` (its descriptors end early).
+    pub(crate) fn read_into<M: GuestMemory>(
+        &self,
+        mem: &M,
+        buf: &mut [u8],
+    ) -> Result<(), GuestMemoryError> {
+        let mut done = 0usize;
+        for piece in self.pieces() {
+            let (addr, n) = piece?;
+            let end = done.checked_add(n).filter(|&e| e <= buf.len()).ok_or(
+                GuestMemoryError::PartialBuffer {
+                    expected: buf.len(),
+                    completed: done,
+                },
+            )?;
+            mem.read_slice(&mut buf[done..end], addr)?;
+            done = end;
+        }
+        if done != buf.len() {
+            return Err(GuestMemoryError::PartialBuffer {
+                expected: buf.len(),
+                completed: done,
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes `data` to the region (whose length must equal `data.len()`).
+    ///
+    /// # Errors
+    /// As [`Region::read_into`].
+    pub(crate) fn write_from<M: GuestMemory>(
+        &self,
+        mem: &M,
+        data: &[u8],
+    ) -> Result<(), GuestMemoryError> {
+        let mut done = 0usize;
+        for piece in self.pieces() {
+            let (addr, n) = piece?;
+            let end = done.checked_add(n).filter(|&e| e <= data.len()).ok_or(
+                GuestMemoryError::PartialBuffer {
+                    expected: data.len(),
+                    completed: done,
+                },
+            )?;
+            mem.write_slice(&data[done..end], addr)?;
+            done = end;
+        }
+        if done != data.len() {
+            return Err(GuestMemoryError::PartialBuffer {
+                expected: data.len(),
+                completed: done,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Counts peer faults of one kind so that a guest cannot flood the host log:
+/// the first [`LogLimiter::LIMIT`] are logged at warn level, the rest at
+/// debug level.
+#[derive(Debug, Default)]
+pub(crate) struct LogLimiter {
+    count: u32,
+}
+
+impl LogLimiter {
+    /// How many events are logged at warn level.
+    pub(crate) const LIMIT: u32 = 16;
+
+    /// The level to log the next event at.
+    pub(crate) fn level(&mut self) -> log::Level {
+        self.count = self.count.saturating_add(1);
+        if self.count <= Self::LIMIT {
+            log::Level::Warn
+        } else {
+            log::Level::Debug
+        }
+    }
+}
+
+/// Most batches of `size` chains served per notification; a driver that
+/// keeps adding chains as fast as they are used waits for its next
+/// notification after that.
+const MAX_BATCHES: u32 = 4;
+
+/// One queue of a running device and what serving it needs.
+pub(crate) struct Served<'a, M> {
+    /// Device name for logs ("virtio-blk", ...).
+    pub(crate) name: &'static str,
+    /// The queue.
+    pub(crate) queue: &'a mut Queue,
+    /// Set when the driver broke the ring: the queue is no longer served.
+    pub(crate) broken: &'a mut bool,
+    /// Guest memory.
+    pub(crate) mem: &'a M,
+    /// Where used-buffer notifications go.
+    pub(crate) interrupt: &'a InterruptStatus,
+    /// Reused chain storage, so popping does not allocate.
+    pub(crate) chain: &'a mut DescriptorChain,
+}
+
+impl<M: GuestMemory> Served<'_, M> {
+    /// Pops chains while `want_more(state)`, hands each to `handle` (which
+    /// returns the used length) and puts it in the used ring; after each
+    /// batch of up to `size` chains asks the queue once whether the driver
+    /// wants a notification and raises at most one interrupt.
+    ///
+    /// A queue error (the driver broke the ring) is logged, marks the
+    /// queue broken and ends serving it. The spec answer would be
+    /// DEVICE_NEEDS_RESET (§2.1.2), which `VirtioDevice` cannot signal yet.
+    pub(crate) fn serve<S>(
+        self,
+        state: &mut S,
+        want_more: impl Fn(&S) -> bool,
+        mut handle: impl FnMut(&mut S, &M, &[Descriptor]) -> u32,
+    ) {
+        let Served {
+            name,
+            queue,
+            broken,
+            mem,
+            interrupt,
+            chain,
+        } = self;
+        if *broken || !queue.ready() {
+            return;
+        }
+        let batch = u32::from(queue.size()).max(1);
+        for _ in 0..MAX_BATCHES {
+            let mut served = 0u32;
+            while served < batch && want_more(state) {
+                match queue.pop_into(mem, chain) {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => {
+                        log::error!("{name}: driver broke the queue, no longer served: {e}");
+                        *broken = true;
+                        break;
+                    }
+                }
+                let len = handle(state, mem, chain.descriptors());
+                if let Err(e) = queue.add_used(mem, chain.head_index(), len) {
+                    log::error!("{name}: driver broke the queue, no longer served: {e}");
+                    *broken = true;
+                    break;
+                }
+                served += 1;
+            }
+            if served > 0 {
+                // On error, notify anyway: a spurious interrupt is harmless.
+                if queue.needs_notification(mem).unwrap_or(true) {
+                    interrupt.raise(InterruptCause::UsedBuffer);
+                }
+            }
+            if served < batch || *broken {
+                return;
+            }
+        }
+        // Stopped with chains perhaps left: make the driver notify again.
+        if let Err(e) = queue.enable_notification(mem) {
+            log::error!("{name}: driver broke the queue, no longer served: {e}");
+            *broken = true;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::GuestMemoryMmap;
+
+    fn d(addr: u64, len: u32, writable: bool) -> Descriptor {
+        Descriptor {
+            addr: GuestAddress(addr),
+            len,
+            writable,
+        }
+    }
+
+    #[test]
+    fn split_rejects_readable_after_writable() {
+        let descs = [d(0, 1, false), d(8, 1, true), d(16, 1, false)];
+        assert_eq!(
+            ChainLayout::split(&descs).unwrap_err(),
+            ReadableAfterWritable { index: 2 }
+        );
+        let ok = ChainLayout::split(&descs[..2]).unwrap();
+        assert_eq!((ok.readable_len, ok.writable_len), (1, 1));
+    }
+
+    #[test]
+    fn region_spans_descriptors_and_skips_empty_ones() {
+        let descs = [d(0x100, 4, false), d(0x200, 0, false), d(0x300, 8, false)];
+        let pieces: Vec<_> = Region::new(&descs, 2, 6)
+            .pieces()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            pieces,
+            vec![(GuestAddress(0x102), 2), (GuestAddress(0x300), 4)]
+        );
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
+        mem.write_slice(&[1, 2, 3, 4], GuestAddress(0x100)).unwrap();
+        mem.write_slice(&[5, 6, 7, 8], GuestAddress(0x300)).unwrap();
+        let mut buf = [0u8; 6];
+        Region::new(&descs, 2, 6).read_into(&mem, &mut buf).unwrap();
+        assert_eq!(buf, [3, 4, 5, 6, 7, 8]);
+        // Asking for more than the chain holds is an error, not a panic.
+        let mut big = [0u8; 32];
+        assert!(Region::new(&descs, 0, 32)
+            .read_into(&mem, &mut big)
+            .is_err());
+    }
+
+    #[test]
+    fn region_outside_guest_memory_is_an_error() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
+        let descs = [d(u64::MAX - 1, 16, true)];
+        assert!(Region::new(&descs, 0, 16)
+            .write_from(&mem, &[0; 16])
+            .is_err());
+        let descs = [d(0xff8, 16, true)];
+        assert!(Region::new(&descs, 0, 16)
+            .write_from(&mem, &[0; 16])
+            .is_err());
+    }
+}
