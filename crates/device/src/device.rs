@@ -91,11 +91,16 @@ pub trait VirtioDevice<M: GuestMemory>: Send {
     fn queue_notify(&mut self, index: u16, data: Option<NotificationData>);
 
     /// The driver reset the device (`Status` = 0): drop queues and any
-    /// in-flight state, keep the backing (disk file, ...).
+    /// in-flight state, keep the backing (disk file, ...). Called on every
+    /// reset, also when the device was never activated.
     fn reset(&mut self);
 
-    /// The driver reset queue `index` (`QueueReset`, VIRTIO_F_RING_RESET):
-    /// stop using it and forget its state. Default: nothing.
+    /// Stop using queue `index` and forget its state: the driver reset it
+    /// (`QueueReset`, VIRTIO_F_RING_RESET), or turned it off while the
+    /// device runs (`QueueReady` = 0, legacy `QueuePFN` = 0; virtio v1.4
+    /// §4.2.2.1: the device MUST NOT access a queue whose `QueueReady` is
+    /// 0). Only called between a successful `activate` and `reset`.
+    /// Default: nothing.
     fn queue_reset(&mut self, index: u16) {
         let _ = index;
     }
