@@ -1,7 +1,7 @@
 //! Block requests: layout constants and the per-chain processor
 //! (virtio v1.4 §5.2.6 "Device Operation").
 //!
-//! [`Disk::process`] takes one descriptor chain and returns the used length.
+//! The block device processes one descriptor chain at a time and returns the used length.
 //! It never fails and never panics: every driver mistake becomes the status
 //! the spec asks for, and a chain too broken to carry a status is completed
 //! with length 0.
