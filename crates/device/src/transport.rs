@@ -132,6 +132,38 @@ macro_rules! fault {
 /// register, checks a ring before enabling it, activates the device at
 /// `DRIVER_OK` and forwards `QueueNotify`.
 ///
+/// # Behaviour where the spec leaves room
+///
+/// - `Status`: the driver may only add bits, in the order of virtio v1.4
+///   §3.1.1 (ACKNOWLEDGE, DRIVER, FEATURES_OK, DRIVER_OK; FAILED at any
+///   time); a write of 0 resets from any state; any other write that
+///   clears a bit or skips a step is ignored. After FAILED only a reset is
+///   accepted. DEVICE_NEEDS_RESET in a driver write is ignored (the bit is
+///   the device's); undefined bits and SUSPEND are dropped; a legacy window
+///   drops FEATURES_OK. The device never sets FAILED.
+/// - FEATURES_OK is refused (reads back clear) when the driver accepted a
+///   bit that was not offered, wrote a non-zero word to a feature page
+///   >= 2 (remembered until reset), or, in Version 2, did not accept
+///   VIRTIO_F_VERSION_1. Legacy windows mask `GuestFeatures` to what was
+///   offered.
+/// - `QueueSize` reads as `QueueSizeMax` until written; `QueueAlign` and
+///   `GuestPageSize` default to 4096 bytes; `GuestPageSize` survives reset
+///   (Linux writes it once, before its first reset).
+/// - Queue registers are refused while the queue is enabled and after
+///   DRIVER_OK, except `QueueReady` = 0 / `QueuePFN` = 0 (which disable the
+///   queue at once; a running device is told through
+///   [`VirtioDevice::queue_reset`]) and a queue reset with `QueueReset`
+///   (VIRTIO_F_RING_RESET), after which the queue may be reprogrammed and
+///   re-enabled ([`VirtioDevice::queue_enable`]).
+/// - `QueueNotify` reaches the device only after a successful activation
+///   and for an enabled queue; legacy drivers that notify before DRIVER_OK
+///   are not served.
+/// - A driver store to the configuration space that changes what the
+///   device reads back increments `ConfigGeneration`; the host reports its
+///   own changes with [`MmioTransport::config_changed`].
+/// - 64-bit accesses are invalid everywhere (§4.2.2.2 allows the driver
+///   8/16/32-bit accesses to the configuration space only).
+///
 /// # Example
 ///
 /// ```
