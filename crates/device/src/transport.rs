@@ -142,8 +142,8 @@ macro_rules! fault {
 ///   the device's); undefined bits and SUSPEND are dropped; a legacy window
 ///   drops FEATURES_OK. The device never sets FAILED.
 /// - FEATURES_OK is refused (reads back clear) when the driver accepted a
-///   bit that was not offered, wrote a non-zero word to a feature page
-///   >= 2 (remembered until reset), or, in Version 2, did not accept
+///   bit that was not offered, wrote a non-zero word to feature page 2 or
+///   above (remembered until reset), or, in Version 2, did not accept
 ///   VIRTIO_F_VERSION_1. Legacy windows mask `GuestFeatures` to what was
 ///   offered.
 /// - `QueueSize` reads as `QueueSizeMax` until written; `QueueAlign` and
