@@ -1497,6 +1497,7 @@ proptest! {
     #[test]
     fn random_accesses_never_panic_and_keep_invariants(
         legacy_window in any::<bool>(),
+        probed in any::<bool>(),
         accesses in proptest::collection::vec(access_strategy(), 1..200),
     ) {
         let version = if legacy_window { TransportVersion::Legacy } else { TransportVersion::Modern };
@@ -1505,6 +1506,16 @@ proptest! {
             d.shm = vec![SharedMemoryRegion { id: 1, base: 0x4000_0000, len: 0x1000 }];
         });
         let mut written = 0u32;
+        if probed {
+            // Start from a running device half of the time, so that
+            // notifications, queue resets and DRIVER_OK-time rules are hit.
+            if legacy_window {
+                h.linux_legacy_probe();
+            } else {
+                h.linux_v2_probe(all_modern_bits());
+            }
+            written = h.t.status();
+        }
         for access in accesses {
             match access {
                 Access::Read { offset, width } => {
