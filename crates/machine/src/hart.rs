@@ -1,0 +1,1064 @@
+//! The hart: an RV64IMA + Zicsr + Zifencei interpreter with S and U modes and Sv39.
+//!
+//! What it implements, by RISC-V Privileged Architecture (20211203) section:
+//! - §4.1 "Supervisor CSRs": `sstatus` (SIE, SPIE, SPP, SUM, MXR; UXL reads 2), `sie`/`sip`
+//!   (SSIP writable, STIP from the SBI timer, SEIP from the PLIC), `stvec` (direct and
+//!   vectored), `scounteren`, `sscratch`, `sepc`, `scause`, `stval`, `satp`, `senvcfg`
+//!   (reads 0); the unprivileged counters `cycle`, `time`, `instret` (and `hpmcounter3..31`
+//!   reading 0), gated for U-mode by `scounteren`.
+//! - §3.1.6.1 / §4.1.1 trap entry and `sret`: every trap goes to S-mode (there is no M-mode;
+//!   S-mode `ecall` is the SBI, see [`crate::sbi`]).
+//! - §4.3 / §4.4 "Sv39": three-level walk, permission checks with SUM and MXR, misaligned
+//!   superpages, A/D bits set in the PTE on access (the "hardware updating" option of §4.3.1),
+//!   `sfence.vma`, `satp` modes Bare and Sv39 (writes of other modes are ignored, ASIDLEN 0).
+//!
+//! Speed: instructions are decoded once into a direct-mapped cache indexed by physical
+//! address and validated by the raw word (so it never goes stale, whoever writes the code:
+//! the hart, device DMA or the loader); instruction fetch reuses the translation of the
+//! current page; loads and stores go through a software TLB (1024 entries, direct-mapped,
+//! flushed on `sfence.vma` and `satp` writes) whose entries carry the PTE's R/W/X/U/D bits,
+//! checked against a permission mask for the current privilege, SUM and MXR; RAM is reached
+//! through a host pointer, devices only on the slow path. Interrupts and timers are checked
+//! between batches of instructions, and a batch ends early after any CSR write, `sret`,
+//! `wfi`, MMIO access or SBI call that may change what is pending.
+//!
+//! Misaligned loads and stores are carried out byte by byte (no exception; Linux without M-mode
+//! firmware could not emulate them); misaligned LR/SC/AMOs raise address-misaligned
+//! exceptions as the A extension requires.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::bus::Bus;
+use crate::decode::{decode, AmoOp, Insn, Kind};
+use crate::layout::TIMEBASE_HZ;
+use crate::plic::IrqShared;
+use crate::ExitReason;
+
+/// CSR numbers (Privileged spec Table 2.2 and §4.1).
+pub(crate) mod csr {
+    pub const SSTATUS: u16 = 0x100;
+    pub const SIE: u16 = 0x104;
+    pub const STVEC: u16 = 0x105;
+    pub const SCOUNTEREN: u16 = 0x106;
+    pub const SENVCFG: u16 = 0x10a;
+    pub const SSCRATCH: u16 = 0x140;
+    pub const SEPC: u16 = 0x141;
+    pub const SCAUSE: u16 = 0x142;
+    pub const STVAL: u16 = 0x143;
+    pub const SIP: u16 = 0x144;
+    pub const SATP: u16 = 0x180;
+    pub const CYCLE: u16 = 0xc00;
+    pub const TIME: u16 = 0xc01;
+    pub const INSTRET: u16 = 0xc02;
+    pub const HPMCOUNTER31: u16 = 0xc1f;
+}
+
+/// Exception codes of `scause` (Privileged spec Table 4.2).
+pub(crate) mod cause {
+    pub const INSN_MISALIGNED: u64 = 0;
+    pub const INSN_ACCESS_FAULT: u64 = 1;
+    pub const ILLEGAL_INSN: u64 = 2;
+    pub const BREAKPOINT: u64 = 3;
+    pub const LOAD_MISALIGNED: u64 = 4;
+    pub const LOAD_ACCESS_FAULT: u64 = 5;
+    pub const STORE_MISALIGNED: u64 = 6;
+    pub const STORE_ACCESS_FAULT: u64 = 7;
+    pub const ECALL_U: u64 = 8;
+    pub const INSN_PAGE_FAULT: u64 = 12;
+    pub const LOAD_PAGE_FAULT: u64 = 13;
+    pub const STORE_PAGE_FAULT: u64 = 15;
+    /// Interrupt codes (with bit 63 set in `scause`).
+    pub const IRQ_S_SOFT: u64 = 1;
+    pub const IRQ_S_TIMER: u64 = 5;
+    pub const IRQ_S_EXT: u64 = 9;
+}
+
+/// `sstatus` bits (Privileged spec §4.1.1).
+pub(crate) mod sstatus {
+    pub const SIE: u64 = 1 << 1;
+    pub const SPIE: u64 = 1 << 5;
+    pub const SPP: u64 = 1 << 8;
+    pub const SUM: u64 = 1 << 18;
+    pub const MXR: u64 = 1 << 19;
+    /// UXL = 2 (64-bit U-mode), read-only.
+    pub const UXL64: u64 = 2 << 32;
+    pub const WRITABLE: u64 = SIE | SPIE | SPP | SUM | MXR;
+}
+
+/// `sip`/`sie` bits (Privileged spec §4.1.3).
+pub(crate) const SSIP: u64 = 1 << cause::IRQ_S_SOFT;
+pub(crate) const STIP: u64 = 1 << cause::IRQ_S_TIMER;
+pub(crate) const SEIP: u64 = 1 << cause::IRQ_S_EXT;
+const SIE_WRITABLE: u64 = SSIP | STIP | SEIP;
+
+/// Sv39 PTE bits (Privileged spec §4.4.1).
+mod pte {
+    pub const V: u64 = 1 << 0;
+    pub const R: u64 = 1 << 1;
+    pub const W: u64 = 1 << 2;
+    pub const X: u64 = 1 << 3;
+    pub const U: u64 = 1 << 4;
+    pub const A: u64 = 1 << 6;
+    pub const D: u64 = 1 << 7;
+    /// PPN field width in bits.
+    pub const PPN_MASK: u64 = (1 << 44) - 1;
+}
+
+/// `satp` fields (Privileged spec §4.1.11): MODE 63:60, ASID 59:44 (ASIDLEN 0 here), PPN 43:0.
+const SATP_MODE_SV39: u64 = 8;
+const SATP_PPN_MASK: u64 = (1 << 44) - 1;
+
+/// Privilege mode of the hart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Privilege {
+    /// U-mode (encoding 0).
+    User = 0,
+    /// S-mode (encoding 1).
+    Supervisor = 1,
+}
+
+/// A synchronous exception: `scause` code and `stval`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Trap {
+    pub cause: u64,
+    pub tval: u64,
+}
+
+impl Trap {
+    fn illegal(raw: u32) -> Self {
+        Trap {
+            cause: cause::ILLEGAL_INSN,
+            tval: u64::from(raw),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Access {
+    Read = 0,
+    Write = 1,
+    Exec = 2,
+}
+
+impl Access {
+    fn page_fault(self, va: u64) -> Trap {
+        let cause = match self {
+            Access::Read => cause::LOAD_PAGE_FAULT,
+            Access::Write => cause::STORE_PAGE_FAULT,
+            Access::Exec => cause::INSN_PAGE_FAULT,
+        };
+        Trap { cause, tval: va }
+    }
+
+    fn access_fault(self, va: u64) -> Trap {
+        let cause = match self {
+            Access::Read => cause::LOAD_ACCESS_FAULT,
+            Access::Write => cause::STORE_ACCESS_FAULT,
+            Access::Exec => cause::INSN_ACCESS_FAULT,
+        };
+        Trap { cause, tval: va }
+    }
+}
+
+/// Number of software-TLB entries (power of two).
+const TLB_SIZE: usize = 1024;
+/// Number of decode-cache entries (power of two).
+const DCACHE_SIZE: usize = 1 << 15;
+/// An invalid TLB tag (virtual page numbers have at most 52 bits).
+const TLB_INVALID: u64 = u64::MAX;
+
+/// One TLB entry: virtual page number tag, and the physical page address with the compact
+/// PTE flags (R W X U D in bits 0..=4) in its low bits.
+#[derive(Clone, Copy)]
+struct TlbEntry {
+    vpn: u64,
+    pa_flags: u64,
+}
+
+#[derive(Clone, Copy)]
+struct DecodedEntry {
+    raw: u32,
+    insn: Insn,
+}
+
+/// Permission masks for (read, write, exec): bit `f` is set when a TLB entry with compact
+/// flags `f` (R=1 W=2 X=4 U=8 D=16) allows the access for this privilege, SUM and MXR.
+const fn perm_masks(user: bool, sum: bool, mxr: bool) -> [u32; 3] {
+    let mut m = [0u32; 3];
+    let mut f = 0u32;
+    while f < 32 {
+        let (r, w, x, u, d) = (f & 1 != 0, f & 2 != 0, f & 4 != 0, f & 8 != 0, f & 16 != 0);
+        let data_ok = if user { u } else { !u || sum };
+        if (r || (x && mxr)) && data_ok {
+            m[0] |= 1 << f;
+        }
+        if w && d && data_ok {
+            m[1] |= 1 << f;
+        }
+        if x && (if user { u } else { !u }) {
+            m[2] |= 1 << f;
+        }
+        f += 1;
+    }
+    m
+}
+
+/// [`perm_masks`] for index `user | sum << 1 | mxr << 2`.
+const PERMS: [[u32; 3]; 8] = [
+    perm_masks(false, false, false),
+    perm_masks(true, false, false),
+    perm_masks(false, true, false),
+    perm_masks(true, true, false),
+    perm_masks(false, false, true),
+    perm_masks(true, false, true),
+    perm_masks(false, true, true),
+    perm_masks(true, true, true),
+];
+
+fn sext32(v: u64) -> u64 {
+    v as u32 as i32 as i64 as u64
+}
+
+/// The hart and the bus it drives.
+pub(crate) struct Hart {
+    /// Integer registers; `x[0]` is forced to 0 after every instruction.
+    pub(crate) x: [u64; 32],
+    pub(crate) pc: u64,
+    pub(crate) prv: Privilege,
+    pub(crate) sstatus: u64,
+    pub(crate) sie: u64,
+    pub(crate) sip: u64,
+    pub(crate) stvec: u64,
+    pub(crate) scounteren: u64,
+    pub(crate) sscratch: u64,
+    pub(crate) sepc: u64,
+    pub(crate) scause: u64,
+    pub(crate) stval: u64,
+    pub(crate) satp: u64,
+    /// SBI timer compare value, in `time` ticks; `u64::MAX` = off.
+    pub(crate) timecmp: u64,
+    /// Retired instructions (also read as `cycle`).
+    pub(crate) instret: u64,
+    /// LR reservation: physical address.
+    reservation: Option<u64>,
+    mmu_on: bool,
+    perms: [u32; 3],
+    tlb: Box<[TlbEntry; TLB_SIZE]>,
+    fetch_vpn: u64,
+    fetch_off: usize,
+    dcache: Box<[DecodedEntry; DCACHE_SIZE]>,
+    pub(crate) bus: Bus,
+    pub(crate) irq: Arc<IrqShared>,
+    clock: Instant,
+    /// Set by the SBI when the guest asks to stop.
+    pub(crate) exit: Option<ExitReason>,
+    /// Ends the current batch after this instruction (pending interrupts may have changed).
+    pub(crate) break_batch: bool,
+    /// The hart executed WFI and waits for an interrupt.
+    pub(crate) wfi: bool,
+    pub(crate) trace: Option<Box<dyn Write + Send>>,
+}
+
+impl Hart {
+    pub(crate) fn new(bus: Bus, irq: Arc<IrqShared>) -> Self {
+        let tlb: Box<[TlbEntry; TLB_SIZE]> = vec![
+            TlbEntry {
+                vpn: TLB_INVALID,
+                pa_flags: 0
+            };
+            TLB_SIZE
+        ]
+        .into_boxed_slice()
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("length is TLB_SIZE"));
+        let dcache: Box<[DecodedEntry; DCACHE_SIZE]> = vec![
+            DecodedEntry {
+                raw: 0,
+                insn: decode(0)
+            };
+            DCACHE_SIZE
+        ]
+        .into_boxed_slice()
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("length is DCACHE_SIZE"));
+        let mut hart = Self {
+            x: [0; 32],
+            pc: 0,
+            prv: Privilege::Supervisor,
+            sstatus: 0,
+            sie: 0,
+            sip: 0,
+            stvec: 0,
+            // The machine plays the firmware's part and lets U-mode read cycle, time and
+            // instret (the vDSO reads `time`), as OpenSBI + Linux's SBI PMU driver would.
+            scounteren: 0x7,
+            sscratch: 0,
+            sepc: 0,
+            scause: 0,
+            stval: 0,
+            satp: 0,
+            timecmp: u64::MAX,
+            instret: 0,
+            reservation: None,
+            mmu_on: false,
+            perms: PERMS[0],
+            tlb,
+            fetch_vpn: TLB_INVALID,
+            fetch_off: 0,
+            dcache,
+            bus,
+            irq,
+            clock: Instant::now(),
+            exit: None,
+            break_batch: false,
+            wfi: false,
+            trace: None,
+        };
+        hart.set_priv(Privilege::Supervisor);
+        hart
+    }
+
+    /// The `time` CSR: ticks of [`TIMEBASE_HZ`] since the machine was created.
+    pub(crate) fn time(&self) -> u64 {
+        let d = self.clock.elapsed();
+        d.as_secs()
+            .wrapping_mul(TIMEBASE_HZ)
+            .wrapping_add(u64::from(d.subsec_nanos()) * TIMEBASE_HZ / 1_000_000_000)
+    }
+
+    fn set_priv(&mut self, prv: Privilege) {
+        self.prv = prv;
+        self.update_perms();
+        self.fetch_vpn = TLB_INVALID;
+    }
+
+    fn update_perms(&mut self) {
+        let idx = (self.prv == Privilege::User) as usize
+            | (((self.sstatus & sstatus::SUM != 0) as usize) << 1)
+            | (((self.sstatus & sstatus::MXR != 0) as usize) << 2);
+        self.perms = PERMS[idx];
+    }
+
+    pub(crate) fn flush_tlb(&mut self) {
+        for e in self.tlb.iter_mut() {
+            e.vpn = TLB_INVALID;
+        }
+        self.fetch_vpn = TLB_INVALID;
+    }
+
+    // ---- execution -------------------------------------------------------------------
+
+    /// Runs at most `budget` instructions; stops early when `break_batch` is set. Returns
+    /// the number of instructions attempted (including ones that trapped).
+    pub(crate) fn run_batch<const TRACE: bool>(&mut self, budget: u64) -> u64 {
+        self.break_batch = false;
+        let mut n = 0;
+        while n < budget {
+            n += 1;
+            if let Err(t) = self.step::<TRACE>() {
+                self.take_trap(t.cause, t.tval, false);
+            }
+            if self.break_batch {
+                break;
+            }
+        }
+        n
+    }
+
+    #[inline(always)]
+    fn step<const TRACE: bool>(&mut self) -> Result<(), Trap> {
+        let pc = self.pc;
+        let off = if pc >> 12 == self.fetch_vpn {
+            // The fetch page is RAM (checked when cached); pc is 4-aligned.
+            self.fetch_off + (pc & 0xfff) as usize
+        } else {
+            self.fetch_slow(pc)?
+        };
+        let raw = self.bus.ram.load::<4>(off) as u32;
+        let slot = (off >> 2) & (DCACHE_SIZE - 1);
+        let entry = self.dcache[slot];
+        let insn = if entry.raw == raw {
+            entry.insn
+        } else {
+            let insn = decode(raw);
+            self.dcache[slot] = DecodedEntry { raw, insn };
+            insn
+        };
+        if TRACE {
+            self.trace_insn(pc, raw, &insn);
+        }
+        self.exec(insn, pc, raw)?;
+        self.instret = self.instret.wrapping_add(1);
+        Ok(())
+    }
+
+    #[cold]
+    fn trace_insn(&mut self, pc: u64, raw: u32, insn: &Insn) {
+        if let Some(t) = self.trace.as_mut() {
+            let name = format!("{:?}", insn.kind).to_ascii_lowercase();
+            // A trace sink that fails must not stop the guest.
+            let _ = writeln!(t, "0x{pc:016x}:  {raw:08x}  {name}");
+        }
+    }
+
+    #[inline(never)]
+    fn fetch_slow(&mut self, pc: u64) -> Result<usize, Trap> {
+        if pc & 3 != 0 {
+            return Err(Trap {
+                cause: cause::INSN_MISALIGNED,
+                tval: pc,
+            });
+        }
+        let pa = self.translate(pc, Access::Exec)?;
+        let page = self
+            .bus
+            .ram
+            .offset(pa & !0xfff, 4096)
+            .ok_or(Access::Exec.access_fault(pc))?;
+        self.fetch_vpn = pc >> 12;
+        self.fetch_off = page;
+        Ok(page + (pc & 0xfff) as usize)
+    }
+
+    #[inline(always)]
+    fn exec(&mut self, i: Insn, pc: u64, raw: u32) -> Result<(), Trap> {
+        let rs1 = self.x[i.rs1 as usize & 31];
+        let rs2 = self.x[i.rs2 as usize & 31];
+        let imm = i.imm as i64 as u64;
+        let rd = i.rd as usize & 31;
+        let sh = (i.imm & 63) as u32;
+        let mut next = pc.wrapping_add(4);
+        macro_rules! branch {
+            ($cond:expr) => {
+                if $cond {
+                    next = jump_target(pc.wrapping_add(imm))?;
+                }
+            };
+        }
+        match i.kind {
+            Kind::Lui => self.x[rd] = imm,
+            Kind::Auipc => self.x[rd] = pc.wrapping_add(imm),
+            Kind::Jal => {
+                let t = jump_target(pc.wrapping_add(imm))?;
+                self.x[rd] = next;
+                next = t;
+            }
+            Kind::Jalr => {
+                let t = jump_target(rs1.wrapping_add(imm) & !1)?;
+                self.x[rd] = next;
+                next = t;
+            }
+            Kind::Beq => branch!(rs1 == rs2),
+            Kind::Bne => branch!(rs1 != rs2),
+            Kind::Blt => branch!((rs1 as i64) < (rs2 as i64)),
+            Kind::Bge => branch!((rs1 as i64) >= (rs2 as i64)),
+            Kind::Bltu => branch!(rs1 < rs2),
+            Kind::Bgeu => branch!(rs1 >= rs2),
+            Kind::Lb => self.x[rd] = self.load::<1>(rs1.wrapping_add(imm))? as i8 as i64 as u64,
+            Kind::Lh => self.x[rd] = self.load::<2>(rs1.wrapping_add(imm))? as i16 as i64 as u64,
+            Kind::Lw => self.x[rd] = sext32(self.load::<4>(rs1.wrapping_add(imm))?),
+            Kind::Ld => self.x[rd] = self.load::<8>(rs1.wrapping_add(imm))?,
+            Kind::Lbu => self.x[rd] = self.load::<1>(rs1.wrapping_add(imm))?,
+            Kind::Lhu => self.x[rd] = self.load::<2>(rs1.wrapping_add(imm))?,
+            Kind::Lwu => self.x[rd] = self.load::<4>(rs1.wrapping_add(imm))?,
+            Kind::Sb => self.store::<1>(rs1.wrapping_add(imm), rs2)?,
+            Kind::Sh => self.store::<2>(rs1.wrapping_add(imm), rs2)?,
+            Kind::Sw => self.store::<4>(rs1.wrapping_add(imm), rs2)?,
+            Kind::Sd => self.store::<8>(rs1.wrapping_add(imm), rs2)?,
+            Kind::Addi => self.x[rd] = rs1.wrapping_add(imm),
+            Kind::Slti => self.x[rd] = ((rs1 as i64) < (imm as i64)) as u64,
+            Kind::Sltiu => self.x[rd] = (rs1 < imm) as u64,
+            Kind::Xori => self.x[rd] = rs1 ^ imm,
+            Kind::Ori => self.x[rd] = rs1 | imm,
+            Kind::Andi => self.x[rd] = rs1 & imm,
+            Kind::Slli => self.x[rd] = rs1 << sh,
+            Kind::Srli => self.x[rd] = rs1 >> sh,
+            Kind::Srai => self.x[rd] = ((rs1 as i64) >> sh) as u64,
+            Kind::Add => self.x[rd] = rs1.wrapping_add(rs2),
+            Kind::Sub => self.x[rd] = rs1.wrapping_sub(rs2),
+            Kind::Sll => self.x[rd] = rs1 << (rs2 & 63),
+            Kind::Slt => self.x[rd] = ((rs1 as i64) < (rs2 as i64)) as u64,
+            Kind::Sltu => self.x[rd] = (rs1 < rs2) as u64,
+            Kind::Xor => self.x[rd] = rs1 ^ rs2,
+            Kind::Srl => self.x[rd] = rs1 >> (rs2 & 63),
+            Kind::Sra => self.x[rd] = ((rs1 as i64) >> (rs2 & 63)) as u64,
+            Kind::Or => self.x[rd] = rs1 | rs2,
+            Kind::And => self.x[rd] = rs1 & rs2,
+            Kind::Addiw => self.x[rd] = sext32(rs1.wrapping_add(imm)),
+            Kind::Slliw => self.x[rd] = sext32(u64::from((rs1 as u32) << (sh & 31))),
+            Kind::Srliw => self.x[rd] = sext32(u64::from((rs1 as u32) >> (sh & 31))),
+            Kind::Sraiw => self.x[rd] = ((rs1 as i32) >> (sh & 31)) as i64 as u64,
+            Kind::Addw => self.x[rd] = sext32(rs1.wrapping_add(rs2)),
+            Kind::Subw => self.x[rd] = sext32(rs1.wrapping_sub(rs2)),
+            Kind::Sllw => self.x[rd] = sext32(u64::from((rs1 as u32) << (rs2 & 31))),
+            Kind::Srlw => self.x[rd] = sext32(u64::from((rs1 as u32) >> (rs2 & 31))),
+            Kind::Sraw => self.x[rd] = ((rs1 as i32) >> (rs2 & 31)) as i64 as u64,
+            Kind::Mul => self.x[rd] = rs1.wrapping_mul(rs2),
+            Kind::Mulh => {
+                self.x[rd] = ((i128::from(rs1 as i64) * i128::from(rs2 as i64)) >> 64) as u64
+            }
+            Kind::Mulhsu => {
+                // |rs1| <= 2^63 and rs2 < 2^64: the product fits in i128.
+                self.x[rd] = ((i128::from(rs1 as i64) * i128::from(rs2)) >> 64) as u64
+            }
+            Kind::Mulhu => self.x[rd] = ((u128::from(rs1) * u128::from(rs2)) >> 64) as u64,
+            Kind::Div => {
+                self.x[rd] = if rs2 == 0 {
+                    u64::MAX
+                } else {
+                    (rs1 as i64).wrapping_div(rs2 as i64) as u64
+                }
+            }
+            Kind::Divu => self.x[rd] = rs1.checked_div(rs2).unwrap_or(u64::MAX),
+            Kind::Rem => {
+                self.x[rd] = if rs2 == 0 {
+                    rs1
+                } else {
+                    (rs1 as i64).wrapping_rem(rs2 as i64) as u64
+                }
+            }
+            Kind::Remu => self.x[rd] = rs1.checked_rem(rs2).unwrap_or(rs1),
+            Kind::Mulw => self.x[rd] = sext32(rs1.wrapping_mul(rs2)),
+            Kind::Divw => {
+                let (a, b) = (rs1 as i32, rs2 as i32);
+                self.x[rd] = if b == 0 {
+                    u64::MAX
+                } else {
+                    a.wrapping_div(b) as i64 as u64
+                }
+            }
+            Kind::Divuw => {
+                let (a, b) = (rs1 as u32, rs2 as u32);
+                self.x[rd] = a.checked_div(b).map_or(u64::MAX, |q| sext32(u64::from(q)))
+            }
+            Kind::Remw => {
+                let (a, b) = (rs1 as i32, rs2 as i32);
+                self.x[rd] = if b == 0 { a } else { a.wrapping_rem(b) } as i64 as u64
+            }
+            Kind::Remuw => {
+                let (a, b) = (rs1 as u32, rs2 as u32);
+                self.x[rd] = sext32(u64::from(a.checked_rem(b).unwrap_or(a)))
+            }
+            Kind::Fence | Kind::FenceI => {}
+            Kind::LrW | Kind::ScW | Kind::AmoW | Kind::LrD | Kind::ScD | Kind::AmoD => {
+                self.x[rd] = self.atomic(i, rs1, rs2)?
+            }
+            Kind::Ecall
+            | Kind::Ebreak
+            | Kind::Sret
+            | Kind::Wfi
+            | Kind::SfenceVma
+            | Kind::Csrrw
+            | Kind::Csrrs
+            | Kind::Csrrc
+            | Kind::Csrrwi
+            | Kind::Csrrsi
+            | Kind::Csrrci => next = self.system(i, pc, raw, rs1, next)?,
+            Kind::Illegal => return Err(Trap::illegal(raw)),
+        }
+        self.x[0] = 0;
+        self.pc = next;
+        Ok(())
+    }
+
+    // ---- memory ----------------------------------------------------------------------
+
+    #[inline(always)]
+    fn translate(&mut self, va: u64, acc: Access) -> Result<u64, Trap> {
+        if !self.mmu_on {
+            return Ok(va);
+        }
+        let vpn = va >> 12;
+        let e = self.tlb[(vpn as usize) & (TLB_SIZE - 1)];
+        if e.vpn == vpn && (self.perms[acc as usize] >> (e.pa_flags & 31)) & 1 != 0 {
+            return Ok((e.pa_flags & !0xfff) | (va & 0xfff));
+        }
+        self.walk(va, acc)
+    }
+
+    /// Sv39 page walk (Privileged spec §4.3.2), filling the TLB on success.
+    #[inline(never)]
+    fn walk(&mut self, va: u64, acc: Access) -> Result<u64, Trap> {
+        let pf = acc.page_fault(va);
+        // Bits 63:39 must equal bit 38.
+        if (((va << 25) as i64) >> 25) as u64 != va {
+            return Err(pf);
+        }
+        let mut table = (self.satp & SATP_PPN_MASK) << 12;
+        let mut level: u32 = 2;
+        let (pte, pte_off) = loop {
+            let index = (va >> (12 + 9 * level)) & 0x1ff;
+            // table < 2^56 and index * 8 < 4096: no overflow.
+            let addr = table + index * 8;
+            let off = self.bus.ram.offset(addr, 8).ok_or(acc.access_fault(va))?;
+            let pte = self.bus.ram.load::<8>(off);
+            // Invalid, W without R, or reserved / Svpbmt / Svnapot bits (not implemented).
+            if pte & pte::V == 0 || (pte & pte::R == 0 && pte & pte::W != 0) || pte >> 54 != 0 {
+                return Err(pf);
+            }
+            if pte & (pte::R | pte::X) != 0 {
+                break (pte, off);
+            }
+            if level == 0 {
+                return Err(pf);
+            }
+            level -= 1;
+            table = ((pte >> 10) & pte::PPN_MASK) << 12;
+        };
+        let user_page = pte & pte::U != 0;
+        let priv_ok = match self.prv {
+            Privilege::User => user_page,
+            Privilege::Supervisor => {
+                !user_page || (acc != Access::Exec && self.sstatus & sstatus::SUM != 0)
+            }
+        };
+        let access_ok = match acc {
+            Access::Read => {
+                pte & pte::R != 0 || (pte & pte::X != 0 && self.sstatus & sstatus::MXR != 0)
+            }
+            Access::Write => pte & pte::W != 0,
+            Access::Exec => pte & pte::X != 0,
+        };
+        if !priv_ok || !access_ok {
+            return Err(pf);
+        }
+        let ppn = (pte >> 10) & pte::PPN_MASK;
+        // Pages below a superpage's level come from the virtual address.
+        let low_mask = (1u64 << (9 * level)) - 1;
+        if ppn & low_mask != 0 {
+            return Err(pf);
+        }
+        let mut new = pte | pte::A;
+        if acc == Access::Write {
+            new |= pte::D;
+        }
+        if new != pte && !self.bus.ram.compare_exchange_u64(pte_off, pte, new) {
+            // The PTE changed under us (device DMA into a page table): let the guest retry.
+            return Err(pf);
+        }
+        let pa_page = ((ppn & !low_mask) | ((va >> 12) & low_mask)) << 12;
+        let flags = ((new >> 1) & 0xf) | (((new >> 7) & 1) << 4);
+        let vpn = va >> 12;
+        self.tlb[(vpn as usize) & (TLB_SIZE - 1)] = TlbEntry {
+            vpn,
+            pa_flags: pa_page | flags,
+        };
+        Ok(pa_page | (va & 0xfff))
+    }
+
+    #[inline(always)]
+    fn load<const N: usize>(&mut self, va: u64) -> Result<u64, Trap> {
+        if va & (N as u64 - 1) != 0 {
+            return self.load_misaligned(va, N);
+        }
+        let pa = self.translate(va, Access::Read)?;
+        if let Some(off) = self.bus.ram.offset(pa, N as u64) {
+            return Ok(self.bus.ram.load::<N>(off));
+        }
+        self.mmio_load(va, pa, N)
+    }
+
+    #[inline(always)]
+    fn store<const N: usize>(&mut self, va: u64, v: u64) -> Result<(), Trap> {
+        if va & (N as u64 - 1) != 0 {
+            return self.store_misaligned(va, N, v);
+        }
+        let pa = self.translate(va, Access::Write)?;
+        if let Some(off) = self.bus.ram.offset(pa, N as u64) {
+            self.bus.ram.store::<N>(off, v);
+            return Ok(());
+        }
+        self.mmio_store(va, pa, N, v)
+    }
+
+    #[inline(never)]
+    fn mmio_load(&mut self, va: u64, pa: u64, size: usize) -> Result<u64, Trap> {
+        self.break_batch = true;
+        self.bus
+            .mmio_read(pa, size)
+            .ok_or(Access::Read.access_fault(va))
+    }
+
+    #[inline(never)]
+    fn mmio_store(&mut self, va: u64, pa: u64, size: usize, v: u64) -> Result<(), Trap> {
+        self.break_batch = true;
+        if self.bus.mmio_write(pa, size, v) {
+            Ok(())
+        } else {
+            Err(Access::Write.access_fault(va))
+        }
+    }
+
+    /// A misaligned load, byte by byte (each byte translated on its own).
+    #[cold]
+    fn load_misaligned(&mut self, va: u64, size: usize) -> Result<u64, Trap> {
+        let mut v = 0u64;
+        for k in 0..size {
+            let a = va.wrapping_add(k as u64);
+            let pa = self.translate(a, Access::Read)?;
+            let b = self
+                .bus
+                .read_phys(pa, 1)
+                .ok_or(Access::Read.access_fault(a))?;
+            v |= b << (8 * k);
+        }
+        Ok(v)
+    }
+
+    /// A misaligned store, byte by byte; every byte is translated before any is written, so
+    /// a page fault leaves memory untouched.
+    #[cold]
+    fn store_misaligned(&mut self, va: u64, size: usize, v: u64) -> Result<(), Trap> {
+        let mut pas = [0u64; 8];
+        for (k, pa) in pas.iter_mut().enumerate().take(size) {
+            *pa = self.translate(va.wrapping_add(k as u64), Access::Write)?;
+        }
+        for (k, &pa) in pas.iter().enumerate().take(size) {
+            if !self.bus.write_phys(pa, 1, v >> (8 * k)) {
+                return Err(Access::Write.access_fault(va.wrapping_add(k as u64)));
+            }
+        }
+        Ok(())
+    }
+
+    /// LR, SC and AMOs (Unprivileged spec chapter 8). Returns the value for `rd`.
+    #[inline(never)]
+    fn atomic(&mut self, i: Insn, addr: u64, src: u64) -> Result<u64, Trap> {
+        let wide = matches!(i.kind, Kind::LrD | Kind::ScD | Kind::AmoD);
+        let size: usize = if wide { 8 } else { 4 };
+        let is_lr = matches!(i.kind, Kind::LrW | Kind::LrD);
+        if addr & (size as u64 - 1) != 0 {
+            let cause = if is_lr {
+                cause::LOAD_MISALIGNED
+            } else {
+                cause::STORE_MISALIGNED
+            };
+            return Err(Trap { cause, tval: addr });
+        }
+        let fix = |v: u64| if wide { v } else { sext32(v) };
+        if is_lr {
+            let pa = self.translate(addr, Access::Read)?;
+            let v = self
+                .bus
+                .read_phys(pa, size)
+                .ok_or(Access::Read.access_fault(addr))?;
+            self.reservation = Some(pa);
+            return Ok(fix(v));
+        }
+        let pa = self.translate(addr, Access::Write)?;
+        if matches!(i.kind, Kind::ScW | Kind::ScD) {
+            // An SC always ends the reservation; it succeeds only on the reserved address.
+            if self.reservation.take() != Some(pa) {
+                return Ok(1);
+            }
+            if !self.bus.write_phys(pa, size, src) {
+                return Err(Access::Write.access_fault(addr));
+            }
+            return Ok(0);
+        }
+        let old = self
+            .bus
+            .read_phys(pa, size)
+            .ok_or(Access::Write.access_fault(addr))?;
+        let new = amo(i.imm, old, src, wide);
+        if !self.bus.write_phys(pa, size, new) {
+            return Err(Access::Write.access_fault(addr));
+        }
+        Ok(fix(old))
+    }
+
+    // ---- system instructions, CSRs, traps --------------------------------------------
+
+    #[inline(never)]
+    fn system(&mut self, i: Insn, pc: u64, raw: u32, rs1: u64, next: u64) -> Result<u64, Trap> {
+        let user = self.prv == Privilege::User;
+        match i.kind {
+            Kind::Ecall if user => Err(Trap {
+                cause: cause::ECALL_U,
+                tval: 0,
+            }),
+            Kind::Ecall => {
+                self.sbi_call();
+                self.break_batch = true;
+                Ok(next)
+            }
+            Kind::Ebreak => Err(Trap {
+                cause: cause::BREAKPOINT,
+                tval: pc,
+            }),
+            Kind::Sret | Kind::Wfi | Kind::SfenceVma if user => Err(Trap::illegal(raw)),
+            Kind::Sret => {
+                let spp = self.sstatus & sstatus::SPP != 0;
+                let spie = self.sstatus & sstatus::SPIE != 0;
+                self.sstatus &= !(sstatus::SPP | sstatus::SIE);
+                self.sstatus |= sstatus::SPIE;
+                if spie {
+                    self.sstatus |= sstatus::SIE;
+                }
+                self.reservation = None;
+                self.set_priv(if spp {
+                    Privilege::Supervisor
+                } else {
+                    Privilege::User
+                });
+                self.break_batch = true;
+                Ok(self.sepc)
+            }
+            Kind::Wfi => {
+                self.wfi = true;
+                self.break_batch = true;
+                Ok(next)
+            }
+            Kind::SfenceVma => {
+                self.flush_tlb();
+                Ok(next)
+            }
+            _ => {
+                self.csr_insn(i, raw, rs1)?;
+                Ok(next)
+            }
+        }
+    }
+
+    /// The six Zicsr instructions (Unprivileged spec §9.1), with the privilege and
+    /// read-only checks of Privileged spec §2.1.
+    fn csr_insn(&mut self, i: Insn, raw: u32, rs1: u64) -> Result<(), Trap> {
+        let csr = (i.imm & 0xfff) as u16;
+        let illegal = Trap::illegal(raw);
+        if (csr >> 8) & 3 > self.prv as u16 {
+            return Err(illegal);
+        }
+        let uimm = u64::from(i.rs1);
+        // (source value, how it combines with the old value, whether a write happens)
+        let (src, op, writes) = match i.kind {
+            Kind::Csrrw => (rs1, CsrOp::Write, true),
+            Kind::Csrrwi => (uimm, CsrOp::Write, true),
+            Kind::Csrrs => (rs1, CsrOp::Set, i.rs1 != 0),
+            Kind::Csrrsi => (uimm, CsrOp::Set, i.rs1 != 0),
+            Kind::Csrrc => (rs1, CsrOp::Clear, i.rs1 != 0),
+            _ => (uimm, CsrOp::Clear, i.rs1 != 0),
+        };
+        // CSRRW(I) with rd = x0 does not read the CSR (and has no read side effects).
+        let reads = !(op == CsrOp::Write && i.rd == 0);
+        if writes && csr >> 10 == 3 {
+            return Err(illegal);
+        }
+        let old = if reads {
+            self.csr_read(csr).ok_or(illegal)?
+        } else {
+            0
+        };
+        if writes {
+            let new = match op {
+                CsrOp::Write => src,
+                CsrOp::Set => old | src,
+                CsrOp::Clear => old & !src,
+            };
+            if !self.csr_write(csr, new) {
+                return Err(illegal);
+            }
+        }
+        if reads {
+            self.x[i.rd as usize & 31] = old;
+        }
+        Ok(())
+    }
+
+    /// Reads a CSR; `None` when it does not exist or U-mode may not read it.
+    pub(crate) fn csr_read(&mut self, csr: u16) -> Option<u64> {
+        Some(match csr {
+            csr::SSTATUS => self.sstatus | sstatus::UXL64,
+            csr::SIE => self.sie,
+            csr::STVEC => self.stvec,
+            csr::SCOUNTEREN => self.scounteren,
+            csr::SENVCFG => 0,
+            csr::SSCRATCH => self.sscratch,
+            csr::SEPC => self.sepc,
+            csr::SCAUSE => self.scause,
+            csr::STVAL => self.stval,
+            csr::SIP => {
+                self.refresh_timer();
+                self.sip
+            }
+            csr::SATP => self.satp,
+            csr::CYCLE..=csr::HPMCOUNTER31 => {
+                let n = csr - csr::CYCLE;
+                if self.prv == Privilege::User && (self.scounteren >> n) & 1 == 0 {
+                    return None;
+                }
+                match csr {
+                    csr::CYCLE | csr::INSTRET => self.instret,
+                    csr::TIME => self.time(),
+                    _ => 0,
+                }
+            }
+            _ => return None,
+        })
+    }
+
+    /// Writes a CSR (after the read-only and privilege checks); `false` when it does not exist.
+    pub(crate) fn csr_write(&mut self, csr: u16, v: u64) -> bool {
+        match csr {
+            csr::SSTATUS => {
+                self.sstatus = v & sstatus::WRITABLE;
+                self.update_perms();
+                self.break_batch = true;
+            }
+            csr::SIE => {
+                self.sie = v & SIE_WRITABLE;
+                self.break_batch = true;
+            }
+            csr::STVEC => {
+                // MODE is WARL: the reserved modes 2 and 3 become Direct.
+                self.stvec = if v & 3 >= 2 { v & !3 } else { v };
+            }
+            csr::SCOUNTEREN => self.scounteren = v & 0xffff_ffff,
+            csr::SENVCFG => {}
+            csr::SSCRATCH => self.sscratch = v,
+            csr::SEPC => self.sepc = v & !3,
+            csr::SCAUSE => self.scause = v,
+            csr::STVAL => self.stval = v,
+            csr::SIP => {
+                self.sip = (self.sip & !SSIP) | (v & SSIP);
+                self.break_batch = true;
+            }
+            csr::SATP => {
+                match v >> 60 {
+                    0 => self.satp = 0,
+                    SATP_MODE_SV39 => self.satp = v & ((0xf << 60) | SATP_PPN_MASK),
+                    // Unsupported modes: the write has no effect (§4.1.11).
+                    _ => return true,
+                }
+                self.mmu_on = self.satp >> 60 == SATP_MODE_SV39;
+                self.flush_tlb();
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    fn refresh_timer(&mut self) {
+        if self.time() >= self.timecmp {
+            self.sip |= STIP;
+        } else {
+            self.sip &= !STIP;
+        }
+    }
+
+    /// Enters the S-mode trap handler (Privileged spec §4.1.1, §4.1.2).
+    pub(crate) fn take_trap(&mut self, cause: u64, tval: u64, interrupt: bool) {
+        if let Some(t) = self.trace.as_mut() {
+            let _ = writeln!(
+                t,
+                "trap: async:{} cause:{cause:#x} epc:{:#018x} tval:{tval:#x} priv:{:?}",
+                interrupt as u8, self.pc, self.prv
+            );
+        }
+        self.sepc = self.pc;
+        self.scause = cause | (u64::from(interrupt) << 63);
+        self.stval = tval;
+        let sie = self.sstatus & sstatus::SIE != 0;
+        self.sstatus &= !(sstatus::SIE | sstatus::SPIE | sstatus::SPP);
+        if sie {
+            self.sstatus |= sstatus::SPIE;
+        }
+        if self.prv == Privilege::Supervisor {
+            self.sstatus |= sstatus::SPP;
+        }
+        let base = self.stvec & !3;
+        self.pc = if interrupt && self.stvec & 3 == 1 {
+            base.wrapping_add(4 * cause)
+        } else {
+            base
+        };
+        self.reservation = None;
+        self.set_priv(Privilege::Supervisor);
+    }
+
+    /// The highest-priority interrupt that is pending, enabled and not masked (Privileged
+    /// spec §4.1.3: SEI > SSI > STI; taken in U-mode always, in S-mode only with SIE).
+    pub(crate) fn pending_interrupt(&self) -> Option<u64> {
+        let pending = self.sip & self.sie;
+        if pending == 0 {
+            return None;
+        }
+        if self.prv == Privilege::Supervisor && self.sstatus & sstatus::SIE == 0 {
+            return None;
+        }
+        [cause::IRQ_S_EXT, cause::IRQ_S_SOFT, cause::IRQ_S_TIMER]
+            .into_iter()
+            .find(|c| pending & (1 << c) != 0)
+    }
+
+    /// Refreshes SEIP and STIP and takes an interrupt if one is due. Called between batches.
+    pub(crate) fn poll_interrupts(&mut self) {
+        if self.irq.take_changed() {
+            if self.bus.plic.seip() {
+                self.sip |= SEIP;
+            } else {
+                self.sip &= !SEIP;
+            }
+        }
+        self.refresh_timer();
+        if self.wfi && self.sip & self.sie != 0 {
+            // WFI resumes on a locally enabled pending interrupt, even with SIE clear.
+            self.wfi = false;
+        }
+        if let Some(c) = self.pending_interrupt() {
+            self.wfi = false;
+            self.take_trap(c, 0, true);
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CsrOp {
+    Write,
+    Set,
+    Clear,
+}
+
+/// Checks a jump target: without the C extension, targets must be 4-byte aligned.
+#[inline(always)]
+fn jump_target(t: u64) -> Result<u64, Trap> {
+    if t & 3 != 0 {
+        return Err(Trap {
+            cause: cause::INSN_MISALIGNED,
+            tval: t,
+        });
+    }
+    Ok(t)
+}
+
+/// The AMO arithmetic on `old` (memory) and `src` (rs2), 32- or 64-bit.
+fn amo(op: i32, old: u64, src: u64, wide: bool) -> u64 {
+    let op = AmoOp::from_funct5(op as u32).unwrap_or(AmoOp::Swap);
+    if wide {
+        match op {
+            AmoOp::Swap => src,
+            AmoOp::Add => old.wrapping_add(src),
+            AmoOp::Xor => old ^ src,
+            AmoOp::And => old & src,
+            AmoOp::Or => old | src,
+            AmoOp::Min => (old as i64).min(src as i64) as u64,
+            AmoOp::Max => (old as i64).max(src as i64) as u64,
+            AmoOp::Minu => old.min(src),
+            AmoOp::Maxu => old.max(src),
+        }
+    } else {
+        let (o, s) = (old as u32, src as u32);
+        u64::from(match op {
+            AmoOp::Swap => s,
+            AmoOp::Add => o.wrapping_add(s),
+            AmoOp::Xor => o ^ s,
+            AmoOp::And => o & s,
+            AmoOp::Or => o | s,
+            AmoOp::Min => (o as i32).min(s as i32) as u32,
+            AmoOp::Max => (o as i32).max(s as i32) as u32,
+            AmoOp::Minu => o.min(s),
+            AmoOp::Maxu => o.max(s),
+        })
+    }
+}
