@@ -1,0 +1,462 @@
+//! Block device driver (virtio v1.4 §5.2 "Block Device"): read, write,
+//! flush and get-id requests on request queue 0, one request at a time.
+//!
+//! Requests go through driver-owned DMA buffers (a header/status page and
+//! a data bounce buffer), so the public API is safe: caller slices are
+//! copied, never handed to the device.
+
+use vmmio_spec::device_id;
+
+use crate::error::{Error, Result};
+use crate::hal::{Dma, Hal, PAGE_SIZE};
+use crate::io::RegisterIo;
+use crate::queue::{Segment, VirtQueue};
+use crate::transport::{Transport, Version};
+
+/// Sector size in bytes: the unit of `capacity` and of request positions,
+/// whatever `blk_size` says (virtio v1.4 §5.2.5).
+pub const SECTOR_SIZE: usize = 512;
+/// Length in bytes of a device ID string (`VIRTIO_BLK_T_GET_ID`).
+pub const ID_BYTES: usize = 20;
+/// Largest data transfer of one request, in bytes; longer reads and writes
+/// are split (128 KiB).
+pub const MAX_TRANSFER: usize = 128 * 1024;
+
+/// Feature bit: the device is read-only.
+pub const VIRTIO_BLK_F_RO: u32 = 5;
+/// Feature bit: `blk_size` is valid.
+pub const VIRTIO_BLK_F_BLK_SIZE: u32 = 6;
+/// Feature bit: the device supports `VIRTIO_BLK_T_FLUSH`.
+pub const VIRTIO_BLK_F_FLUSH: u32 = 9;
+
+/// Request type: read.
+pub const VIRTIO_BLK_T_IN: u32 = 0;
+/// Request type: write.
+pub const VIRTIO_BLK_T_OUT: u32 = 1;
+/// Request type: flush.
+pub const VIRTIO_BLK_T_FLUSH: u32 = 4;
+/// Request type: get the device ID string.
+pub const VIRTIO_BLK_T_GET_ID: u32 = 8;
+
+/// Request status: success.
+pub const VIRTIO_BLK_S_OK: u8 = 0;
+/// Request status: device or driver error.
+pub const VIRTIO_BLK_S_IOERR: u8 = 1;
+/// Request status: unsupported request.
+pub const VIRTIO_BLK_S_UNSUPP: u8 = 2;
+
+/// Config offset of `capacity` (le64, in 512-byte sectors).
+const CFG_CAPACITY: u64 = 0;
+/// Config offset of `blk_size` (le32, bytes).
+const CFG_BLK_SIZE: u64 = 20;
+
+/// Offset of the status byte in the request page (after the 16-byte
+/// header).
+const STATUS_OFF: usize = 16;
+/// A status value the device never writes: "not written".
+const STATUS_UNSET: u8 = 0xff;
+
+/// Default request queue size asked for, in entries.
+pub const DEFAULT_QUEUE_SIZE: u16 = 128;
+
+enum Data<'a> {
+    None,
+    In(&'a mut [u8]),
+    Out(&'a [u8]),
+}
+
+/// A virtio block device (device ID 2).
+///
+/// # Example
+///
+/// ```
+/// # use vmmio_driver::{blk::Block, Hal, RegisterIo, Result, Transport};
+/// fn first_sector<R: RegisterIo, H: Hal + Clone>(t: Transport<R>, hal: H) -> Result<[u8; 512]> {
+///     let mut disk = Block::new(t, hal)?;
+///     let mut sector = [0u8; 512];
+///     disk.read_blocks(0, &mut sector)?;
+///     Ok(sector)
+/// }
+/// ```
+pub struct Block<R: RegisterIo, H: Hal + Clone> {
+    transport: Transport<R>,
+    hal: H,
+    queue_size: u16,
+    queue: Option<VirtQueue<H>>,
+    req: Option<Dma<H>>,
+    data: Option<Dma<H>>,
+    capacity: u64,
+    blk_size: Option<u32>,
+    read_only: bool,
+    flush: bool,
+    broken: bool,
+}
+
+impl<R: RegisterIo, H: Hal + Clone> core::fmt::Debug for Block<R, H> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Block")
+            .field("capacity", &self.capacity)
+            .field("blk_size", &self.blk_size)
+            .field("read_only", &self.read_only)
+            .field("flush", &self.flush)
+            .finish()
+    }
+}
+
+impl<R: RegisterIo, H: Hal + Clone> Block<R, H> {
+    /// Initialises the block device behind `transport` (virtio v1.4
+    /// §3.1.1, §5.2.5) with a request queue of up to
+    /// [`DEFAULT_QUEUE_SIZE`] entries.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WrongDeviceType`], and any error of
+    /// [`Transport::begin_init`], [`Transport::setup_queue`],
+    /// [`Transport::finish_init`] or a config read; FAILED is set on the
+    /// device when initialisation fails after negotiation started.
+    pub fn new(transport: Transport<R>, hal: H) -> Result<Self> {
+        Self::with_queue_size(transport, hal, DEFAULT_QUEUE_SIZE)
+    }
+
+    /// As [`new`](Self::new), asking for a request queue of up to
+    /// `queue_size` entries.
+    ///
+    /// # Errors
+    ///
+    /// As [`new`](Self::new).
+    pub fn with_queue_size(transport: Transport<R>, hal: H, queue_size: u16) -> Result<Self> {
+        if transport.device_id() != device_id::BLOCK {
+            return Err(Error::WrongDeviceType {
+                expected: device_id::BLOCK,
+                found: transport.device_id(),
+            });
+        }
+        let mut b = Self {
+            transport,
+            hal,
+            queue_size,
+            queue: None,
+            req: None,
+            data: None,
+            capacity: 0,
+            blk_size: None,
+            read_only: false,
+            flush: false,
+            broken: false,
+        };
+        b.init()?;
+        Ok(b)
+    }
+
+    fn init(&mut self) -> Result<()> {
+        self.broken = true;
+        let wanted = vmmio_spec::features::bit(VIRTIO_BLK_F_RO)
+            | vmmio_spec::features::bit(VIRTIO_BLK_F_BLK_SIZE)
+            | vmmio_spec::features::bit(VIRTIO_BLK_F_FLUSH);
+        self.transport.begin_init(wanted)?;
+        let r = self.init_after_features();
+        if r.is_err() {
+            self.transport.fail();
+        }
+        r
+    }
+
+    fn init_after_features(&mut self) -> Result<()> {
+        let t = &mut self.transport;
+        self.read_only = t.has_feature(VIRTIO_BLK_F_RO);
+        self.flush = t.has_feature(VIRTIO_BLK_F_FLUSH);
+        self.capacity = t.read_config_u64(CFG_CAPACITY)?;
+        self.blk_size = if t.has_feature(VIRTIO_BLK_F_BLK_SIZE) {
+            Some(t.read_config_u32(CFG_BLK_SIZE)?)
+        } else {
+            None
+        };
+        self.req = Some(Dma::new(self.hal.clone(), PAGE_SIZE)?);
+        self.queue = Some(t.setup_queue(self.hal.clone(), 0, self.queue_size)?);
+        t.finish_init()?;
+        self.broken = false;
+        Ok(())
+    }
+
+    /// Resets the device and initialises it again: the way back after
+    /// [`Error::DeviceNeedsReset`], a timeout or a device fault.
+    ///
+    /// # Errors
+    ///
+    /// As [`new`](Self::new), and [`Error::Timeout`] when the reset or a
+    /// queue teardown does not complete (the device stays unusable).
+    pub fn reinit(&mut self) -> Result<()> {
+        self.broken = true;
+        self.transport.reset()?;
+        if let Some(q) = self.queue.take() {
+            self.transport.teardown_queue(q)?;
+        }
+        self.init()
+    }
+
+    /// The transport, e.g. for [`Transport::ack_interrupt`].
+    pub fn transport(&mut self) -> &mut Transport<R> {
+        &mut self.transport
+    }
+
+    /// Capacity in 512-byte sectors, as read at initialisation or by the
+    /// last [`refresh_capacity`](Self::refresh_capacity).
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Re-reads `capacity` (after a configuration change notification,
+    /// virtio v1.4 §5.2.6.1).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] when the config never reads consistently.
+    pub fn refresh_capacity(&mut self) -> Result<u64> {
+        self.capacity = self.transport.read_config_u64(CFG_CAPACITY)?;
+        Ok(self.capacity)
+    }
+
+    /// The device's preferred block size in bytes (`blk_size`), when
+    /// VIRTIO_BLK_F_BLK_SIZE was negotiated. Requests still use 512-byte
+    /// sectors.
+    pub fn blk_size(&self) -> Option<u32> {
+        self.blk_size
+    }
+
+    /// Whether the device is read-only (VIRTIO_BLK_F_RO).
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// Whether the device supports flush (VIRTIO_BLK_F_FLUSH).
+    pub fn supports_flush(&self) -> bool {
+        self.flush
+    }
+
+    /// Handles an interrupt: acknowledges it (see
+    /// [`Transport::ack_interrupt`]). Requests are completed by polling,
+    /// so nothing else is pending.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::DeviceNeedsReset`].
+    pub fn handle_interrupt(&mut self) -> Result<crate::InterruptEvents> {
+        self.transport.ack_interrupt()
+    }
+
+    fn check_range(&self, sector: u64, len: usize) -> Result<()> {
+        if len % SECTOR_SIZE != 0 {
+            return Err(Error::UnalignedLength(len));
+        }
+        let sectors = (len / SECTOR_SIZE) as u64;
+        match sector.checked_add(sectors) {
+            Some(end) if end <= self.capacity => Ok(()),
+            _ => Err(Error::OutOfRange {
+                sector,
+                sectors,
+                capacity: self.capacity,
+            }),
+        }
+    }
+
+    /// Reads `buf.len()` bytes (a multiple of 512) starting at `sector`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnalignedLength`], [`Error::OutOfRange`] (nothing sent);
+    /// [`Error::BlockStatus`], [`Error::ShortCompletion`], and the errors
+    /// of [`Transport::wait_used`].
+    pub fn read_blocks(&mut self, sector: u64, buf: &mut [u8]) -> Result<()> {
+        self.check_range(sector, buf.len())?;
+        let mut s = sector;
+        for chunk in buf.chunks_mut(MAX_TRANSFER) {
+            self.request(VIRTIO_BLK_T_IN, s, Data::In(chunk))?;
+            s += (chunk.len() / SECTOR_SIZE) as u64;
+        }
+        Ok(())
+    }
+
+    /// Writes `buf` (a multiple of 512 bytes) starting at `sector`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ReadOnly`], [`Error::UnalignedLength`],
+    /// [`Error::OutOfRange`] (nothing sent); then as
+    /// [`read_blocks`](Self::read_blocks).
+    pub fn write_blocks(&mut self, sector: u64, buf: &[u8]) -> Result<()> {
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
+        self.check_range(sector, buf.len())?;
+        let mut s = sector;
+        for chunk in buf.chunks(MAX_TRANSFER) {
+            self.request(VIRTIO_BLK_T_OUT, s, Data::Out(chunk))?;
+            s += (chunk.len() / SECTOR_SIZE) as u64;
+        }
+        Ok(())
+    }
+
+    /// Flushes the device's write cache (`VIRTIO_BLK_T_FLUSH`, sector 0,
+    /// no data: virtio v1.4 §5.2.6.1). Without VIRTIO_BLK_F_FLUSH the
+    /// cache is write-through and this returns at once.
+    ///
+    /// # Errors
+    ///
+    /// As [`read_blocks`](Self::read_blocks).
+    pub fn flush(&mut self) -> Result<()> {
+        if !self.flush {
+            return Ok(());
+        }
+        self.request(VIRTIO_BLK_T_FLUSH, 0, Data::None)
+    }
+
+    /// Fetches the device ID string (`VIRTIO_BLK_T_GET_ID`, 20 bytes,
+    /// NUL-padded, no terminator when 20 long).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BlockStatus`] with 2 (UNSUPP) when the device has none;
+    /// then as [`read_blocks`](Self::read_blocks).
+    pub fn get_id(&mut self) -> Result<[u8; ID_BYTES]> {
+        let mut id = [0u8; ID_BYTES];
+        self.request(VIRTIO_BLK_T_GET_ID, 0, Data::In(&mut id))?;
+        Ok(id)
+    }
+
+    fn request(&mut self, kind: u32, sector: u64, mut data: Data<'_>) -> Result<()> {
+        if self.broken {
+            return Err(Error::Broken);
+        }
+        let legacy = self.transport.version() == Version::Legacy;
+        let data_len = match &data {
+            Data::None => 0,
+            Data::In(b) => b.len(),
+            Data::Out(b) => b.len(),
+        };
+        // The header: le32 type, le32 reserved, le64 sector (guest-native
+        // on legacy devices, virtio v1.4 §5.2.6.3).
+        let mut header = [0u8; 17];
+        let (k, s) = if legacy {
+            (kind.to_ne_bytes(), sector.to_ne_bytes())
+        } else {
+            (kind.to_le_bytes(), sector.to_le_bytes())
+        };
+        header[..4].copy_from_slice(&k);
+        header[8..16].copy_from_slice(&s);
+        header[STATUS_OFF] = STATUS_UNSET;
+        let req = self.req.as_mut().ok_or(Error::Broken)?;
+        req.write_bytes(0, &header)?;
+        let req_addr = req.paddr();
+        if data_len > 0 && self.data.as_ref().is_none_or(|d| d.len() < data_len) {
+            self.data = None;
+            self.data = Some(Dma::new(self.hal.clone(), data_len)?);
+        }
+        let data_seg = match self.data.as_mut() {
+            Some(d) if data_len > 0 => {
+                if let Data::Out(b) = &data {
+                    d.write_bytes(0, b)?;
+                }
+                Some(Segment {
+                    addr: d.paddr(),
+                    // data_len <= MAX_TRANSFER or ID_BYTES: fits u32.
+                    len: u32::try_from(data_len)
+                        .map_err(|_| Error::ChainTooLong(data_len as u64))?,
+                })
+            }
+            _ => None,
+        };
+        let hdr = Segment {
+            addr: req_addr,
+            len: 16,
+        };
+        let status = Segment {
+            addr: req_addr + STATUS_OFF as u64,
+            len: 1,
+        };
+        let mut readable = heapless_pair(hdr);
+        let mut writable = heapless_pair(status);
+        match (&data, data_seg) {
+            (Data::Out(_), Some(seg)) => readable.push(seg),
+            (Data::In(_), Some(seg)) => writable.insert(seg),
+            _ => {}
+        }
+        let q = self.queue.as_mut().ok_or(Error::Broken)?;
+        // SAFETY: the segments lie in `self.req` and `self.data`, DMA
+        // memory this driver owns; they are not touched until the chain
+        // completes, and on any error below `broken` is set so they are
+        // never reused, and leaked (not freed) by `Drop`, while the device
+        // may still write them.
+        let token = unsafe { q.add_segments(readable.as_slice(), writable.as_slice())? };
+        self.broken = true;
+        self.transport.notify_if_needed(q)?;
+        let len = self.transport.wait_used(q, token)?;
+        self.broken = false;
+        let needed = data_len as u64 + 1;
+        let writable_needed = match data {
+            Data::In(_) => needed,
+            _ => 1,
+        };
+        if !legacy && u64::from(len) < writable_needed {
+            return Err(Error::ShortCompletion {
+                len,
+                needed: writable_needed,
+            });
+        }
+        let req = self.req.as_ref().ok_or(Error::Broken)?;
+        let mut st = [0u8];
+        req.read_bytes(STATUS_OFF, &mut st)?;
+        if st[0] != VIRTIO_BLK_S_OK {
+            return Err(Error::BlockStatus(st[0]));
+        }
+        if let (Data::In(out), Some(d)) = (&mut data, self.data.as_ref()) {
+            d.read_bytes(0, out)?;
+        }
+        Ok(())
+    }
+}
+
+/// A list of at most two segments, without allocation.
+struct Pair {
+    segs: [Segment; 2],
+    n: usize,
+}
+
+fn heapless_pair(first: Segment) -> Pair {
+    Pair {
+        segs: [first, first],
+        n: 1,
+    }
+}
+
+impl Pair {
+    fn push(&mut self, s: Segment) {
+        self.segs[1] = s;
+        self.n = 2;
+    }
+    fn insert(&mut self, s: Segment) {
+        self.segs[1] = self.segs[0];
+        self.segs[0] = s;
+        self.n = 2;
+    }
+    fn as_slice(&self) -> &[Segment] {
+        &self.segs[..self.n]
+    }
+}
+
+impl<R: RegisterIo, H: Hal + Clone> Drop for Block<R, H> {
+    fn drop(&mut self) {
+        // Stop the device before its memory goes (virtio v1.4 §3.3.1).
+        // When the device will not stop, leak the memory instead.
+        let stopped = self.transport.reset().is_ok();
+        if let Some(q) = self.queue.take() {
+            if !stopped || self.transport.teardown_queue(q).is_err() {
+                if let Some(d) = self.req.take() {
+                    d.leak();
+                }
+                if let Some(d) = self.data.take() {
+                    d.leak();
+                }
+            }
+        }
+    }
+}

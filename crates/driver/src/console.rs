@@ -1,0 +1,328 @@
+//! Console device driver, port 0 only (virtio v1.4 §5.3 "Console
+//! Device"): bytes written go out on transmitq(port0) (queue 1); bytes
+//! come in on receiveq(port0) (queue 0), where the driver keeps empty
+//! buffers posted. VIRTIO_CONSOLE_F_MULTIPORT is never accepted.
+
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+
+use vmmio_spec::device_id;
+use vmmio_spec::features::bit;
+
+use crate::error::{Error, Result};
+use crate::hal::{Dma, Hal, PAGE_SIZE};
+use crate::io::RegisterIo;
+use crate::queue::{Segment, VirtQueue};
+use crate::transport::{InterruptEvents, Transport};
+
+/// Feature bit: `cols` and `rows` are valid.
+pub const VIRTIO_CONSOLE_F_SIZE: u32 = 0;
+/// Queue index of receiveq(port0).
+pub const RECEIVEQ: u16 = 0;
+/// Queue index of transmitq(port0).
+pub const TRANSMITQ: u16 = 1;
+/// Receive buffers kept posted (at most the queue size).
+pub const RX_BUFFERS: usize = 8;
+/// Bytes per receive buffer.
+pub const RX_BUFFER_SIZE: usize = PAGE_SIZE / RX_BUFFERS;
+/// [`RX_BUFFER_SIZE`] as a descriptor length.
+const RX_BUFFER_LEN: u32 = 512;
+const _: () = assert!(RX_BUFFER_LEN as usize == RX_BUFFER_SIZE);
+/// Queue size asked for, in entries, for both queues.
+pub const DEFAULT_QUEUE_SIZE: u16 = 16;
+/// Received bytes buffered in the driver before receive buffers are left
+/// un-reposted (back-pressure on the device), in bytes.
+pub const MAX_PENDING: usize = 64 * 1024;
+
+/// A virtio console (device ID 3), port 0.
+///
+/// # Example
+///
+/// ```
+/// # use vmmio_driver::{console::Console, Hal, RegisterIo, Result, Transport};
+/// fn hello<R: RegisterIo, H: Hal + Clone>(t: Transport<R>, hal: H) -> Result<()> {
+///     let mut con = Console::new(t, hal)?;
+///     con.write(b"hello\n")?;
+///     let mut echo = [0u8; 64];
+///     let n = con.read(&mut echo)?; // 0 when nothing arrived yet
+///     log::info!("read {n} bytes");
+///     Ok(())
+/// }
+/// ```
+pub struct Console<R: RegisterIo, H: Hal + Clone> {
+    transport: Transport<R>,
+    hal: H,
+    rxq: Option<VirtQueue<H>>,
+    txq: Option<VirtQueue<H>>,
+    rx_buf: Option<Dma<H>>,
+    tx_buf: Option<Dma<H>>,
+    /// Receive buffer slot of each token in flight, by token.
+    rx_slot: Vec<Option<usize>>,
+    /// Slots not posted (back-pressure).
+    idle_slots: Vec<usize>,
+    pending: VecDeque<u8>,
+    size: Option<(u16, u16)>,
+    broken: bool,
+}
+
+impl<R: RegisterIo, H: Hal + Clone> core::fmt::Debug for Console<R, H> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Console")
+            .field("pending", &self.pending.len())
+            .field("size", &self.size)
+            .field("broken", &self.broken)
+            .finish()
+    }
+}
+
+impl<R: RegisterIo, H: Hal + Clone> Console<R, H> {
+    /// Initialises the console behind `transport` (virtio v1.4 §3.1.1,
+    /// §5.3.5): accepts VIRTIO_CONSOLE_F_SIZE if offered, sets up
+    /// receiveq(port0) and transmitq(port0), posts receive buffers, sets
+    /// DRIVER_OK, then notifies the receive queue.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WrongDeviceType`], and the errors of
+    /// [`Transport::begin_init`], [`Transport::setup_queue`],
+    /// [`Transport::finish_init`] (FAILED is set after negotiation).
+    pub fn new(transport: Transport<R>, hal: H) -> Result<Self> {
+        if transport.device_id() != device_id::CONSOLE {
+            return Err(Error::WrongDeviceType {
+                expected: device_id::CONSOLE,
+                found: transport.device_id(),
+            });
+        }
+        let mut c = Self {
+            transport,
+            hal,
+            rxq: None,
+            txq: None,
+            rx_buf: None,
+            tx_buf: None,
+            rx_slot: Vec::new(),
+            idle_slots: Vec::new(),
+            pending: VecDeque::new(),
+            size: None,
+            broken: true,
+        };
+        c.init()?;
+        Ok(c)
+    }
+
+    fn init(&mut self) -> Result<()> {
+        self.broken = true;
+        self.transport.begin_init(bit(VIRTIO_CONSOLE_F_SIZE))?;
+        let r = self.init_after_features();
+        match r {
+            Ok(()) => self.broken = false,
+            Err(_) => self.transport.fail(),
+        }
+        r
+    }
+
+    fn init_after_features(&mut self) -> Result<()> {
+        let t = &mut self.transport;
+        self.size = if t.has_feature(VIRTIO_CONSOLE_F_SIZE) {
+            Some((t.read_config_u16(0)?, t.read_config_u16(2)?))
+        } else {
+            None
+        };
+        self.rx_buf = Some(Dma::new(self.hal.clone(), PAGE_SIZE)?);
+        self.tx_buf = Some(Dma::new(self.hal.clone(), PAGE_SIZE)?);
+        let rxq = t.setup_queue(self.hal.clone(), RECEIVEQ, DEFAULT_QUEUE_SIZE)?;
+        self.rx_slot = Vec::new();
+        self.rx_slot.resize(usize::from(rxq.size()), None);
+        self.idle_slots = (0..RX_BUFFERS.min(usize::from(rxq.size()))).collect();
+        self.rxq = Some(rxq);
+        self.txq = Some(t.setup_queue(self.hal.clone(), TRANSMITQ, DEFAULT_QUEUE_SIZE)?);
+        // Populate the receive queue before DRIVER_OK (virtio v1.4 §3.1.1
+        // step 7); notify only after it (§3.1.1).
+        self.post_idle()?;
+        self.transport.finish_init()?;
+        if let Some(q) = self.rxq.as_mut() {
+            self.transport.notify(q)?;
+        }
+        Ok(())
+    }
+
+    /// Posts every idle receive slot. Returns how many were posted.
+    fn post_idle(&mut self) -> Result<usize> {
+        let (Some(q), Some(buf)) = (self.rxq.as_mut(), self.rx_buf.as_ref()) else {
+            return Err(Error::Broken);
+        };
+        let mut posted = 0;
+        while let Some(slot) = self.idle_slots.pop() {
+            let seg = Segment {
+                addr: buf.paddr() + (slot * RX_BUFFER_SIZE) as u64,
+                len: RX_BUFFER_LEN,
+            };
+            // SAFETY: the slot is a disjoint part of this driver's receive
+            // page, touched again only after its chain completes; the page
+            // is leaked, not freed, if the device never stops.
+            match unsafe { q.add_segments(&[], &[seg]) } {
+                Ok(token) => {
+                    self.rx_slot[usize::from(token)] = Some(slot);
+                    posted += 1;
+                }
+                Err(e) => {
+                    self.idle_slots.push(slot);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(posted)
+    }
+
+    /// Resets the device and initialises it again (after
+    /// [`Error::DeviceNeedsReset`], a timeout or a device fault). Bytes
+    /// already received and not read are kept.
+    ///
+    /// # Errors
+    ///
+    /// As [`new`](Self::new), and [`Error::Timeout`] for the reset.
+    pub fn reinit(&mut self) -> Result<()> {
+        self.broken = true;
+        self.transport.reset()?;
+        for q in [self.rxq.take(), self.txq.take()].into_iter().flatten() {
+            self.transport.teardown_queue(q)?;
+        }
+        self.init()
+    }
+
+    /// The transport.
+    pub fn transport(&mut self) -> &mut Transport<R> {
+        &mut self.transport
+    }
+
+    /// Console size `(cols, rows)` when VIRTIO_CONSOLE_F_SIZE was
+    /// negotiated.
+    pub fn size(&self) -> Option<(u16, u16)> {
+        self.size
+    }
+
+    /// Handles an interrupt: acknowledges it, then collects received
+    /// bytes (used buffers of the receive queue).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::DeviceNeedsReset`], and the used-ring errors of
+    /// [`VirtQueue::pop_used`].
+    pub fn handle_interrupt(&mut self) -> Result<InterruptEvents> {
+        let ev = self.transport.ack_interrupt()?;
+        if ev.used_buffers {
+            self.poll_rx()?;
+        }
+        Ok(ev)
+    }
+
+    /// Collects completed receive buffers into the driver's pending bytes
+    /// and reposts them (at most one queue's worth per call).
+    fn poll_rx(&mut self) -> Result<()> {
+        if self.broken {
+            return Err(Error::Broken);
+        }
+        let (Some(q), Some(buf)) = (self.rxq.as_mut(), self.rx_buf.as_ref()) else {
+            return Err(Error::Broken);
+        };
+        for _ in 0..q.size() {
+            let Some(used) = q.pop_used()? else { break };
+            let Some(slot) = self.rx_slot[usize::from(used.token)].take() else {
+                continue;
+            };
+            // `len <= RX_BUFFER_SIZE` was checked against the posted buffer.
+            let n = usize::try_from(used.len).unwrap_or(0).min(RX_BUFFER_SIZE);
+            let mut tmp = [0u8; RX_BUFFER_SIZE];
+            buf.read_bytes(slot * RX_BUFFER_SIZE, &mut tmp[..n])?;
+            self.pending.extend(&tmp[..n]);
+            self.idle_slots.push(slot);
+        }
+        if self.pending.len() < MAX_PENDING && self.post_idle()? > 0 {
+            if let Some(q) = self.rxq.as_mut() {
+                self.transport.notify_if_needed(q)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies received bytes into `out` and returns how many; 0 when none
+    /// arrived. Never blocks.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Broken`], and the used-ring errors of
+    /// [`VirtQueue::pop_used`].
+    pub fn read(&mut self, out: &mut [u8]) -> Result<usize> {
+        self.poll_rx()?;
+        let n = out.len().min(self.pending.len());
+        for (o, b) in out.iter_mut().zip(self.pending.drain(..n)) {
+            *o = b;
+        }
+        Ok(n)
+    }
+
+    /// Sends `data` on port 0, in chunks of up to 4096 bytes, waiting for
+    /// each to be used.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Broken`], and the errors of [`Transport::wait_used`].
+    pub fn write(&mut self, data: &[u8]) -> Result<()> {
+        for chunk in data.chunks(PAGE_SIZE) {
+            self.write_chunk(chunk)?;
+        }
+        Ok(())
+    }
+
+    fn write_chunk(&mut self, chunk: &[u8]) -> Result<()> {
+        if self.broken {
+            return Err(Error::Broken);
+        }
+        let (Some(q), Some(buf)) = (self.txq.as_mut(), self.tx_buf.as_mut()) else {
+            return Err(Error::Broken);
+        };
+        buf.write_bytes(0, chunk)?;
+        let seg = Segment {
+            addr: buf.paddr(),
+            // chunk.len() <= 4096.
+            len: u32::try_from(chunk.len()).unwrap_or(0),
+        };
+        // SAFETY: the transmit page is this driver's, untouched until the
+        // chain completes; on error `broken` stays set and `Drop` leaks it.
+        let token = unsafe { q.add_segments(&[seg], &[])? };
+        self.broken = true;
+        self.transport.notify_if_needed(q)?;
+        self.transport.wait_used(q, token)?;
+        self.broken = false;
+        Ok(())
+    }
+}
+
+impl<R: RegisterIo, H: Hal + Clone> Drop for Console<R, H> {
+    fn drop(&mut self) {
+        let stopped = self.transport.reset().is_ok();
+        let mut all_stopped = stopped;
+        for q in [self.rxq.take(), self.txq.take()].into_iter().flatten() {
+            all_stopped &= stopped && self.transport.teardown_queue(q).is_ok();
+        }
+        if !all_stopped {
+            for b in [self.rx_buf.take(), self.tx_buf.take()]
+                .into_iter()
+                .flatten()
+            {
+                b.leak();
+            }
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl<R: RegisterIo, H: Hal + Clone> std::io::Write for Console<R, H> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Console::write(self, buf).map_err(std::io::Error::other)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

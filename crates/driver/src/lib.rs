@@ -1,0 +1,68 @@
+//! The driver side of virtio over MMIO (virtio v1.4 §4.2), for guest
+//! kernels, firmware and test harnesses: `no_std` + `alloc`.
+//!
+//! - [`RegisterIo`]: how the driver reaches a register window;
+//!   [`MmioWindow`] is the volatile implementation for real MMIO.
+//! - [`Hal`]: the platform's DMA services (allocate queue memory, share
+//!   buffers); [`IdentityHal`] for identity-mapped platforms and tests.
+//! - [`Transport`]: probe (`MagicValue`, `Version`, `DeviceID`), the
+//!   initialisation handshake of §3.1.1, queue setup and teardown, queue
+//!   reset, notifications, interrupts, config space, shared memory.
+//! - [`VirtQueue`]: the driver-role split virtqueue (§2.7) with indirect
+//!   descriptors and EVENT_IDX.
+//! - Class drivers: [`blk::Block`], [`rng::Entropy`],
+//!   [`console::Console`].
+//! - [`discovery`]: `virtio_mmio.device=` command-line parameters and
+//!   device-tree nodes.
+//!
+//! # Threat model
+//!
+//! The device is not trusted. Every register value and every used-ring
+//! entry is checked before use; a value that breaks the spec ends in an
+//! [`Error`] carrying that value, never a panic, and every wait is bounded
+//! by a budget the caller sets ([`Limits`]). What the driver cannot defend
+//! against is a device that writes memory it was never given: that is the
+//! platform's job (an IOMMU behind the [`Hal`]).
+//!
+//! Unsafe code lives only in [`io`] (volatile register access) and [`hal`]
+//! (DMA memory), plus the `unsafe` queue entry points that hand caller
+//! memory to the device.
+//!
+//! # Cargo features
+//!
+//! - `std` (default): `std::io::Read` for [`rng::Entropy`] and
+//!   `std::io::Write` for [`console::Console`]. Without it the crate needs
+//!   only `alloc`.
+#![no_std]
+#![deny(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+#![warn(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
+extern crate alloc;
+#[cfg(any(feature = "std", test))]
+extern crate std;
+
+pub mod blk;
+pub mod console;
+pub mod discovery;
+pub mod error;
+pub mod hal;
+pub mod io;
+pub mod queue;
+pub mod rng;
+pub mod transport;
+
+#[cfg(test)]
+#[path = "../tests/common/scripted.rs"]
+mod scripted;
+
+pub use error::{Error, Result};
+pub use hal::{BufferDirection, Dma, Hal, IdentityHal, PAGE_SIZE};
+pub use io::{MmioWindow, RegisterIo};
+pub use queue::{Segment, Used, VirtQueue};
+pub use transport::{InterruptEvents, Limits, ShmRegion, Transport, Version};

@@ -1,0 +1,1031 @@
+//! The driver-role split virtqueue (virtio v1.4 §2.7 "Split Virtqueues").
+//!
+//! A [`VirtQueue`] owns the queue memory (descriptor table, available ring,
+//! used ring) in one DMA allocation, a free list of descriptors kept in
+//! driver memory (the device cannot corrupt it), and the record of every
+//! chain in flight. The device's only inputs are the used ring's `idx`,
+//! its entries and (with EVENT_IDX) `avail_event` / (without) the used
+//! `flags`: each is checked before use.
+//!
+//! [`crate::Transport::setup_queue`] creates queues and
+//! [`crate::Transport::notify`] kicks them; the class drivers
+//! ([`crate::blk`], [`crate::rng`], [`crate::console`]) use them.
+
+use alloc::vec::Vec;
+use core::mem::ManuallyDrop;
+use core::ptr::NonNull;
+use core::sync::atomic::{fence, Ordering};
+
+use vmmio_spec::features::{bit, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC};
+use vmmio_spec::split::{
+    self, avail, need_event, used, USED_ALIGN, VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_INDIRECT,
+    VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VIRTQ_USED_F_NO_NOTIFY,
+};
+
+use crate::error::{Error, Result};
+use crate::hal::{BufferDirection, Dma, Hal, PAGE_SIZE};
+
+/// Descriptors in one indirect table: one [`PAGE_SIZE`] page of 16-byte
+/// descriptors.
+pub const MAX_INDIRECT: usize = PAGE_SIZE / 16;
+
+/// One buffer segment given by its device address (virtio v1.4 §2.7.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// Device-visible address of the first byte.
+    pub addr: u64,
+    /// Length in bytes.
+    pub len: u32,
+}
+
+/// A completed chain, taken from the used ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Used {
+    /// The token [`VirtQueue::add`] returned (the head descriptor index).
+    pub token: u16,
+    /// Bytes the device wrote into the chain's writable segments, checked
+    /// to be at most their total length.
+    pub len: u32,
+}
+
+/// A caller buffer shared through [`Hal::share`], undone at completion.
+struct SharedBuf {
+    paddr: u64,
+    ptr: usize,
+    len: usize,
+    direction: BufferDirection,
+}
+
+struct InFlight<H: Hal> {
+    /// Descriptors of the main table the chain holds.
+    descs: u16,
+    /// Total writable bytes (the limit for the used `len`).
+    writable: u64,
+    /// The indirect table, when the chain uses one.
+    indirect: Option<Dma<H>>,
+    /// Caller buffers to unshare when the chain completes.
+    shared: Vec<SharedBuf>,
+}
+
+/// A split virtqueue, driver role (virtio v1.4 §2.7).
+///
+/// Created by [`crate::Transport::setup_queue`], which programs its
+/// addresses into the device. Tokens are head descriptor indexes; chains
+/// may complete in any order.
+///
+/// Dropping a queue the device may still use would let the device write
+/// freed memory, so a queue dropped without
+/// [`crate::Transport::teardown_queue`] (which stops it and reads
+/// `QueueReady` back) leaks its memory instead of freeing it.
+///
+/// # Example
+///
+/// ```
+/// # use vmmio_driver::{Hal, RegisterIo, Result, Segment, Transport};
+/// // Post one device-writable buffer, kick, and poll for its completion.
+/// fn fill<R: RegisterIo, H: Hal + Clone>(t: &mut Transport<R>, hal: H) -> Result<u32> {
+///     let mut q = t.setup_queue(hal.clone(), 0, 16)?;
+///     let buf = vmmio_driver::Dma::new(hal, 64)?;
+///     let seg = Segment { addr: buf.paddr(), len: 64 };
+///     // SAFETY: `buf` outlives the request: it is leaked below unless
+///     // the device completed the chain.
+///     let token = unsafe { q.add_segments(&[], &[seg])? };
+///     t.notify(&mut q)?;
+///     for _ in 0..1000 {
+///         if let Some(used) = q.pop_used()? {
+///             assert_eq!(used.token, token);
+///             t.teardown_queue(q)?;
+///             return Ok(used.len);
+///         }
+///     }
+///     buf.leak();
+///     Err(vmmio_driver::Error::Timeout { what: "used buffer" })
+/// }
+/// ```
+pub struct VirtQueue<H: Hal + Clone> {
+    hal: H,
+    index: u16,
+    size: u16,
+    legacy: bool,
+    mem: ManuallyDrop<Dma<H>>,
+    avail_off: usize,
+    used_off: usize,
+    event_idx: bool,
+    indirect: bool,
+    used_notifications: bool,
+    free_head: u16,
+    num_free: u16,
+    /// Shadow `next` links: the free list, and the chains in flight.
+    next: Vec<u16>,
+    in_flight: Vec<Option<InFlight<H>>>,
+    /// The available `idx` last published.
+    avail_idx: u16,
+    /// `avail_idx` when the notification decision was last taken.
+    kicked_idx: u16,
+    /// The used `idx` up to which entries were consumed.
+    last_used: u16,
+    pool: Vec<Dma<H>>,
+    released: bool,
+}
+
+impl<H: Hal + Clone> core::fmt::Debug for VirtQueue<H> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("VirtQueue")
+            .field("index", &self.index)
+            .field("size", &self.size)
+            .field("legacy", &self.legacy)
+            .field("num_free", &self.num_free)
+            .field("avail_idx", &self.avail_idx)
+            .field("last_used", &self.last_used)
+            .finish()
+    }
+}
+
+/// Offsets in bytes of the avail ring, the used ring, and the total, for
+/// a queue of `size` entries laid out in one allocation.
+fn layout(size: u16, legacy: bool) -> (usize, usize, usize) {
+    // Sizes are at most 16 * 32768 + 6 + 2 * 32768 + 4096 + 6 + 8 * 32768
+    // bytes, far below usize::MAX even on 32-bit harts.
+    let to_usize = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+    if legacy {
+        // Always Some: base 0 and a power-of-two alignment cannot overflow.
+        let l = split::legacy_layout(0, size, PAGE_SIZE as u64).unwrap_or(split::LegacyLayout {
+            desc: 0,
+            avail: 0,
+            used: 0,
+            total: u64::MAX,
+        });
+        (to_usize(l.avail), to_usize(l.used), to_usize(l.total))
+    } else {
+        let avail_off = split::desc_table_size(size);
+        let avail_end = avail_off + avail::size(size);
+        let used_off = avail_end.div_ceil(USED_ALIGN) * USED_ALIGN;
+        let total = used_off + used::size(size);
+        (to_usize(avail_off), to_usize(used_off), to_usize(total))
+    }
+}
+
+/// A ring offset as `usize`. Offsets inside a queue of at most 32768
+/// entries are below 2^20 bytes, so they fit `usize` on 32-bit harts too;
+/// `usize::MAX` (which the bounds check of every DMA access rejects)
+/// cannot occur.
+fn off(v: u64) -> usize {
+    usize::try_from(v).unwrap_or(usize::MAX)
+}
+
+fn write_desc<H: Hal>(
+    mem: &mut Dma<H>,
+    legacy: bool,
+    i: usize,
+    addr: u64,
+    len: u32,
+    flags: u16,
+    next: u16,
+) {
+    let base = i * 16;
+    let (addr, len, flags, next) = if legacy {
+        (addr, len, flags, next)
+    } else {
+        (addr.to_le(), len.to_le(), flags.to_le(), next.to_le())
+    };
+    mem.store64(base, addr);
+    mem.store32(base + 8, len);
+    mem.store16(base + 12, flags);
+    mem.store16(base + 14, next);
+}
+
+impl<H: Hal + Clone> VirtQueue<H> {
+    /// Allocates zeroed memory for queue `index` of `size` entries (a power
+    /// of two, 1..=32768). `legacy` selects the contiguous legacy layout
+    /// and guest-native byte order; `features` the negotiated feature bits
+    /// (INDIRECT_DESC and EVENT_IDX are used).
+    pub(crate) fn new(hal: H, index: u16, size: u16, legacy: bool, features: u64) -> Result<Self> {
+        if size == 0 || !size.is_power_of_two() || size > split::MAX_QUEUE_SIZE {
+            return Err(Error::ZeroQueueSize(index));
+        }
+        let (avail_off, used_off, total) = layout(size, legacy);
+        let mem = Dma::new(hal.clone(), total)?;
+        let n = usize::from(size);
+        let next = (0..size).map(|i| i.wrapping_add(1) % size).collect();
+        let mut in_flight = Vec::with_capacity(n);
+        in_flight.resize_with(n, || None);
+        Ok(Self {
+            hal,
+            index,
+            size,
+            legacy,
+            mem: ManuallyDrop::new(mem),
+            avail_off,
+            used_off,
+            event_idx: features & bit(VIRTIO_F_EVENT_IDX) != 0,
+            indirect: features & bit(VIRTIO_F_INDIRECT_DESC) != 0,
+            used_notifications: true,
+            free_head: 0,
+            num_free: size,
+            next,
+            in_flight,
+            avail_idx: 0,
+            kicked_idx: 0,
+            last_used: 0,
+            pool: Vec::new(),
+            released: false,
+        })
+    }
+
+    /// The queue index (the value written to `QueueSel` and `QueueNotify`).
+    pub fn index(&self) -> u16 {
+        self.index
+    }
+
+    /// The queue size in entries (a power of two).
+    pub fn size(&self) -> u16 {
+        self.size
+    }
+
+    /// Free descriptors in the main table.
+    pub fn num_free(&self) -> u16 {
+        self.num_free
+    }
+
+    /// Whether indirect descriptors are in use (VIRTIO_F_INDIRECT_DESC).
+    pub fn indirect(&self) -> bool {
+        self.indirect
+    }
+
+    /// Whether EVENT_IDX suppression is in use (VIRTIO_F_EVENT_IDX).
+    pub fn event_idx(&self) -> bool {
+        self.event_idx
+    }
+
+    /// The available `idx` last published (the next free slot, modulo
+    /// 2^16): what notification data carries (virtio v1.4 §2.9).
+    pub fn avail_idx(&self) -> u16 {
+        self.avail_idx
+    }
+
+    /// Device address of the descriptor table (`QueueDesc*`), and of the
+    /// whole queue for legacy devices (`QueuePFN` * 4096).
+    pub fn desc_addr(&self) -> u64 {
+        self.mem.paddr()
+    }
+
+    /// Device address of the driver area, the available ring
+    /// (`QueueDriver*`).
+    pub fn driver_addr(&self) -> u64 {
+        self.mem.paddr().saturating_add(self.avail_off as u64)
+    }
+
+    /// Device address of the device area, the used ring (`QueueDevice*`).
+    pub fn device_addr(&self) -> u64 {
+        self.mem.paddr().saturating_add(self.used_off as u64)
+    }
+
+    /// Whether any chain is in flight.
+    pub fn has_in_flight(&self) -> bool {
+        self.num_free != self.size || self.in_flight.iter().any(Option::is_some)
+    }
+
+    fn dev16(&self, raw: u16) -> u16 {
+        if self.legacy {
+            raw
+        } else {
+            u16::from_le(raw)
+        }
+    }
+
+    fn raw16(&self, v: u16) -> u16 {
+        if self.legacy {
+            v
+        } else {
+            v.to_le()
+        }
+    }
+
+    fn dev32(&self, raw: u32) -> u32 {
+        if self.legacy {
+            raw
+        } else {
+            u32::from_le(raw)
+        }
+    }
+
+    /// Asks for used-buffer notifications (`true`, the default) or asks
+    /// the device to suppress them (virtio v1.4 §2.7.7): without EVENT_IDX
+    /// by setting VIRTQ_AVAIL_F_NO_INTERRUPT; with EVENT_IDX by no longer
+    /// moving `used_event` forward (`flags` stays 0 as §2.7.7.1 requires).
+    /// Suppression is a hint: the driver must (and does) cope with
+    /// spurious notifications.
+    pub fn set_used_notifications(&mut self, enabled: bool) {
+        self.used_notifications = enabled;
+        if self.event_idx {
+            if enabled {
+                let v = self.raw16(self.last_used);
+                let off = self.avail_off + off(avail::used_event(self.size));
+                self.mem.store16(off, v);
+            }
+        } else {
+            let flags = if enabled {
+                0
+            } else {
+                VIRTQ_AVAIL_F_NO_INTERRUPT
+            };
+            let v = self.raw16(flags);
+            self.mem.store16(self.avail_off + off(avail::FLAGS), v);
+        }
+        fence(Ordering::SeqCst);
+    }
+
+    /// Makes a chain of caller buffers available: `readable` segments
+    /// (device-readable) followed by `writable` ones (device-writable), as
+    /// virtio v1.4 §2.7.4.2 requires. Each buffer is shared through
+    /// [`Hal::share`] and unshared when [`pop_used`](Self::pop_used)
+    /// returns the chain. Returns the chain's token.
+    ///
+    /// Publishes the new available `idx` after a full memory barrier
+    /// (§2.7.13.3.1); call [`crate::Transport::notify`] to kick.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::EmptyChain`], [`Error::TooManySegments`],
+    /// [`Error::ChainTooLong`], [`Error::QueueFull`], [`Error::DmaShare`],
+    /// [`Error::DmaAlloc`] (indirect table). Nothing is posted on error.
+    ///
+    /// # Safety
+    ///
+    /// Every buffer must stay valid, and must not be accessed or moved,
+    /// until its chain is returned by [`pop_used`](Self::pop_used) or the
+    /// queue is stopped by [`crate::Transport::teardown_queue`] or
+    /// [`crate::Transport::reset_queue`]: the device reads and writes it
+    /// in between.
+    pub unsafe fn add(&mut self, readable: &[&[u8]], writable: &mut [&mut [u8]]) -> Result<u16> {
+        let mut shared: Vec<SharedBuf> = Vec::with_capacity(readable.len() + writable.len());
+        let mut r = Vec::with_capacity(readable.len());
+        let mut w = Vec::with_capacity(writable.len());
+        let mut result = Ok(());
+        for b in readable {
+            match self.share_one(NonNull::from(*b), BufferDirection::DriverToDevice) {
+                Ok((seg, s)) => {
+                    r.push(seg);
+                    shared.push(s);
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if result.is_ok() {
+            for b in writable.iter_mut() {
+                match self.share_one(NonNull::from(&mut **b), BufferDirection::DeviceToDriver) {
+                    Ok((seg, s)) => {
+                        w.push(seg);
+                        shared.push(s);
+                    }
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+        }
+        let result = result.and_then(|()| self.add_inner(&r, &w, &mut shared));
+        if result.is_err() {
+            self.unshare_all(&mut shared);
+        }
+        result
+    }
+
+    fn share_one(
+        &self,
+        buf: NonNull<[u8]>,
+        direction: BufferDirection,
+    ) -> Result<(Segment, SharedBuf)> {
+        let len = buf.len();
+        let len32 = u32::try_from(len).map_err(|_| Error::ChainTooLong(len as u64))?;
+        // SAFETY: `add`'s caller promised the buffer stays valid and
+        // untouched until the chain completes or the queue is stopped,
+        // which is when `unshare_all` undoes this.
+        let paddr = unsafe { self.hal.share(buf, direction) }.ok_or(Error::DmaShare { len })?;
+        Ok((
+            Segment {
+                addr: paddr,
+                len: len32,
+            },
+            SharedBuf {
+                paddr,
+                ptr: buf.cast::<u8>().as_ptr() as usize,
+                len,
+                direction,
+            },
+        ))
+    }
+
+    fn unshare_all(&self, shared: &mut Vec<SharedBuf>) {
+        for s in shared.drain(..) {
+            let Some(ptr) = NonNull::new(s.ptr as *mut u8) else {
+                continue;
+            };
+            let buf = NonNull::slice_from_raw_parts(ptr, s.len);
+            // SAFETY: `s` records one successful `share` of this very
+            // buffer (same pointer, length, direction and address), undone
+            // here once, when the device is done with it.
+            unsafe { self.hal.unshare(s.paddr, buf, s.direction) };
+        }
+    }
+
+    /// Makes a chain of device-address segments available: `readable`
+    /// first, then `writable` (virtio v1.4 §2.7.4.2). Returns the token.
+    ///
+    /// # Errors
+    ///
+    /// As [`add`](Self::add), without the sharing errors.
+    ///
+    /// # Safety
+    ///
+    /// The device will read and write the memory at those addresses: it
+    /// must be DMA memory (see [`Dma`]) the caller keeps allocated, and
+    /// does not touch through Rust references, until the chain is returned
+    /// by [`pop_used`](Self::pop_used) or the queue is stopped.
+    pub unsafe fn add_segments(
+        &mut self,
+        readable: &[Segment],
+        writable: &[Segment],
+    ) -> Result<u16> {
+        self.add_inner(readable, writable, &mut Vec::new())
+    }
+
+    fn add_inner(
+        &mut self,
+        readable: &[Segment],
+        writable: &[Segment],
+        shared: &mut Vec<SharedBuf>,
+    ) -> Result<u16> {
+        let total = readable.len().saturating_add(writable.len());
+        if total == 0 {
+            return Err(Error::EmptyChain);
+        }
+        let sum = |s: &[Segment]| s.iter().map(|g| u64::from(g.len)).sum::<u64>();
+        // Each sum is at most total * (2^32 - 1), and `total` is bounded
+        // below by the checks that follow; saturate for absurd inputs.
+        let writable_bytes = sum(writable);
+        let bytes = sum(readable).saturating_add(writable_bytes);
+        if bytes > 1u64 << 32 {
+            return Err(Error::ChainTooLong(bytes));
+        }
+        let use_indirect = self.indirect && total > 1;
+        let main_descs = if use_indirect {
+            if total > MAX_INDIRECT {
+                return Err(Error::TooManySegments {
+                    segments: total,
+                    max: MAX_INDIRECT,
+                });
+            }
+            1
+        } else {
+            if total > usize::from(self.size) {
+                return Err(Error::TooManySegments {
+                    segments: total,
+                    max: usize::from(self.size),
+                });
+            }
+            total
+        };
+        if main_descs > usize::from(self.num_free) {
+            return Err(Error::QueueFull {
+                needed: main_descs,
+                free: usize::from(self.num_free),
+            });
+        }
+        let segs = readable
+            .iter()
+            .map(|s| (s, 0u16))
+            .chain(writable.iter().map(|s| (s, VIRTQ_DESC_F_WRITE)));
+        let head = self.free_head;
+        let indirect = if use_indirect {
+            let mut table = match self.pool.pop() {
+                Some(t) => t,
+                None => Dma::new(self.hal.clone(), PAGE_SIZE)?,
+            };
+            for (i, (seg, flags)) in segs.enumerate() {
+                let last = i + 1 == total;
+                let flags = if last {
+                    flags
+                } else {
+                    flags | VIRTQ_DESC_F_NEXT
+                };
+                // i + 1 <= MAX_INDIRECT = 256 fits u16.
+                let next = if last {
+                    0
+                } else {
+                    u16::try_from(i + 1).unwrap_or(0)
+                };
+                write_desc(&mut table, self.legacy, i, seg.addr, seg.len, flags, next);
+            }
+            // total * 16 <= 4096 fits u32.
+            let table_len = u32::try_from(total * 16).unwrap_or(0);
+            let d = usize::from(head);
+            write_desc(
+                &mut self.mem,
+                self.legacy,
+                d,
+                table.paddr(),
+                table_len,
+                VIRTQ_DESC_F_INDIRECT,
+                0,
+            );
+            self.free_head = self.next[d];
+            Some(table)
+        } else {
+            let mut cur = head;
+            for (i, (seg, flags)) in segs.enumerate() {
+                let d = usize::from(cur);
+                let nxt = self.next[d];
+                let last = i + 1 == total;
+                let flags = if last {
+                    flags
+                } else {
+                    flags | VIRTQ_DESC_F_NEXT
+                };
+                let link = if last { 0 } else { nxt };
+                write_desc(
+                    &mut self.mem,
+                    self.legacy,
+                    d,
+                    seg.addr,
+                    seg.len,
+                    flags,
+                    link,
+                );
+                cur = nxt;
+            }
+            self.free_head = cur;
+            None
+        };
+        // main_descs <= num_free <= size <= 32768.
+        let main_descs16 = u16::try_from(main_descs).unwrap_or(u16::MAX);
+        self.num_free -= main_descs16;
+        self.in_flight[usize::from(head)] = Some(InFlight {
+            descs: main_descs16,
+            writable: writable_bytes,
+            indirect,
+            shared: core::mem::take(shared),
+        });
+        // Publish: ring entry, barrier, idx (virtio v1.4 §2.7.13.2-3).
+        let slot = usize::from(self.avail_idx & (self.size - 1));
+        let v = self.raw16(head);
+        self.mem.store16(self.avail_off + 4 + 2 * slot, v);
+        fence(Ordering::SeqCst);
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        let v = self.raw16(self.avail_idx);
+        self.mem.store16(self.avail_off + off(avail::IDX), v);
+        Ok(head)
+    }
+
+    /// Whether the device wants an available-buffer notification for what
+    /// was published since the last call (virtio v1.4 §2.7.10): with
+    /// EVENT_IDX, the wrap-safe `vring_need_event` test against the
+    /// device's `avail_event`; without, the used ring's
+    /// VIRTQ_USED_F_NO_NOTIFY flag. A full barrier (`SeqCst` fence)
+    /// separates the published `idx` from these reads (§2.7.13.4.1).
+    ///
+    /// [`crate::Transport::notify_if_needed`] calls this.
+    pub fn should_notify(&mut self) -> bool {
+        fence(Ordering::SeqCst);
+        let new = self.avail_idx;
+        let old = self.kicked_idx;
+        self.kicked_idx = new;
+        if self.event_idx {
+            let off = self.used_off + off(used::avail_event(self.size));
+            let event = self.dev16(self.mem.load16(off));
+            need_event(event, new, old)
+        } else {
+            let flags = self.dev16(self.mem.load16(self.used_off + off(used::FLAGS)));
+            flags & VIRTQ_USED_F_NO_NOTIFY == 0
+        }
+    }
+
+    /// Whether the device has returned a chain not yet popped.
+    pub fn can_pop(&self) -> bool {
+        let used_idx = self.dev16(self.mem.load16(self.used_off + off(used::IDX)));
+        used_idx != self.last_used
+    }
+
+    /// Reads and validates the next used entry without consuming it.
+    fn next_used(&self) -> Result<Option<(u16, u32)>> {
+        let used_idx = self.dev16(self.mem.load16(self.used_off + off(used::IDX)));
+        if used_idx == self.last_used {
+            return Ok(None);
+        }
+        if used_idx.wrapping_sub(self.last_used) > self.size {
+            return Err(Error::UsedIdxInvalid {
+                queue: self.index,
+                used_idx,
+                last_seen: self.last_used,
+                size: self.size,
+            });
+        }
+        // Read the entry only after seeing idx (virtio v1.4 §2.7.14).
+        fence(Ordering::SeqCst);
+        let slot = usize::from(self.last_used & (self.size - 1));
+        let elem = self.used_off + off(used::RING) + 8 * slot;
+        let id = self.dev32(self.mem.load32(elem));
+        let len = self.dev32(self.mem.load32(elem + 4));
+        let id16 =
+            u16::try_from(id)
+                .ok()
+                .filter(|&i| i < self.size)
+                .ok_or(Error::UsedIdOutOfRange {
+                    queue: self.index,
+                    id,
+                    size: self.size,
+                })?;
+        let flight =
+            self.in_flight[usize::from(id16)]
+                .as_ref()
+                .ok_or(Error::UsedIdNotInFlight {
+                    queue: self.index,
+                    id,
+                })?;
+        if u64::from(len) > flight.writable {
+            return Err(Error::UsedLenTooLarge {
+                queue: self.index,
+                id: id16,
+                len,
+                max: flight.writable,
+            });
+        }
+        Ok(Some((id16, len)))
+    }
+
+    /// The next used chain, validated, without consuming it.
+    ///
+    /// # Errors
+    ///
+    /// As [`pop_used`](Self::pop_used).
+    pub fn peek_used(&self) -> Result<Option<Used>> {
+        Ok(self.next_used()?.map(|(token, len)| Used { token, len }))
+    }
+
+    /// Takes the next used chain from the used ring (virtio v1.4 §2.7.14),
+    /// frees its descriptors, unshares its caller buffers, and returns its
+    /// token and written length. Chains may complete in any order.
+    ///
+    /// # Errors
+    ///
+    /// A device fault leaves the entry in place (the device must be reset):
+    /// [`Error::UsedIdxInvalid`] (the used `idx` ran more than a queue
+    /// size ahead), [`Error::UsedIdOutOfRange`], [`Error::UsedIdNotInFlight`],
+    /// [`Error::UsedLenTooLarge`].
+    pub fn pop_used(&mut self) -> Result<Option<Used>> {
+        let Some((id, len)) = self.next_used()? else {
+            return Ok(None);
+        };
+        self.last_used = self.last_used.wrapping_add(1);
+        if self.event_idx && self.used_notifications {
+            let v = self.raw16(self.last_used);
+            let off = self.avail_off + off(avail::used_event(self.size));
+            self.mem.store16(off, v);
+        }
+        self.retire(id);
+        Ok(Some(Used { token: id, len }))
+    }
+
+    /// Pops the next used chain, which must be `token`.
+    ///
+    /// # Errors
+    ///
+    /// As [`pop_used`](Self::pop_used), and [`Error::UnexpectedToken`]
+    /// (nothing consumed) when another chain completed first.
+    pub fn pop_used_token(&mut self, token: u16) -> Result<Option<u32>> {
+        match self.next_used()? {
+            None => Ok(None),
+            Some((got, _)) if got != token => Err(Error::UnexpectedToken {
+                expected: token,
+                got,
+            }),
+            Some(_) => Ok(self.pop_used()?.map(|u| u.len)),
+        }
+    }
+
+    /// Frees the descriptors of chain `head` and undoes its sharing.
+    fn retire(&mut self, head: u16) {
+        let Some(mut flight) = self.in_flight[usize::from(head)].take() else {
+            return;
+        };
+        // Walk the chain through the shadow links (never the device-visible
+        // table), bounded by its recorded length.
+        let mut last = head;
+        for _ in 1..flight.descs {
+            last = self.next[usize::from(last)];
+        }
+        self.next[usize::from(last)] = self.free_head;
+        self.free_head = head;
+        self.num_free = self.num_free.saturating_add(flight.descs).min(self.size);
+        if let Some(t) = flight.indirect.take() {
+            self.pool.push(t);
+        }
+        self.unshare_all(&mut flight.shared);
+    }
+
+    /// Forgets every chain in flight after the device stopped using the
+    /// queue (queue disabled and read back, queue reset, or device reset):
+    /// caller buffers are unshared and the queue memory may be freed.
+    pub(crate) fn release(&mut self) {
+        for i in 0..self.size {
+            if self.in_flight[usize::from(i)].is_some() {
+                self.retire(i);
+            }
+        }
+        self.released = true;
+    }
+}
+
+impl<H: Hal + Clone> Drop for VirtQueue<H> {
+    fn drop(&mut self) {
+        if self.released {
+            // SAFETY: `mem` is dropped exactly once, here; `released` says
+            // the transport saw the device stop using it.
+            unsafe { ManuallyDrop::drop(&mut self.mem) };
+        } else {
+            log::warn!(
+                "virtqueue {} dropped while possibly live: leaking its memory",
+                self.index
+            );
+            for f in self.in_flight.iter_mut().flatten() {
+                if let Some(t) = f.indirect.take() {
+                    t.leak();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::cast_possible_truncation)]
+    use super::*;
+    use crate::hal::IdentityHal;
+    use vmmio_spec::features::VIRTIO_F_EVENT_IDX;
+
+    /// Plays the device on a queue's used ring.
+    fn complete(q: &mut VirtQueue<IdentityHal>, id: u32, len: u32) {
+        let used_idx = u16::from_le(q.mem.load16(q.used_off + 2));
+        let slot = usize::from(used_idx & (q.size - 1));
+        let elem = q.used_off + 4 + 8 * slot;
+        q.mem.store32(elem, id.to_le());
+        q.mem.store32(elem + 4, len.to_le());
+        q.mem
+            .store16(q.used_off + 2, used_idx.wrapping_add(1).to_le());
+    }
+
+    fn read_desc(q: &VirtQueue<IdentityHal>, i: usize) -> (u64, u32, u16, u16) {
+        let lo = u64::from(u32::from_le(q.mem.load32(i * 16)));
+        let hi = u64::from(u32::from_le(q.mem.load32(i * 16 + 4)));
+        (
+            lo | hi << 32,
+            u32::from_le(q.mem.load32(i * 16 + 8)),
+            u16::from_le(q.mem.load16(i * 16 + 12)),
+            u16::from_le(q.mem.load16(i * 16 + 14)),
+        )
+    }
+
+    fn seg(addr: u64, len: u32) -> Segment {
+        Segment { addr, len }
+    }
+
+    #[test]
+    fn layout_modern_and_legacy() {
+        assert_eq!(layout(256, false), (4096, 4096 + 520, 4096 + 520 + 2054));
+        assert_eq!(layout(256, true), (4096, 8192, 8192 + 2054));
+    }
+
+    #[test]
+    fn chain_descriptors_readable_then_writable_and_free_list() {
+        let mut q = VirtQueue::new(IdentityHal, 0, 4, false, 0).unwrap();
+        // SAFETY: the addresses are never dereferenced: the test plays the
+        // device and only writes the used ring.
+        let t = unsafe { q.add_segments(&[seg(0x1000, 16)], &[seg(0x2000, 512), seg(0x3000, 1)]) }
+            .unwrap();
+        assert_eq!(t, 0);
+        assert_eq!(q.num_free(), 1);
+        assert_eq!(read_desc(&q, 0), (0x1000, 16, VIRTQ_DESC_F_NEXT, 1));
+        assert_eq!(
+            read_desc(&q, 1),
+            (0x2000, 512, VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE, 2)
+        );
+        assert_eq!(read_desc(&q, 2), (0x3000, 1, VIRTQ_DESC_F_WRITE, 0));
+        assert_eq!(u16::from_le(q.mem.load16(q.avail_off + 2)), 1);
+        // Two segments need two descriptors; one is free.
+        // SAFETY: as above.
+        let e = unsafe { q.add_segments(&[seg(1, 1), seg(2, 2)], &[]) };
+        assert_eq!(e, Err(Error::QueueFull { needed: 2, free: 1 }));
+        complete(&mut q, 0, 513);
+        assert_eq!(q.pop_used(), Ok(Some(Used { token: 0, len: 513 })));
+        assert_eq!(q.num_free(), 4);
+        assert!(!q.has_in_flight());
+        q.release();
+    }
+
+    #[test]
+    fn completions_in_any_order() {
+        let mut q = VirtQueue::new(IdentityHal, 3, 8, false, 0).unwrap();
+        let mut tokens = Vec::new();
+        for i in 0..4u64 {
+            // SAFETY: addresses never dereferenced.
+            tokens.push(unsafe { q.add_segments(&[], &[seg(i * 0x100, 8)]) }.unwrap());
+        }
+        complete(&mut q, u32::from(tokens[2]), 8);
+        complete(&mut q, u32::from(tokens[0]), 4);
+        assert_eq!(q.peek_used().unwrap().unwrap().token, tokens[2]);
+        assert_eq!(
+            q.pop_used_token(tokens[1]),
+            Err(Error::UnexpectedToken {
+                expected: tokens[1],
+                got: tokens[2]
+            })
+        );
+        assert_eq!(q.pop_used_token(tokens[2]), Ok(Some(8)));
+        assert_eq!(q.pop_used().unwrap().unwrap().token, tokens[0]);
+        assert_eq!(q.pop_used(), Ok(None));
+        assert_eq!(q.num_free(), 6);
+        q.release();
+    }
+
+    #[test]
+    fn used_entries_are_validated() {
+        let mut q = VirtQueue::new(IdentityHal, 1, 4, false, 0).unwrap();
+        // SAFETY: addresses never dereferenced.
+        let t = unsafe { q.add_segments(&[seg(0, 4)], &[seg(0x10, 8)]) }.unwrap();
+        complete(&mut q, 4, 0);
+        assert_eq!(
+            q.pop_used(),
+            Err(Error::UsedIdOutOfRange {
+                queue: 1,
+                id: 4,
+                size: 4
+            })
+        );
+        // The bad entry stays: the device must be reset. Rewrite it as a
+        // device that names a descriptor not in flight, then a bad length.
+        q.mem.store16(q.used_off + 2, 0);
+        complete(&mut q, 3, 0);
+        assert_eq!(
+            q.pop_used(),
+            Err(Error::UsedIdNotInFlight { queue: 1, id: 3 })
+        );
+        q.mem.store16(q.used_off + 2, 0);
+        complete(&mut q, u32::from(t), 9);
+        assert_eq!(
+            q.pop_used(),
+            Err(Error::UsedLenTooLarge {
+                queue: 1,
+                id: t,
+                len: 9,
+                max: 8
+            })
+        );
+        q.mem.store16(q.used_off + 2, 0);
+        complete(&mut q, u32::from(t) | 0x1_0000, 1);
+        assert!(matches!(
+            q.pop_used(),
+            Err(Error::UsedIdOutOfRange { id: 0x1_0000, .. })
+        ));
+        q.mem.store16(q.used_off + 2, 0x100u16.to_le());
+        assert!(matches!(q.pop_used(), Err(Error::UsedIdxInvalid { .. })));
+        q.release();
+    }
+
+    #[test]
+    fn indirect_chain_uses_one_descriptor() {
+        let mut q = VirtQueue::new(IdentityHal, 0, 2, false, bit(VIRTIO_F_INDIRECT_DESC)).unwrap();
+        let segs: Vec<Segment> = (0..5).map(|i| seg(i * 0x10, 16)).collect();
+        // SAFETY: addresses never dereferenced.
+        let t = unsafe { q.add_segments(&segs[..2], &segs[2..]) }.unwrap();
+        assert_eq!(q.num_free(), 1);
+        let (addr, len, flags, _) = read_desc(&q, usize::from(t));
+        assert_eq!((len, flags), (5 * 16, VIRTQ_DESC_F_INDIRECT));
+        let table = q.in_flight[usize::from(t)]
+            .as_ref()
+            .unwrap()
+            .indirect
+            .as_ref()
+            .unwrap();
+        assert_eq!(table.paddr(), addr);
+        assert_eq!(u16::from_le(table.load16(12)), VIRTQ_DESC_F_NEXT);
+        assert_eq!(u16::from_le(table.load16(14)), 1);
+        assert_eq!(u16::from_le(table.load16(4 * 16 + 12)), VIRTQ_DESC_F_WRITE);
+        // A single segment never goes indirect.
+        // SAFETY: as above.
+        let t2 = unsafe { q.add_segments(&[seg(0, 1)], &[]) }.unwrap();
+        assert_eq!(read_desc(&q, usize::from(t2)).2, 0);
+        // Too many for one table.
+        let many: Vec<Segment> = (0..257).map(|_| seg(0, 1)).collect();
+        complete(&mut q, u32::from(t), 48);
+        q.pop_used().unwrap();
+        // SAFETY: as above.
+        let e = unsafe { q.add_segments(&many, &[]) };
+        assert_eq!(
+            e,
+            Err(Error::TooManySegments {
+                segments: 257,
+                max: 256
+            })
+        );
+        q.release();
+    }
+
+    #[test]
+    fn chain_limits() {
+        let mut q = VirtQueue::new(IdentityHal, 0, 2, false, 0).unwrap();
+        // SAFETY: nothing is posted by these failing calls.
+        unsafe {
+            assert_eq!(q.add_segments(&[], &[]), Err(Error::EmptyChain));
+            let three = [seg(0, 1); 3];
+            assert!(matches!(
+                q.add_segments(&three, &[]),
+                Err(Error::TooManySegments { max: 2, .. })
+            ));
+            let big = [seg(0, u32::MAX), seg(0, 2)];
+            assert!(matches!(
+                q.add_segments(&big, &[]),
+                Err(Error::ChainTooLong(_))
+            ));
+        }
+        assert_eq!(q.num_free(), 2);
+        q.release();
+    }
+
+    #[test]
+    fn event_idx_notification_and_used_event() {
+        let mut q = VirtQueue::new(IdentityHal, 0, 4, false, bit(VIRTIO_F_EVENT_IDX)).unwrap();
+        let avail_event = q.used_off + used::avail_event(4) as usize;
+        // SAFETY: addresses never dereferenced.
+        let t = unsafe { q.add_segments(&[seg(0, 1)], &[]) }.unwrap();
+        // avail_event 0: the device wants a kick when idx passes 0.
+        assert!(q.should_notify());
+        // SAFETY: as above.
+        unsafe { q.add_segments(&[seg(0, 1)], &[]) }.unwrap();
+        // The device asked to be notified only after idx 5.
+        q.mem.store16(avail_event, 5u16.to_le());
+        assert!(!q.should_notify());
+        complete(&mut q, u32::from(t), 0);
+        q.pop_used().unwrap();
+        let used_event = q.avail_off + avail::used_event(4) as usize;
+        assert_eq!(u16::from_le(q.mem.load16(used_event)), 1);
+        q.release();
+    }
+
+    #[test]
+    fn no_notify_flag_without_event_idx() {
+        let mut q = VirtQueue::new(IdentityHal, 0, 4, false, 0).unwrap();
+        // SAFETY: addresses never dereferenced.
+        unsafe { q.add_segments(&[seg(0, 1)], &[]) }.unwrap();
+        q.mem.store16(q.used_off, VIRTQ_USED_F_NO_NOTIFY.to_le());
+        assert!(!q.should_notify());
+        q.mem.store16(q.used_off, 0);
+        assert!(q.should_notify());
+        q.set_used_notifications(false);
+        assert_eq!(
+            u16::from_le(q.mem.load16(q.avail_off)),
+            VIRTQ_AVAIL_F_NO_INTERRUPT
+        );
+        q.release();
+    }
+
+    #[test]
+    fn shared_buffers_are_unshared_at_completion() {
+        let mut q = VirtQueue::new(IdentityHal, 0, 4, false, 0).unwrap();
+        let out = [1u8, 2, 3];
+        let mut inb = [0u8; 4];
+        // SAFETY: the test plays the device and keeps both buffers alive
+        // and untouched until the pop below.
+        let t = unsafe { q.add(&[&out], &mut [&mut inb]) }.unwrap();
+        let (addr, _, _, _) = read_desc(&q, 1);
+        // The identity HAL shares the buffer itself: write it as the device.
+        // SAFETY: `addr` is `inb`'s address, valid for 4 bytes.
+        unsafe { (addr as usize as *mut u8).write_volatile(0xaa) };
+        complete(&mut q, u32::from(t), 1);
+        assert_eq!(q.pop_used(), Ok(Some(Used { token: t, len: 1 })));
+        assert_eq!(inb[0], 0xaa);
+        q.release();
+    }
+
+    #[test]
+    fn used_index_wraps_past_u16() {
+        let mut q = VirtQueue::new(IdentityHal, 0, 2, false, bit(VIRTIO_F_EVENT_IDX)).unwrap();
+        for i in 0..70_000u32 {
+            // SAFETY: addresses never dereferenced.
+            let t = unsafe { q.add_segments(&[], &[seg(0, 4)]) }.unwrap();
+            complete(&mut q, u32::from(t), i % 5);
+            assert_eq!(
+                q.pop_used(),
+                Ok(Some(Used {
+                    token: t,
+                    len: i % 5
+                }))
+            );
+        }
+        assert_eq!(q.avail_idx(), (70_000u32 % 65_536) as u16);
+        q.release();
+    }
+}

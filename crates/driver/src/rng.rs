@@ -1,0 +1,198 @@
+//! Entropy device driver (virtio v1.4 §5.4 "Entropy Device"): one request
+//! queue of device-writable buffers.
+
+use vmmio_spec::device_id;
+
+use crate::error::{Error, Result};
+use crate::hal::{Dma, Hal, PAGE_SIZE};
+use crate::io::RegisterIo;
+use crate::queue::{Segment, VirtQueue};
+use crate::transport::{InterruptEvents, Transport};
+
+/// Default request queue size asked for, in entries.
+pub const DEFAULT_QUEUE_SIZE: u16 = 8;
+
+/// A virtio entropy device (device ID 4).
+///
+/// # Example
+///
+/// ```
+/// # use vmmio_driver::{rng::Entropy, Hal, RegisterIo, Result, Transport};
+/// fn seed<R: RegisterIo, H: Hal + Clone>(t: Transport<R>, hal: H) -> Result<[u8; 32]> {
+///     let mut rng = Entropy::new(t, hal)?;
+///     let mut seed = [0u8; 32];
+///     rng.fill(&mut seed)?;
+///     Ok(seed)
+/// }
+/// ```
+pub struct Entropy<R: RegisterIo, H: Hal + Clone> {
+    transport: Transport<R>,
+    hal: H,
+    queue: Option<VirtQueue<H>>,
+    buf: Option<Dma<H>>,
+    broken: bool,
+}
+
+impl<R: RegisterIo, H: Hal + Clone> core::fmt::Debug for Entropy<R, H> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Entropy")
+            .field("broken", &self.broken)
+            .finish()
+    }
+}
+
+impl<R: RegisterIo, H: Hal + Clone> Entropy<R, H> {
+    /// Initialises the entropy device behind `transport` (virtio v1.4
+    /// §3.1.1, §5.4.5): no device features, request queue 0.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WrongDeviceType`], and the errors of
+    /// [`Transport::begin_init`], [`Transport::setup_queue`] and
+    /// [`Transport::finish_init`] (FAILED is set after negotiation).
+    pub fn new(transport: Transport<R>, hal: H) -> Result<Self> {
+        if transport.device_id() != device_id::ENTROPY {
+            return Err(Error::WrongDeviceType {
+                expected: device_id::ENTROPY,
+                found: transport.device_id(),
+            });
+        }
+        let mut e = Self {
+            transport,
+            hal,
+            queue: None,
+            buf: None,
+            broken: true,
+        };
+        e.init()?;
+        Ok(e)
+    }
+
+    fn init(&mut self) -> Result<()> {
+        self.broken = true;
+        self.transport.begin_init(0)?;
+        let r = (|| {
+            self.buf = Some(Dma::new(self.hal.clone(), PAGE_SIZE)?);
+            self.queue = Some(self.transport.setup_queue(
+                self.hal.clone(),
+                0,
+                DEFAULT_QUEUE_SIZE,
+            )?);
+            self.transport.finish_init()
+        })();
+        match r {
+            Ok(()) => self.broken = false,
+            Err(_) => self.transport.fail(),
+        }
+        r
+    }
+
+    /// Resets the device and initialises it again (after
+    /// [`Error::DeviceNeedsReset`], a timeout or a device fault).
+    ///
+    /// # Errors
+    ///
+    /// As [`new`](Self::new), and [`Error::Timeout`] for the reset.
+    pub fn reinit(&mut self) -> Result<()> {
+        self.broken = true;
+        self.transport.reset()?;
+        if let Some(q) = self.queue.take() {
+            self.transport.teardown_queue(q)?;
+        }
+        self.init()
+    }
+
+    /// The transport.
+    pub fn transport(&mut self) -> &mut Transport<R> {
+        &mut self.transport
+    }
+
+    /// Acknowledges an interrupt ([`Transport::ack_interrupt`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::DeviceNeedsReset`].
+    pub fn handle_interrupt(&mut self) -> Result<InterruptEvents> {
+        self.transport.ack_interrupt()
+    }
+
+    /// Asks the device for up to `min(out.len(), 4096)` random bytes and
+    /// returns how many it wrote (the used `len`, which the driver
+    /// examines as virtio v1.4 §5.4.6.1 requires; possibly 0). Only a
+    /// device-writable buffer is posted.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Broken`] after an earlier fault, and the errors of
+    /// [`Transport::wait_used`].
+    pub fn read(&mut self, out: &mut [u8]) -> Result<usize> {
+        if self.broken {
+            return Err(Error::Broken);
+        }
+        if out.is_empty() {
+            return Ok(0);
+        }
+        let n = out.len().min(PAGE_SIZE);
+        let buf = self.buf.as_ref().ok_or(Error::Broken)?;
+        let seg = Segment {
+            addr: buf.paddr(),
+            // n <= 4096.
+            len: u32::try_from(n).unwrap_or(0),
+        };
+        let q = self.queue.as_mut().ok_or(Error::Broken)?;
+        // SAFETY: the segment is this driver's DMA page, untouched until the
+        // chain completes; on error `broken` stays set and `Drop` leaks the
+        // page while the device may still write it.
+        let token = unsafe { q.add_segments(&[], &[seg])? };
+        self.broken = true;
+        self.transport.notify_if_needed(q)?;
+        let len = self.transport.wait_used(q, token)?;
+        self.broken = false;
+        // `len <= n` was checked against the posted writable length.
+        let got = usize::try_from(len).unwrap_or(0).min(n);
+        buf.read_bytes(0, &mut out[..got])?;
+        Ok(got)
+    }
+
+    /// Fills `out` completely, with as many requests as needed (at most
+    /// `out.len()` + 16 of them, since a device may return few bytes).
+    ///
+    /// # Errors
+    ///
+    /// As [`read`](Self::read), and [`Error::Timeout`] when the device
+    /// keeps returning 0 bytes.
+    pub fn fill(&mut self, out: &mut [u8]) -> Result<()> {
+        let mut done = 0;
+        let mut budget = out.len().saturating_add(16);
+        while done < out.len() {
+            if budget == 0 {
+                return Err(Error::Timeout {
+                    what: "the entropy device to return bytes",
+                });
+            }
+            budget -= 1;
+            done += self.read(&mut out[done..])?;
+        }
+        Ok(())
+    }
+}
+
+impl<R: RegisterIo, H: Hal + Clone> Drop for Entropy<R, H> {
+    fn drop(&mut self) {
+        let stopped = self.transport.reset().is_ok();
+        if let Some(q) = self.queue.take() {
+            if !stopped || self.transport.teardown_queue(q).is_err() {
+                if let Some(b) = self.buf.take() {
+                    b.leak();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl<R: RegisterIo, H: Hal + Clone> std::io::Read for Entropy<R, H> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        Entropy::read(self, buf).map_err(std::io::Error::other)
+    }
+}
