@@ -31,6 +31,13 @@ const FAKE_MAX: [u16; 2] = [256, 64];
 
 // ---- fakes --------------------------------------------------------------
 
+/// What the device can see of a [`Queue`] it was handed.
+type QueueView = (bool, u16, (u64, u64, u64));
+
+fn view(queue: &Queue) -> QueueView {
+    (queue.ready(), queue.size(), queue.addresses())
+}
+
 /// What the fake device saw.
 #[derive(Debug, Default)]
 struct Record {
@@ -41,6 +48,11 @@ struct Record {
     resets: usize,
     queue_resets: Vec<u16>,
     queue_enables: Vec<u16>,
+    /// `(ready, size, (desc, avail, used))` of each queue handed over at the
+    /// last activation.
+    activated_queues: Vec<QueueView>,
+    /// The same for each queue handed over by `queue_enable`.
+    enabled_queues: Vec<QueueView>,
     /// The `InterruptStatus` handed over at activation.
     interrupt: Option<InterruptStatus>,
 }
@@ -101,6 +113,7 @@ impl VirtioDevice<Mem> for FakeDevice {
     ) -> Result<(), ActivateError> {
         let mut record = self.record.lock().unwrap();
         record.activations.push((queues.len(), features));
+        record.activated_queues = queues.iter().map(view).collect();
         record.interrupt = Some(interrupt);
         if self.fail_activate {
             Err(ActivateError::QueueNotReady(0))
@@ -117,8 +130,10 @@ impl VirtioDevice<Mem> for FakeDevice {
     fn queue_reset(&mut self, index: u16) {
         self.record.lock().unwrap().queue_resets.push(index);
     }
-    fn queue_enable(&mut self, index: u16, _queue: Queue) {
-        self.record.lock().unwrap().queue_enables.push(index);
+    fn queue_enable(&mut self, index: u16, queue: Queue) {
+        let mut record = self.record.lock().unwrap();
+        record.queue_enables.push(index);
+        record.enabled_queues.push(view(&queue));
     }
     fn shm_regions(&self) -> &[SharedMemoryRegion] {
         &self.shm
@@ -647,6 +662,14 @@ fn linux_v2_probe_sequence_activates_the_device() {
     let expected = FAKE_FEATURES | bit(features::VIRTIO_F_VERSION_1);
     assert_eq!(h.rec().activations, vec![(2, expected)]);
     assert!(h.rec().interrupt.is_some());
+    // The queues carry the programmed registers.
+    assert_eq!(
+        h.rec().activated_queues,
+        vec![
+            (true, 256, (0x1_0000, 0x1_1000, 0x1_2000)),
+            (true, 64, (0x2_0000, 0x2_1000, 0x2_2000)),
+        ]
+    );
 }
 
 #[test]
@@ -656,6 +679,14 @@ fn linux_legacy_probe_sequence_activates_the_device() {
     assert_eq!(h.r(mmio::STATUS), ACKNOWLEDGE | DRIVER | DRIVER_OK);
     assert!(h.t.is_activated());
     assert_eq!(h.rec().activations, vec![(2, FAKE_FEATURES)]);
+    // Legacy layout: avail right after the table, used at the next 4 KiB.
+    assert_eq!(
+        h.rec().activated_queues,
+        vec![
+            (true, 256, (0x1_0000, 0x1_1000, 0x1_2000)),
+            (true, 64, (0x2_0000, 0x2_0400, 0x2_1000)),
+        ]
+    );
     h.w(mmio::QUEUE_NOTIFY, 1);
     assert_eq!(h.rec().notifies, vec![(1, None)]);
 }
@@ -976,6 +1007,12 @@ fn queue_registers_are_refused_after_driver_ok() {
     h.program_queue(0, 8, 0x1_0000);
     h.w(mmio::QUEUE_READY, 1);
     h.add_status(DRIVER_OK);
+    let ready: Vec<bool> = h.rec().activated_queues.iter().map(|q| q.0).collect();
+    assert_eq!(
+        ready,
+        vec![true, false],
+        "not-ready queues are handed over too"
+    );
     // Queue 1 was never set up: it cannot be now.
     h.program_queue(1, 8, 0x2_0000);
     h.w(mmio::QUEUE_READY, 1);
@@ -1012,6 +1049,10 @@ fn queue_reset_resets_and_allows_reenable_after_driver_ok() {
     assert_eq!(h.r(mmio::QUEUE_READY), 1);
     assert_eq!(h.r(mmio::QUEUE_RESET), 0);
     assert_eq!(h.rec().queue_enables, vec![1]);
+    assert_eq!(
+        h.rec().enabled_queues,
+        vec![(true, 16, (0x4_0000, 0x4_1000, 0x4_2000))]
+    );
     h.w(mmio::QUEUE_NOTIFY, 1);
     assert_eq!(h.rec().notifies, vec![(1, None)]);
     // Once re-enabled, its registers are locked again.
