@@ -177,8 +177,18 @@ fn benches(c: &mut Criterion) {
     let _ = Throughput::Elements(u64::from(BATCH));
     for (label, size, per_chain) in [("1desc", 256u16, 1u16), ("3desc", 1024, 3)] {
         ours(c, &format!("vmmio/{label}/batch256"), size, per_chain);
-        theirs_pop(c, &format!("virtio-queue-pop/{label}/batch256"), size, per_chain);
-        theirs_iter(c, &format!("virtio-queue-iter/{label}/batch256"), size, per_chain);
+        theirs_pop(
+            c,
+            &format!("virtio-queue-pop/{label}/batch256"),
+            size,
+            per_chain,
+        );
+        theirs_iter(
+            c,
+            &format!("virtio-queue-iter/{label}/batch256"),
+            size,
+            per_chain,
+        );
     }
 }
 
