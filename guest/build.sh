@@ -43,12 +43,11 @@ for p in "${PACKAGES[@]}"; do
 done
 if [ ${#missing[@]} -gt 0 ]; then
 	log "installing missing Debian packages: ${missing[*]}"
-	SUDO=()
+	SUDO=(env DEBIAN_FRONTEND=noninteractive)
 	if [ "$(id -u)" -ne 0 ]; then
 		command -v sudo >/dev/null || die "not root and no sudo: install ${missing[*]}"
-		SUDO=(sudo)
+		SUDO=(sudo env DEBIAN_FRONTEND=noninteractive)
 	fi
-	export DEBIAN_FRONTEND=noninteractive
 	if ! "${SUDO[@]}" apt-get install -y --no-install-recommends "${missing[@]}" >&2; then
 		log "apt-get install failed, running apt-get update first"
 		"${SUDO[@]}" apt-get update >&2
@@ -94,9 +93,14 @@ if done_already; then
 fi
 
 START=$(date +%s)
+# Left-overs of builds of this key that were killed (we hold the lock).
+rm -rf "$CACHE_ROOT/.tmp-$KEY-"*
 WORK=$(mktemp -d "$CACHE_ROOT/.tmp-$KEY-XXXXXX")
-# Leave no half-built directory behind, whatever happens.
+# Leave no half-built directory behind, whatever happens; an interrupted
+# build never looks done since only a complete directory is renamed to $OUT.
 trap 'rm -rf "$WORK"' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 log "building guest $KEY in $WORK"
 printf '%s\n' "$INPUTS" >"$WORK/inputs"
 BUILD_LOG="$WORK/build.log"
@@ -185,7 +189,16 @@ log "config OK: $(grep -c '^CONFIG_.*=y' "$FRAGMENT") wanted options are =y"
 
 log "[3/5] building Image with -j$JOBS (a few minutes; log: build.log)"
 KSTART=$(date +%s)
-run "${KMAKE[@]}" -j"$JOBS" Image
+# Condensed progress: every 100th line of make's output, plus warnings and
+# errors; the whole output is in build.log.
+if [ "${VMMIO_GUEST_VERBOSE:-0}" = 1 ]; then
+	run "${KMAKE[@]}" -j"$JOBS" Image
+elif ! "${KMAKE[@]}" -j"$JOBS" Image 2>&1 | tee -a "$BUILD_LOG" |
+	awk '/warning:|error:|Error / || NR % 100 == 0 { print "guest/build.sh:   kernel: " $0; fflush() }' >&2; then
+	log "FAILED: kernel build"
+	tail -n 40 "$BUILD_LOG" >&2
+	exit 1
+fi
 cp "$KDIR/arch/riscv/boot/Image" "$WORK/Image"
 check_isa "$KDIR/vmlinux" kernel || die "vmlinux contains compressed or floating-point instructions"
 log "Image: $(stat -c %s "$WORK/Image") bytes, built in $(($(date +%s) - KSTART)) s"
@@ -226,6 +239,7 @@ log "initramfs.cpio: $(stat -c %s "$WORK/initramfs.cpio") bytes"
 # ---------------------------------------------------------------------------
 rm -rf "$KDIR" "$ROOT"
 rm -rf "$OUT" # a stale partial directory from an older script version
+chmod 0755 "$WORK"
 mv -T "$WORK" "$OUT"
 trap - EXIT
 log "done in $(($(date +%s) - START)) s: $OUT"

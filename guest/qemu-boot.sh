@@ -56,12 +56,11 @@ done
 # --- QEMU itself -------------------------------------------------------------
 if ! command -v "$QEMU" >/dev/null; then
 	log "installing qemu-system-misc"
-	SUDO=()
+	SUDO=(env DEBIAN_FRONTEND=noninteractive)
 	if [ "$(id -u)" -ne 0 ]; then
 		command -v sudo >/dev/null || die "not root and no sudo: install qemu-system-misc"
-		SUDO=(sudo)
+		SUDO=(sudo env DEBIAN_FRONTEND=noninteractive)
 	fi
-	export DEBIAN_FRONTEND=noninteractive
 	"${SUDO[@]}" apt-get update >&2
 	# A machine with QEMU tools from bookworm-backports cannot mix in the
 	# bookworm qemu-system-misc: retry from backports if that is configured.
