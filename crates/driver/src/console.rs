@@ -63,6 +63,8 @@ pub struct Console<R: RegisterIo, H: Hal + Clone> {
     pending: VecDeque<u8>,
     size: Option<(u16, u16)>,
     broken: bool,
+    /// Initialisation failed and FAILED was set: keep it visible.
+    failed: bool,
 }
 
 impl<R: RegisterIo, H: Hal + Clone> core::fmt::Debug for Console<R, H> {
@@ -105,6 +107,7 @@ impl<R: RegisterIo, H: Hal + Clone> Console<R, H> {
             pending: VecDeque::new(),
             size: None,
             broken: true,
+            failed: false,
         };
         c.init()?;
         Ok(c)
@@ -112,8 +115,11 @@ impl<R: RegisterIo, H: Hal + Clone> Console<R, H> {
 
     fn init(&mut self) -> Result<()> {
         self.broken = true;
-        self.transport.begin_init(bit(VIRTIO_CONSOLE_F_SIZE))?;
-        let r = self.init_after_features();
+        let r = self
+            .transport
+            .begin_init(bit(VIRTIO_CONSOLE_F_SIZE))
+            .and_then(|_| self.init_after_features());
+        self.failed = r.is_err();
         match r {
             Ok(()) => self.broken = false,
             Err(_) => self.transport.fail(),
@@ -183,9 +189,17 @@ impl<R: RegisterIo, H: Hal + Clone> Console<R, H> {
     /// As [`new`](Self::new), and [`Error::Timeout`] for the reset.
     pub fn reinit(&mut self) -> Result<()> {
         self.broken = true;
-        self.transport.reset()?;
-        for q in [self.rxq.take(), self.txq.take()].into_iter().flatten() {
-            self.transport.teardown_queue(q)?;
+        let queues = [self.rxq.take(), self.txq.take()].into_iter().flatten();
+        if !self.transport.shutdown(queues, true) {
+            for b in [self.rx_buf.take(), self.tx_buf.take()]
+                .into_iter()
+                .flatten()
+            {
+                b.leak();
+            }
+            return Err(Error::Timeout {
+                what: "the device to stop",
+            });
         }
         self.init()
     }
@@ -300,12 +314,10 @@ impl<R: RegisterIo, H: Hal + Clone> Console<R, H> {
 
 impl<R: RegisterIo, H: Hal + Clone> Drop for Console<R, H> {
     fn drop(&mut self) {
-        let stopped = self.transport.reset().is_ok();
-        let mut all_stopped = stopped;
-        for q in [self.rxq.take(), self.txq.take()].into_iter().flatten() {
-            all_stopped &= stopped && self.transport.teardown_queue(q).is_ok();
-        }
-        if !all_stopped {
+        // As for the block driver: reset unless initialisation failed,
+        // stop the queues, leak what the device may still use.
+        let queues = [self.rxq.take(), self.txq.take()].into_iter().flatten();
+        if !self.transport.shutdown(queues, !self.failed) {
             for b in [self.rx_buf.take(), self.tx_buf.take()]
                 .into_iter()
                 .flatten()
@@ -324,5 +336,48 @@ impl<R: RegisterIo, H: Hal + Clone> std::io::Write for Console<R, H> {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scripted::{console_handler, ArenaHal, Scripted};
+    use crate::IdentityHal;
+
+    fn run<H: Hal + Clone>(version: u32, hal: H) {
+        let mut s = Scripted::new(version, device_id::CONSOLE, 2, 16);
+        s.handler = Some(console_handler);
+        s.device_features |= bit(VIRTIO_CONSOLE_F_SIZE) | bit(1);
+        s.config = alloc::vec![80, 0, 25, 0, 0, 0, 0, 0];
+        let t = Transport::probe(&mut s).unwrap().unwrap();
+        let mut c = Console::new(t, hal).unwrap();
+        assert_eq!(c.size(), Some((80, 25)));
+        // MULTIPORT is never accepted.
+        assert!(!c.transport().has_feature(1));
+        let big: Vec<u8> = (0..5000u32).map(|i| i.to_le_bytes()[0]).collect();
+        c.write(b"hello ").unwrap();
+        c.write(&big).unwrap();
+        let mut out = [0u8; 2000];
+        assert_eq!(c.read(&mut out).unwrap(), 0);
+        let io = c.transport().io_mut();
+        io.console_in.extend(b"typed\n".iter());
+        io.console_in.extend(core::iter::repeat_n(b'x', 1500));
+        io.retry_parked();
+        assert_eq!(c.read(&mut out[..3]).unwrap(), 3);
+        let n = c.read(&mut out[3..]).unwrap();
+        assert_eq!(&out[..6], b"typed\n");
+        assert_eq!(n + 3, 1506);
+        drop(c);
+        assert_eq!(&s.console_out[..6], b"hello ");
+        assert_eq!(s.console_out[6..], big[..]);
+        // Receive buffers were notified only after DRIVER_OK.
+        assert_eq!(s.notifications[0], u32::from(RECEIVEQ));
+    }
+
+    #[test]
+    fn console_write_and_read_port0() {
+        run(2, IdentityHal);
+        run(1, ArenaHal);
     }
 }

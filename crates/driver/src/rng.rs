@@ -31,6 +31,8 @@ pub struct Entropy<R: RegisterIo, H: Hal + Clone> {
     queue: Option<VirtQueue<H>>,
     buf: Option<Dma<H>>,
     broken: bool,
+    /// Initialisation failed and FAILED was set: keep it visible.
+    failed: bool,
 }
 
 impl<R: RegisterIo, H: Hal + Clone> core::fmt::Debug for Entropy<R, H> {
@@ -63,6 +65,7 @@ impl<R: RegisterIo, H: Hal + Clone> Entropy<R, H> {
             queue: None,
             buf: None,
             broken: true,
+            failed: false,
         };
         e.init()?;
         Ok(e)
@@ -70,8 +73,8 @@ impl<R: RegisterIo, H: Hal + Clone> Entropy<R, H> {
 
     fn init(&mut self) -> Result<()> {
         self.broken = true;
-        self.transport.begin_init(0)?;
         let r = (|| {
+            self.transport.begin_init(0)?;
             self.buf = Some(Dma::new(self.hal.clone(), PAGE_SIZE)?);
             self.queue = Some(self.transport.setup_queue(
                 self.hal.clone(),
@@ -80,6 +83,7 @@ impl<R: RegisterIo, H: Hal + Clone> Entropy<R, H> {
             )?);
             self.transport.finish_init()
         })();
+        self.failed = r.is_err();
         match r {
             Ok(()) => self.broken = false,
             Err(_) => self.transport.fail(),
@@ -95,9 +99,14 @@ impl<R: RegisterIo, H: Hal + Clone> Entropy<R, H> {
     /// As [`new`](Self::new), and [`Error::Timeout`] for the reset.
     pub fn reinit(&mut self) -> Result<()> {
         self.broken = true;
-        self.transport.reset()?;
-        if let Some(q) = self.queue.take() {
-            self.transport.teardown_queue(q)?;
+        let q = self.queue.take();
+        if !self.transport.shutdown(q, true) {
+            if let Some(b) = self.buf.take() {
+                b.leak();
+            }
+            return Err(Error::Timeout {
+                what: "the device to stop",
+            });
         }
         self.init()
     }
@@ -179,12 +188,12 @@ impl<R: RegisterIo, H: Hal + Clone> Entropy<R, H> {
 
 impl<R: RegisterIo, H: Hal + Clone> Drop for Entropy<R, H> {
     fn drop(&mut self) {
-        let stopped = self.transport.reset().is_ok();
-        if let Some(q) = self.queue.take() {
-            if !stopped || self.transport.teardown_queue(q).is_err() {
-                if let Some(b) = self.buf.take() {
-                    b.leak();
-                }
+        // As for the block driver: reset unless initialisation failed,
+        // stop the queue, leak what the device may still use.
+        let q = self.queue.take();
+        if !self.transport.shutdown(q, !self.failed) {
+            if let Some(b) = self.buf.take() {
+                b.leak();
             }
         }
     }
@@ -194,5 +203,46 @@ impl<R: RegisterIo, H: Hal + Clone> Drop for Entropy<R, H> {
 impl<R: RegisterIo, H: Hal + Clone> std::io::Read for Entropy<R, H> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         Entropy::read(self, buf).map_err(std::io::Error::other)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scripted::{rng_handler, ArenaHal, Scripted};
+    use crate::IdentityHal;
+
+    #[test]
+    fn entropy_reads_what_the_device_wrote() {
+        for version in [1, 2] {
+            let mut s = Scripted::new(version, device_id::ENTROPY, 1, 8);
+            s.handler = Some(rng_handler);
+            let t = Transport::probe(&mut s).unwrap().unwrap();
+            let mut e = Entropy::new(t, ArenaHal).unwrap();
+            let mut buf = [0u8; 5000];
+            assert_eq!(e.read(&mut buf).unwrap(), 4096);
+            assert_eq!(buf[..3], [0x5a, 0x5b, 0x58]);
+            e.fill(&mut buf).unwrap();
+            assert_eq!(e.read(&mut []).unwrap(), 0);
+        }
+    }
+
+    #[test]
+    fn entropy_uses_the_used_length_and_is_bounded_on_zero() {
+        let mut s = Scripted::new(2, device_id::ENTROPY, 1, 8);
+        s.handler = Some(rng_handler);
+        s.used_len_override = Some(3);
+        let t = Transport::probe(&mut s).unwrap().unwrap();
+        let mut e = Entropy::new(t, IdentityHal).unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(e.read(&mut buf).unwrap(), 3);
+        e.transport().io_mut().used_len_override = Some(0);
+        assert!(matches!(e.fill(&mut buf), Err(Error::Timeout { .. })));
+        // Only device-writable buffers were posted (virtio v1.4 §5.4.6.1).
+        e.transport().io_mut().used_len_override = Some(17);
+        assert!(matches!(
+            e.read(&mut buf),
+            Err(Error::UsedLenTooLarge { len: 17, .. })
+        ));
     }
 }

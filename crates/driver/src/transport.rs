@@ -480,6 +480,25 @@ impl<R: RegisterIo> Transport<R> {
         Ok(())
     }
 
+    /// Class-driver cleanup: resets the device (unless `reset` is false,
+    /// which keeps a FAILED status visible), then tears every queue down.
+    /// Returns false when some queue could not be stopped and its memory
+    /// was leaked; buffers the caller owns must then be leaked too.
+    pub(crate) fn shutdown<H: Hal + Clone>(
+        &mut self,
+        queues: impl IntoIterator<Item = VirtQueue<H>>,
+        reset: bool,
+    ) -> bool {
+        let mut ok = !reset || self.reset().is_ok();
+        for q in queues {
+            if ok {
+                ok = self.teardown_queue(q).is_ok();
+            }
+            // Otherwise `q` is dropped unreleased, which leaks its memory.
+        }
+        ok
+    }
+
     fn poll_zero(&mut self, reg: u64, what: &'static str) -> Result<()> {
         for _ in 0..self.limits.queue_polls.max(1) {
             if self.io.read_reg(reg) == 0 {

@@ -1,0 +1,407 @@
+//! A hostile device against the driver: a scripted register file (see
+//! `common/scripted.rs`) that breaks the rules of virtio v1.4 one at a
+//! time. The driver must answer every fault with an `Error`, never panic,
+//! and never wait without a bound.
+
+#![allow(clippy::cast_possible_truncation)]
+
+#[path = "common/scripted.rs"]
+mod scripted;
+
+use scripted::{blk_handler, console_handler, rng_handler, Scripted};
+use vmmio_driver::blk::Block;
+use vmmio_driver::console::Console;
+use vmmio_driver::rng::Entropy;
+#[allow(unused_imports)]
+use vmmio_driver::{BufferDirection, Hal, RegisterIo};
+use vmmio_driver::{Error, IdentityHal, Limits, Transport};
+use vmmio_spec::device_id::{BLOCK, CONSOLE, ENTROPY};
+use vmmio_spec::{mmio, status};
+
+/// Small budgets so that a wait that would never end fails fast.
+fn limits() -> Limits {
+    Limits {
+        reset_polls: 100,
+        queue_polls: 100,
+        config_retries: 8,
+        io_polls: 1000,
+    }
+}
+
+fn block_device() -> Scripted {
+    let mut s = Scripted::new(2, BLOCK, 1, 64);
+    s.handler = Some(blk_handler);
+    s.disk = vec![0x33; 16 * 512];
+    s.config = vec![0; 64];
+    s.config[0] = 16;
+    s
+}
+
+fn block(s: &mut Scripted) -> Result<Block<&mut Scripted, IdentityHal>, Error> {
+    let t = Transport::probe_with_limits(s, limits())?.expect("device present");
+    Block::new(t, IdentityHal)
+}
+
+#[test]
+fn bad_magic_is_rejected_with_its_value() {
+    let mut s = block_device();
+    s.magic = 0x7472_6977;
+    assert_eq!(
+        Transport::probe(&mut s).unwrap_err(),
+        Error::BadMagic(0x7472_6977)
+    );
+    assert_eq!(s.log.len(), 1);
+}
+
+#[test]
+fn version_3_is_rejected_with_its_value() {
+    let mut s = block_device();
+    s.version = 3;
+    assert_eq!(
+        Transport::probe(&mut s).unwrap_err(),
+        Error::UnsupportedVersion(3)
+    );
+    let mut s = block_device();
+    s.version = 0;
+    assert_eq!(
+        Transport::probe(&mut s).unwrap_err(),
+        Error::UnsupportedVersion(0)
+    );
+}
+
+#[test]
+fn device_id_0_is_an_empty_slot_and_nothing_past_device_id_is_touched() {
+    let mut s = block_device();
+    s.device_id = 0;
+    assert!(Transport::probe(&mut s).unwrap().is_none());
+    let offsets: Vec<(bool, u64)> = s.log.iter().map(|a| (a.write, a.offset)).collect();
+    assert_eq!(
+        offsets,
+        [
+            (false, mmio::MAGIC),
+            (false, mmio::VERSION),
+            (false, mmio::DEVICE_ID)
+        ]
+    );
+}
+
+#[test]
+fn queue_size_max_0_is_queue_absent_and_sets_failed() {
+    let mut s = block_device();
+    s.queues[0].max = 0;
+    assert_eq!(block(&mut s).unwrap_err(), Error::QueueAbsent(0));
+    assert_ne!(s.status & status::FAILED, 0);
+    assert!(s.writes_to(mmio::QUEUE_SIZE).is_empty());
+    assert!(s.writes_to(mmio::QUEUE_READY).is_empty());
+}
+
+#[test]
+fn features_ok_refused_sets_failed() {
+    let mut s = block_device();
+    s.refuse_features = true;
+    assert!(matches!(
+        block(&mut s).unwrap_err(),
+        Error::FeaturesRefused { .. }
+    ));
+    assert_ne!(s.status & status::FAILED, 0);
+    assert_eq!(s.status & status::DRIVER_OK, 0);
+}
+
+#[test]
+fn version_2_without_version_1_sets_failed() {
+    let mut s = block_device();
+    s.device_features = 0;
+    assert!(matches!(
+        block(&mut s).unwrap_err(),
+        Error::Version1NotOffered { .. }
+    ));
+    assert_ne!(s.status & status::FAILED, 0);
+}
+
+#[test]
+fn status_never_reaching_0_after_reset_times_out() {
+    let mut s = block_device();
+    s.status = status::ACKNOWLEDGE;
+    s.reset_stuck = true;
+    assert!(matches!(block(&mut s).unwrap_err(), Error::Timeout { .. }));
+    let polls = s
+        .control_log()
+        .iter()
+        .filter(|a| !a.write && a.offset == mmio::STATUS)
+        .count();
+    assert_eq!(polls, 100);
+}
+
+#[test]
+fn used_id_out_of_range_is_an_error() {
+    let mut s = block_device();
+    let mut b = block(&mut s).unwrap();
+    b.transport().io_mut().used_id_override = Some(1000);
+    let mut buf = [0u8; 512];
+    assert_eq!(
+        b.read_blocks(0, &mut buf),
+        Err(Error::UsedIdOutOfRange {
+            queue: 0,
+            id: 1000,
+            size: 64
+        })
+    );
+    b.transport().io_mut().used_id_override = Some(u32::MAX);
+    assert_eq!(b.read_blocks(0, &mut buf), Err(Error::Broken));
+}
+
+#[test]
+fn used_id_not_in_flight_is_an_error() {
+    let mut s = block_device();
+    let mut b = block(&mut s).unwrap();
+    // The chain occupies descriptors 0..3; descriptor 5 heads nothing.
+    b.transport().io_mut().used_id_override = Some(5);
+    let mut buf = [0u8; 512];
+    assert_eq!(
+        b.read_blocks(0, &mut buf),
+        Err(Error::UsedIdNotInFlight { queue: 0, id: 5 })
+    );
+}
+
+#[test]
+fn used_id_naming_a_descriptor_inside_a_chain_is_not_in_flight() {
+    let mut s = block_device();
+    let mut b = block(&mut s).unwrap();
+    // A read is the chain 0 -> 1 -> 2 with head 0: descriptor 1 is busy
+    // but heads nothing.
+    b.transport().io_mut().used_id_override = Some(1);
+    let mut buf = [0u8; 512];
+    assert_eq!(
+        b.read_blocks(0, &mut buf),
+        Err(Error::UsedIdNotInFlight { queue: 0, id: 1 })
+    );
+}
+
+#[test]
+fn used_length_too_large_is_an_error() {
+    let mut s = Scripted::new(2, ENTROPY, 1, 8);
+    s.handler = Some(rng_handler);
+    s.used_len_override = Some(64);
+    let t = Transport::probe_with_limits(&mut s, limits())
+        .unwrap()
+        .unwrap();
+    let mut e = Entropy::new(t, IdentityHal).unwrap();
+    let mut buf = [0u8; 32];
+    assert_eq!(
+        e.read(&mut buf),
+        Err(Error::UsedLenTooLarge {
+            queue: 0,
+            id: 0,
+            len: 64,
+            max: 32
+        })
+    );
+}
+
+#[test]
+fn used_idx_running_ahead_is_an_error() {
+    let mut s = Scripted::new(2, ENTROPY, 1, 8);
+    let t = Transport::probe_with_limits(&mut s, limits())
+        .unwrap()
+        .unwrap();
+    let mut e = Entropy::new(t, IdentityHal).unwrap();
+    // The device claims 100 completions on a queue of 8.
+    let io = e.transport().io_mut();
+    for _ in 0..100 {
+        io.push_used(0, 0, 0);
+    }
+    let mut buf = [0u8; 8];
+    assert!(matches!(
+        e.read(&mut buf),
+        Err(Error::UsedIdxInvalid { size: 8, .. })
+    ));
+}
+
+#[test]
+fn device_that_never_completes_times_out() {
+    let mut s = block_device();
+    s.handler = None;
+    let mut b = block(&mut s).unwrap();
+    let mut buf = [0u8; 512];
+    assert!(matches!(
+        b.read_blocks(0, &mut buf),
+        Err(Error::Timeout { .. })
+    ));
+    // The request may still be in flight: the driver refuses new ones.
+    assert_eq!(b.read_blocks(0, &mut buf), Err(Error::Broken));
+}
+
+#[test]
+fn interrupt_status_stuck_at_1_never_spins() {
+    let mut s = Scripted::new(2, CONSOLE, 2, 8);
+    s.handler = Some(console_handler);
+    s.interrupt_stuck = true;
+    let t = Transport::probe_with_limits(&mut s, limits())
+        .unwrap()
+        .unwrap();
+    let mut c = Console::new(t, IdentityHal).unwrap();
+    c.transport().io_mut().interrupt_status = 1 | 0xfff0;
+    for _ in 0..10 {
+        let ev = c.handle_interrupt().unwrap();
+        assert!(ev.used_buffers && !ev.config_changed);
+    }
+    drop(c);
+    // Each interrupt: one read, one ACK of the defined bit it saw.
+    assert_eq!(s.acks, vec![1; 10]);
+    assert!(s.acks.iter().all(|a| a & !3 == 0));
+}
+
+#[test]
+fn device_needs_reset_is_surfaced_and_recoverable() {
+    let mut s = block_device();
+    let mut b = block(&mut s).unwrap();
+    b.transport().io_mut().needs_reset_on_notify = true;
+    let mut buf = [0u8; 512];
+    assert_eq!(b.read_blocks(0, &mut buf), Err(Error::DeviceNeedsReset));
+    b.transport().io_mut().needs_reset_on_notify = false;
+    b.reinit().unwrap();
+    b.read_blocks(0, &mut buf).unwrap();
+    assert_eq!(buf, [0x33; 512]);
+}
+
+#[test]
+fn config_generation_that_never_settles_fails_init() {
+    let mut s = block_device();
+    s.generation_flips = u32::MAX;
+    assert!(matches!(block(&mut s).unwrap_err(), Error::Timeout { .. }));
+    assert_ne!(s.status & status::FAILED, 0);
+}
+
+#[test]
+fn queue_that_will_not_stop_is_leaked_not_freed() {
+    let mut s = block_device();
+    let mut b = block(&mut s).unwrap();
+    b.transport().io_mut().queue_stop_stuck = true;
+    b.transport().io_mut().reset_stuck = true;
+    // Drop: the reset fails, so the queue memory is leaked; no panic.
+    drop(b);
+}
+
+/// A register file that answers every read with a pseudo-random value and
+/// ignores writes. Whatever it says, the class drivers return (Ok or
+/// Err) without panicking and within their budgets.
+struct Chaos {
+    state: u64,
+    magic_ok: bool,
+}
+
+impl Chaos {
+    fn next(&mut self) -> u32 {
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        (self.state >> 16) as u32
+    }
+}
+
+impl RegisterIo for Chaos {
+    fn read_reg(&mut self, offset: u64) -> u32 {
+        let r = self.next();
+        match offset {
+            mmio::MAGIC if self.magic_ok => mmio::MAGIC_VALUE,
+            mmio::VERSION => 1 + (r & 1),
+            mmio::DEVICE_ID => [BLOCK, ENTROPY, CONSOLE][(r % 3) as usize],
+            // Mostly small values, so that init gets far.
+            mmio::STATUS | mmio::QUEUE_READY | mmio::LEGACY_QUEUE_PFN | mmio::QUEUE_RESET => {
+                if r % 4 == 0 {
+                    r
+                } else {
+                    0
+                }
+            }
+            _ => {
+                if r % 2 == 0 {
+                    r & 0xff
+                } else {
+                    r
+                }
+            }
+        }
+    }
+    fn write_reg(&mut self, _offset: u64, _value: u32) {}
+    fn read_config_u8(&mut self, _offset: u64) -> u8 {
+        self.next() as u8
+    }
+    fn read_config_u16(&mut self, _offset: u64) -> u16 {
+        self.next() as u16
+    }
+    fn read_config_u32(&mut self, _offset: u64) -> u32 {
+        self.next()
+    }
+    fn write_config_u8(&mut self, _offset: u64, _value: u8) {}
+    fn write_config_u16(&mut self, _offset: u64, _value: u16) {}
+    fn write_config_u32(&mut self, _offset: u64, _value: u32) {}
+}
+
+#[test]
+fn random_register_values_never_panic_or_hang() {
+    for seed in 1..400u64 {
+        let io = Chaos {
+            state: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
+            magic_ok: seed % 10 != 0,
+        };
+        let mut l = limits();
+        l.io_polls = 20;
+        let Ok(Some(t)) = Transport::probe_with_limits(io, l) else {
+            continue;
+        };
+        let mut buf = [0u8; 512];
+        match t.device_id() {
+            BLOCK => {
+                if let Ok(mut b) = Block::new(t, IdentityHal) {
+                    let _ = b.read_blocks(0, &mut buf);
+                    let _ = b.handle_interrupt();
+                }
+            }
+            ENTROPY => {
+                if let Ok(mut e) = Entropy::new(t, IdentityHal) {
+                    let _ = e.read(&mut buf);
+                }
+            }
+            _ => {
+                if let Ok(mut c) = Console::new(t, IdentityHal) {
+                    let _ = c.write(b"x");
+                    let _ = c.read(&mut buf);
+                    let _ = c.handle_interrupt();
+                }
+            }
+        }
+    }
+}
+
+/// The device answers with random used ids and lengths.
+#[test]
+fn random_used_entries_never_panic() {
+    let mut state = 0x1234_5678u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for _ in 0..300 {
+        let mut s = block_device();
+        s.used_id_override = match next() % 3 {
+            0 => None,
+            1 => Some((next() % 80) as u32),
+            _ => Some(next() as u32),
+        };
+        s.used_len_override = match next() % 3 {
+            0 => None,
+            1 => Some((next() % 600) as u32),
+            _ => Some(next() as u32),
+        };
+        let Ok(mut b) = block(&mut s) else { continue };
+        let mut buf = [0u8; 1024];
+        for _ in 0..3 {
+            let _ = b.read_blocks(next() % 15, &mut buf);
+            let _ = b.get_id();
+            let _ = b.write_blocks(1, &buf[..512]);
+        }
+    }
+}
