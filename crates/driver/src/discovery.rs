@@ -474,4 +474,112 @@ mod tests {
         assert!(v[1].is_err());
         assert_eq!(v[2].as_ref().unwrap().id, Some(0));
     }
+    /// A device tree shaped like QEMU's RISC-V `virt` board: a PLIC with
+    /// one interrupt cell, virtio nodes under /soc with 2/2 cells.
+    fn virt_like_dtb() -> Vec<u8> {
+        let mut w = vm_fdt::FdtWriter::new().unwrap();
+        let root = w.begin_node("").unwrap();
+        w.property_u32("#address-cells", 2).unwrap();
+        w.property_u32("#size-cells", 2).unwrap();
+        let soc = w.begin_node("soc").unwrap();
+        w.property_u32("#address-cells", 2).unwrap();
+        w.property_u32("#size-cells", 2).unwrap();
+        let plic = w.begin_node("plic@c000000").unwrap();
+        w.property_string("compatible", "sifive,plic-1.0.0").unwrap();
+        w.property_u32("#interrupt-cells", 1).unwrap();
+        w.property_phandle(3).unwrap();
+        w.end_node(plic).unwrap();
+        for (i, status) in [(1u64, None), (2, Some("disabled")), (3, Some("okay"))] {
+            let n = w
+                .begin_node(&alloc::format!("virtio_mmio@1000{i}000"))
+                .unwrap();
+            w.property_string("compatible", "virtio,mmio").unwrap();
+            w.property_array_u64("reg", &[0x1000_0000 + i * 0x1000, 0x1000])
+                .unwrap();
+            w.property_u32("interrupt-parent", 3).unwrap();
+            w.property_u32("interrupts", u32::try_from(i).unwrap()).unwrap();
+            if let Some(st) = status {
+                w.property_string("status", st).unwrap();
+            }
+            w.end_node(n).unwrap();
+        }
+        let uart = w.begin_node("serial@10000000").unwrap();
+        w.property_string("compatible", "ns16550a").unwrap();
+        w.end_node(uart).unwrap();
+        w.end_node(soc).unwrap();
+        // The spec's own example: 1/1 cells, no interrupt parent.
+        let bus = w.begin_node("bus").unwrap();
+        w.property_u32("#address-cells", 1).unwrap();
+        w.property_u32("#size-cells", 1).unwrap();
+        let blk = w.begin_node("virtio_block@1e000").unwrap();
+        w.property_string_list(
+            "compatible",
+            alloc::vec!["vendor,thing".into(), "virtio,mmio".into()],
+        )
+        .unwrap();
+        w.property_array_u32("reg", &[0x1e000, 0x200]).unwrap();
+        w.property_u32("interrupts", 42).unwrap();
+        w.end_node(blk).unwrap();
+        w.end_node(bus).unwrap();
+        w.end_node(root).unwrap();
+        w.finish().unwrap()
+    }
+
+    #[test]
+    fn fdt_finds_enabled_virtio_mmio_nodes() {
+        let found = fdt_devices(&virt_like_dtb()).unwrap();
+        let summary: Vec<(&str, u64, u64, Option<u32>)> = found
+            .iter()
+            .map(|d| (d.name.as_str(), d.base, d.size, d.irq()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("virtio_mmio@10001000", 0x1000_1000, 0x1000, Some(1)),
+                ("virtio_mmio@10003000", 0x1000_3000, 0x1000, Some(3)),
+                ("virtio_block@1e000", 0x1e000, 0x200, Some(42)),
+            ]
+        );
+    }
+
+    #[test]
+    fn fdt_garbage_is_an_error_not_a_panic() {
+        assert!(matches!(fdt_devices(&[]), Err(DiscoveryError::BadFdt(_))));
+        assert!(matches!(
+            fdt_devices(&[0xd0, 0x0d, 0xfe, 0xed, 0, 0, 0, 0]),
+            Err(DiscoveryError::BadFdt(_))
+        ));
+        let good = virt_like_dtb();
+        for cut in [8, 40, good.len() / 2] {
+            let _ = fdt_devices(&good[..cut]);
+        }
+    }
+
+    #[test]
+    fn fdt_bad_reg_and_cells_are_errors() {
+        let mut w = vm_fdt::FdtWriter::new().unwrap();
+        let root = w.begin_node("").unwrap();
+        w.property_u32("#address-cells", 3).unwrap();
+        let n = w.begin_node("v@0").unwrap();
+        w.property_string("compatible", "virtio,mmio").unwrap();
+        w.property_array_u32("reg", &[0, 0, 0, 1]).unwrap();
+        w.end_node(n).unwrap();
+        w.end_node(root).unwrap();
+        assert!(matches!(
+            fdt_devices(&w.finish().unwrap()),
+            Err(DiscoveryError::UnsupportedCells { address: 3, .. })
+        ));
+        let mut w = vm_fdt::FdtWriter::new().unwrap();
+        let root = w.begin_node("").unwrap();
+        let n = w.begin_node("v@0").unwrap();
+        w.property_string("compatible", "virtio,mmio").unwrap();
+        w.property_array_u32("reg", &[0, 1]).unwrap();
+        w.end_node(n).unwrap();
+        w.end_node(root).unwrap();
+        assert_eq!(
+            fdt_devices(&w.finish().unwrap()),
+            Err(DiscoveryError::BadReg("v@0".into()))
+        );
+    }
 }
+
