@@ -8,7 +8,7 @@
 //! transport calls with every new `InterruptStatus` value, including the 0
 //! after an `InterruptACK` or a reset.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use vmmio_spec::mmio::{INT_CONFIG, INT_VRING};
@@ -56,13 +56,14 @@ pub trait Interrupt: Send + Sync {
 #[derive(Clone)]
 pub struct InterruptStatus {
     bits: Arc<AtomicU32>,
+    needs_reset: Arc<AtomicBool>,
     line: Arc<dyn Interrupt>,
 }
 
 impl InterruptStatus {
     /// A status of 0 in front of the platform line `line`.
     pub fn new(line: Arc<dyn Interrupt>) -> Self {
-        Self { bits: Arc::new(AtomicU32::new(0)), line }
+        Self { bits: Arc::new(AtomicU32::new(0)), needs_reset: Arc::new(AtomicBool::new(false)), line }
     }
 
     /// Sets the bit of `cause` and signals the line.
@@ -80,8 +81,26 @@ impl InterruptStatus {
         self.line.status_changed(new);
     }
 
-    /// Clears every bit (device reset); the line follows.
+    /// The device hit an error it cannot leave without a reset (a driver
+    /// that broke its ring, spec 2.1.2): the transport then reports
+    /// DEVICE_NEEDS_RESET in `Status`, and a configuration change
+    /// notification is raised. Devices call this instead of panicking or
+    /// silently stopping; it clears at the next device reset.
+    pub fn device_needs_reset(&self) {
+        self.needs_reset.store(true, Ordering::SeqCst);
+        self.raise(InterruptCause::ConfigChange);
+    }
+
+    /// Whether [`InterruptStatus::device_needs_reset`] was called since the
+    /// last reset.
+    pub fn needs_reset(&self) -> bool {
+        self.needs_reset.load(Ordering::SeqCst)
+    }
+
+    /// Clears every bit and the needs-reset flag (device reset); the line
+    /// follows.
     pub fn clear(&self) {
+        self.needs_reset.store(false, Ordering::SeqCst);
         self.bits.store(0, Ordering::SeqCst);
         self.line.status_changed(0);
     }

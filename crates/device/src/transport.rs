@@ -358,7 +358,11 @@ impl<M: GuestMemory + Clone + Send> MmioTransport<M> {
     /// The `Status` register (virtio v1.4 §2.1): bits of
     /// `vmmio_spec::status`.
     pub fn status(&self) -> u32 {
-        self.status
+        if self.interrupt.needs_reset() {
+            self.status | DEVICE_NEEDS_RESET
+        } else {
+            self.status
+        }
     }
 
     /// The window's `InterruptStatus` register, shared with the device.
@@ -424,7 +428,7 @@ impl<M: GuestMemory + Clone + Send> MmioTransport<M> {
             mmio::LEGACY_QUEUE_PFN if legacy => self.selected().map_or(0, |q| q.pfn),
             mmio::QUEUE_READY if modern => self.selected().map_or(0, |q| u32::from(q.ready)),
             mmio::INTERRUPT_STATUS => self.interrupt.get() & (mmio::INT_VRING | mmio::INT_CONFIG),
-            mmio::STATUS => self.status,
+            mmio::STATUS => self.status(),
             mmio::SHM_LEN_LOW if modern => {
                 low(self.shm_region().map_or(mmio::SHM_ABSENT, |r| r.len))
             }

@@ -1595,3 +1595,16 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn device_reported_needs_reset_shows_in_status_until_reset() {
+    let mut h = modern();
+    h.linux_v2_probe(all_modern_bits());
+    let interrupt = h.rec().interrupt.clone().expect("activated");
+    interrupt.device_needs_reset();
+    assert_ne!(h.r(mmio::STATUS) & DEVICE_NEEDS_RESET, 0);
+    assert_eq!(h.r(mmio::INTERRUPT_STATUS), mmio::INT_CONFIG);
+    h.w(mmio::STATUS, 0);
+    assert_eq!(h.r(mmio::STATUS), 0);
+    assert!(!interrupt.needs_reset(), "a reset clears the flag");
+}
