@@ -249,8 +249,8 @@ impl<M: GuestMemory> Served<'_, M> {
     /// wants a notification and raises at most one interrupt.
     ///
     /// A queue error (the driver broke the ring) is logged, marks the
-    /// queue broken and ends serving it. The spec answer would be
-    /// DEVICE_NEEDS_RESET (§2.1.2), which `VirtioDevice` cannot signal yet.
+    /// queue broken, ends serving it and reports DEVICE_NEEDS_RESET with a
+    /// configuration change notification (§2.1.2).
     pub(crate) fn serve<S>(
         self,
         state: &mut S,
@@ -278,6 +278,7 @@ impl<M: GuestMemory> Served<'_, M> {
                     Err(e) => {
                         log::error!("{name}: driver broke the queue, no longer served: {e}");
                         *broken = true;
+                        interrupt.device_needs_reset();
                         break;
                     }
                 }
@@ -285,6 +286,7 @@ impl<M: GuestMemory> Served<'_, M> {
                 if let Err(e) = queue.add_used(mem, chain.head_index(), len) {
                     log::error!("{name}: driver broke the queue, no longer served: {e}");
                     *broken = true;
+                    interrupt.device_needs_reset();
                     break;
                 }
                 served += 1;
@@ -303,6 +305,7 @@ impl<M: GuestMemory> Served<'_, M> {
         if let Err(e) = queue.enable_notification(mem) {
             log::error!("{name}: driver broke the queue, no longer served: {e}");
             *broken = true;
+            interrupt.device_needs_reset();
         }
     }
 }

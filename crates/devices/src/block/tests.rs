@@ -537,7 +537,8 @@ fn buffers_outside_guest_memory_do_not_crash() {
 }
 
 /// A descriptor loop is a queue error: the device logs it, stops serving
-/// that queue, and neither panics nor hangs.
+/// that queue, reports DEVICE_NEEDS_RESET (a configuration change
+/// interrupt), and neither panics nor hangs.
 #[test]
 fn descriptor_loop_does_not_crash() {
     let mut fx = mem_fixture(8);
@@ -549,8 +550,10 @@ fn descriptor_loop_does_not_crash() {
     fx.ring.write_desc(&fx.mem, 1, h, 16, F_NEXT | F_WRITE, 0);
     fx.ring.publish(&fx.mem, 0);
     assert!(fx.notify().is_empty());
+    assert_eq!(fx.line.config(), 1, "DEVICE_NEEDS_RESET is announced");
     assert!(fx.notify().is_empty());
     assert_eq!(fx.line.used(), 0);
+    assert_eq!(fx.line.config(), 1, "a broken queue stays quiet");
 }
 
 /// Readable descriptors after writable ones (the queue should refuse
