@@ -11,7 +11,9 @@
 //! - [`memory`]: [`GuestRam`], guest RAM shared with QEMU through a file,
 //!   mapped into the test process, with a page allocator;
 //! - [`qemu`]: [`QemuBuilder`] and [`Qemu`], the harness that starts QEMU
-//!   with a chosen mode and device list and always kills it.
+//!   with a chosen mode and device list and always kills it;
+//! - [`glue`]: our driver's platform traits over the two:
+//!   [`QtestWindow`] (`RegisterIo`) and [`QtestHal`] (`Hal`).
 //!
 //! The tests live in `tests/`; they need `qemu-system-x86_64` on `PATH` and
 //! fail (never skip) without it.
@@ -20,9 +22,11 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod client;
+pub mod glue;
 pub mod memory;
 pub mod qemu;
 
 pub use client::{QtestClient, QtestError};
+pub use glue::{qtest_limits, QtestHal, QtestWindow};
 pub use memory::GuestRam;
 pub use qemu::{Device, Mode, Qemu, QemuBuilder, RingFeatures};

@@ -6,13 +6,14 @@
 //! QEMU's devices read, with no copy through the qtest socket.
 //!
 //! [`GuestRam`] hands out page-aligned, zeroed blocks of guest-physical
-//! memory from a bump allocator starting at [`ALLOC_START`], and copies bytes
+//! memory from a page allocator starting at [`ALLOC_START`], and copies bytes
 //! in and out with volatile accesses (QEMU writes the same memory from
 //! another process at any time).
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::ptr::NonNull;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use memmap2::MmapRaw;
 
@@ -54,7 +55,17 @@ pub enum RamError {
 pub struct GuestRam {
     map: MmapRaw,
     size: u64,
-    next: Mutex<u64>,
+    pages: Mutex<Pages>,
+}
+
+/// The allocator's state: a bump cursor and freed blocks by page count.
+#[derive(Debug)]
+struct Pages {
+    next: u64,
+    /// Freed blocks: page count -> guest-physical addresses. A block is
+    /// reused only for a request of exactly its size.
+    free: BTreeMap<u64, Vec<u64>>,
+    in_use: BTreeMap<u64, u64>,
 }
 
 impl GuestRam {
@@ -74,7 +85,11 @@ impl GuestRam {
         Ok(Self {
             map,
             size,
-            next: Mutex::new(ALLOC_START),
+            pages: Mutex::new(Pages {
+                next: ALLOC_START,
+                free: BTreeMap::new(),
+                in_use: BTreeMap::new(),
+            }),
         })
     }
 
@@ -85,7 +100,8 @@ impl GuestRam {
 
     /// Allocates `bytes` (rounded up to whole [`PAGE_SIZE`] pages, at least
     /// one) of zeroed guest RAM and returns its guest-physical address,
-    /// page-aligned. Memory is never reused: each QEMU instance is short-lived.
+    /// page-aligned. A block given back with [`GuestRam::free`] is reused
+    /// for a later request of the same page count.
     ///
     /// # Errors
     ///
@@ -94,18 +110,50 @@ impl GuestRam {
         let pages = bytes.div_ceil(PAGE_SIZE).max(1);
         let requested = pages.saturating_mul(PAGE_SIZE);
         let gpa = {
-            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
-            let left = self.size.saturating_sub(*next);
-            if requested > left {
-                return Err(RamError::Exhausted { requested, left });
-            }
-            let gpa = *next;
-            // Cannot overflow: requested <= left = size - next.
-            *next += requested;
+            let mut state = self.lock();
+            let reused = state.free.get_mut(&pages).and_then(Vec::pop);
+            let gpa = match reused {
+                Some(gpa) => gpa,
+                None => {
+                    let left = self.size.saturating_sub(state.next);
+                    if requested > left {
+                        return Err(RamError::Exhausted { requested, left });
+                    }
+                    let gpa = state.next;
+                    // Cannot overflow: requested <= left = size - next.
+                    state.next += requested;
+                    gpa
+                }
+            };
+            state.in_use.insert(gpa, pages);
             gpa
         };
         self.fill(gpa, requested, 0)?;
         Ok(gpa)
+    }
+
+    /// Gives back the block [`GuestRam::alloc`] returned at `gpa`. Returns
+    /// false (and changes nothing) if no block starts there.
+    pub fn free(&self, gpa: u64) -> bool {
+        let mut state = self.lock();
+        match state.in_use.remove(&gpa) {
+            Some(pages) => {
+                state.free.entry(pages).or_default().push(gpa);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Bytes currently allocated (not freed), in whole pages.
+    pub fn allocated(&self) -> u64 {
+        self.lock().in_use.values().sum::<u64>() * PAGE_SIZE
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Pages> {
+        // The state is consistent between statements: a panic elsewhere
+        // while holding the lock cannot leave it half-updated.
+        self.pages.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The test-process pointer to guest-physical `gpa`, checking that
@@ -258,6 +306,14 @@ mod tests {
             ram.alloc(1),
             Err(RamError::Exhausted { left: 0, .. })
         ));
+        assert_eq!(ram.allocated(), 3 * PAGE_SIZE);
+        assert!(ram.free(a));
+        assert!(!ram.free(a), "double free is refused");
+        assert!(ram.alloc(2 * PAGE_SIZE).is_err(), "no two-page block free");
+        assert_eq!(ram.alloc(10).expect("reused"), a);
+        let mut buf = [1u8; 16];
+        ram.read(a, &mut buf).expect("read");
+        assert_eq!(buf, [0; 16], "reused memory is zeroed again");
     }
 
     #[test]

@@ -16,7 +16,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use vmmio_driver::Transport;
+
 use crate::client::{QtestClient, QtestError};
+use crate::glue::{qtest_limits, QtestHal, QtestWindow};
 use crate::memory::{GuestRam, RamError};
 
 /// The QEMU binary the harness runs, looked up on `PATH`.
@@ -505,6 +508,33 @@ impl Qemu {
     /// If `index` is not a device index.
     pub fn window_of(&self, index: usize) -> u64 {
         slot_base(self.slot_of(index))
+    }
+
+    /// The register window of `microvm` slot `slot` as our driver's
+    /// `RegisterIo`.
+    pub fn window_at(&self, slot: usize) -> QtestWindow {
+        QtestWindow::new(self.client(), slot_base(slot))
+    }
+
+    /// A DMA HAL over this QEMU's guest RAM.
+    pub fn hal(&self) -> QtestHal {
+        QtestHal::new(self.ram())
+    }
+
+    /// Our driver's transport for the `index`-th device, probed with
+    /// [`qtest_limits`].
+    ///
+    /// # Panics
+    ///
+    /// If `index` is not a device index, or the probe fails or finds the
+    /// slot empty (with the reason).
+    pub fn transport(&self, index: usize) -> Transport<QtestWindow> {
+        let slot = self.slot_of(index);
+        match Transport::probe_with_limits(self.window_at(slot), qtest_limits()) {
+            Ok(Some(t)) => t,
+            Ok(None) => panic!("slot {slot} of device {index} reads DeviceID 0"),
+            Err(e) => panic!("probe of slot {slot} (device {index}) failed: {e}"),
+        }
     }
 
     /// Path of the raw image of the `n`-th block device (counting block
