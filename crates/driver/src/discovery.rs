@@ -485,7 +485,8 @@ mod tests {
         w.property_u32("#address-cells", 2).unwrap();
         w.property_u32("#size-cells", 2).unwrap();
         let plic = w.begin_node("plic@c000000").unwrap();
-        w.property_string("compatible", "sifive,plic-1.0.0").unwrap();
+        w.property_string("compatible", "sifive,plic-1.0.0")
+            .unwrap();
         w.property_u32("#interrupt-cells", 1).unwrap();
         w.property_phandle(3).unwrap();
         w.end_node(plic).unwrap();
@@ -497,7 +498,8 @@ mod tests {
             w.property_array_u64("reg", &[0x1000_0000 + i * 0x1000, 0x1000])
                 .unwrap();
             w.property_u32("interrupt-parent", 3).unwrap();
-            w.property_u32("interrupts", u32::try_from(i).unwrap()).unwrap();
+            w.property_u32("interrupts", u32::try_from(i).unwrap())
+                .unwrap();
             if let Some(st) = status {
                 w.property_string("status", st).unwrap();
             }
@@ -582,4 +584,3 @@ mod tests {
         );
     }
 }
-

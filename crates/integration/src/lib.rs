@@ -1,0 +1,243 @@
+//! Loopback: the driver side (`vmmio-driver`) against the device side
+//! (`vmmio-device`) in one process.
+//!
+//! - [`Loopback`] implements the driver's `RegisterIo` by calling
+//!   `MmioTransport::read` / `write` of the device side: every register
+//!   access of the driver is a real access to the device's register file.
+//! - [`GuestHal`] implements the driver's `Hal` over the same
+//!   `vm_memory::GuestMemoryMmap` the device reads and writes: queue memory
+//!   and bounce buffers are guest pages, addressed by guest-physical
+//!   address, exactly as a guest kernel would hand them out.
+//! - [`devices`]: small in-memory block, entropy and console devices for
+//!   these tests (the real backends live in `vmmio-devices`).
+
+pub mod devices;
+
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vmmio_device::{Interrupt, InterruptCause, MmioTransport, TransportVersion, VirtioDevice};
+use vmmio_driver::{BufferDirection, Hal, RegisterIo, PAGE_SIZE};
+use vmmio_spec::mmio;
+
+/// The guest memory type of the loopback.
+pub type Mem = GuestMemoryMmap<()>;
+
+/// Guest memory size in bytes.
+pub const MEM_SIZE: usize = 32 << 20;
+/// First guest-physical byte the [`GuestHal`] hands out (below it: nothing
+/// in particular, but page 0 is kept out so that a legacy `QueuePFN` is
+/// never 0).
+pub const DMA_BASE: u64 = 1 << 20;
+
+/// The driver's register window, routed into a device-side
+/// [`MmioTransport`].
+pub struct Loopback {
+    /// The device side.
+    pub transport: MmioTransport<Mem>,
+}
+
+impl RegisterIo for Loopback {
+    fn read_reg(&mut self, offset: u64) -> u32 {
+        let mut b = [0u8; 4];
+        self.transport.read(offset, &mut b);
+        u32::from_le_bytes(b)
+    }
+    fn write_reg(&mut self, offset: u64, value: u32) {
+        self.transport.write(offset, &value.to_le_bytes());
+    }
+    fn read_config_u8(&mut self, offset: u64) -> u8 {
+        let mut b = [0u8; 1];
+        self.transport.read(mmio::CONFIG + offset, &mut b);
+        b[0]
+    }
+    fn read_config_u16(&mut self, offset: u64) -> u16 {
+        let mut b = [0u8; 2];
+        self.transport.read(mmio::CONFIG + offset, &mut b);
+        u16::from_le_bytes(b)
+    }
+    fn read_config_u32(&mut self, offset: u64) -> u32 {
+        let mut b = [0u8; 4];
+        self.transport.read(mmio::CONFIG + offset, &mut b);
+        u32::from_le_bytes(b)
+    }
+    fn write_config_u8(&mut self, offset: u64, value: u8) {
+        self.transport.write(mmio::CONFIG + offset, &[value]);
+    }
+    fn write_config_u16(&mut self, offset: u64, value: u16) {
+        self.transport
+            .write(mmio::CONFIG + offset, &value.to_le_bytes());
+    }
+    fn write_config_u32(&mut self, offset: u64, value: u32) {
+        self.transport
+            .write(mmio::CONFIG + offset, &value.to_le_bytes());
+    }
+}
+
+/// An interrupt line that counts triggers.
+#[derive(Debug, Default)]
+pub struct Line {
+    /// Triggers so far.
+    pub count: AtomicU32,
+}
+
+impl Interrupt for Line {
+    fn trigger(&self, _cause: InterruptCause) {
+        self.count.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+struct Pages {
+    /// One flag per page from [`DMA_BASE`]: in use.
+    used: Vec<bool>,
+    /// Search start (next-fit).
+    hint: usize,
+}
+
+/// The driver's DMA services over the loopback guest memory: pages are
+/// guest pages from [`DMA_BASE`] up, addressed by guest-physical address;
+/// shared buffers are bounced through such pages.
+#[derive(Clone)]
+pub struct GuestHal {
+    mem: Mem,
+    pages: Arc<Mutex<Pages>>,
+}
+
+impl GuestHal {
+    /// A HAL over `mem`, handing out pages from [`DMA_BASE`] to the end of
+    /// the first region.
+    pub fn new(mem: Mem) -> Self {
+        let end = mem.last_addr().0 + 1;
+        let n = usize::try_from((end - DMA_BASE) / PAGE_SIZE as u64).unwrap_or(0);
+        Self {
+            mem,
+            pages: Arc::new(Mutex::new(Pages {
+                used: vec![false; n],
+                hint: 0,
+            })),
+        }
+    }
+
+    /// Pages in use.
+    pub fn pages_in_use(&self) -> usize {
+        self.pages
+            .lock()
+            .map(|p| p.used.iter().filter(|u| **u).count())
+            .unwrap_or(0)
+    }
+
+    fn alloc(&self, pages: usize) -> Option<u64> {
+        let mut p = self.pages.lock().ok()?;
+        let n = p.used.len();
+        if pages == 0 || pages > n {
+            return None;
+        }
+        for k in 0..n {
+            let start = (p.hint + k) % n;
+            if start + pages > n {
+                continue;
+            }
+            if p.used[start..start + pages].iter().all(|u| !u) {
+                p.used[start..start + pages].fill(true);
+                p.hint = start + pages;
+                return Some(DMA_BASE + (start * PAGE_SIZE) as u64);
+            }
+        }
+        None
+    }
+
+    fn free(&self, paddr: u64, pages: usize) {
+        if let Ok(mut p) = self.pages.lock() {
+            let Some(start) = paddr
+                .checked_sub(DMA_BASE)
+                .and_then(|o| usize::try_from(o / PAGE_SIZE as u64).ok())
+            else {
+                return;
+            };
+            if let Some(run) = p.used.get_mut(start..start + pages) {
+                run.fill(false);
+            }
+        }
+    }
+
+    fn host(&self, paddr: u64) -> Option<NonNull<u8>> {
+        NonNull::new(self.mem.get_host_address(GuestAddress(paddr)).ok()?)
+    }
+}
+
+// SAFETY:
+// - `dma_alloc` hands out runs of pages of one guest memory region that the
+//   page map marks used until `dma_dealloc`, so nothing else gets them;
+//   they are zeroed here, page aligned (the region starts at guest address
+//   0 and host mmaps are page aligned), contiguous (one region), reachable
+//   by the driver at the host address of the mmap, which lives as long as
+//   `self.mem` (each clone of the HAL holds the memory), and by the device
+//   at the guest-physical address, which is what it is given;
+// - `share` copies the buffer into such pages and returns their guest
+//   address; `unshare` copies the device's writes back and frees them.
+unsafe impl Hal for GuestHal {
+    fn dma_alloc(&self, pages: usize) -> Option<(u64, NonNull<u8>)> {
+        let paddr = self.alloc(pages)?;
+        let host = self.host(paddr)?;
+        // Check the run ends inside the region too.
+        let last = paddr + (pages * PAGE_SIZE) as u64 - 1;
+        self.mem.get_host_address(GuestAddress(last)).ok()?;
+        // SAFETY: `pages * PAGE_SIZE` bytes at `host` are this run of the
+        // guest memory mmap (checked above), owned by us until freed.
+        unsafe { host.as_ptr().write_bytes(0, pages * PAGE_SIZE) };
+        Some((paddr, host))
+    }
+
+    unsafe fn dma_dealloc(&self, paddr: u64, _vaddr: NonNull<u8>, pages: usize) {
+        self.free(paddr, pages);
+    }
+
+    unsafe fn share(&self, buffer: NonNull<[u8]>, _direction: BufferDirection) -> Option<u64> {
+        let len = buffer.len();
+        let pages = len.div_ceil(PAGE_SIZE).max(1);
+        let (paddr, host) = self.dma_alloc(pages)?;
+        // SAFETY: the caller promised `buffer` valid for reads; `host` is a
+        // fresh run of at least `len` bytes that cannot overlap it.
+        unsafe { std::ptr::copy_nonoverlapping(buffer.cast::<u8>().as_ptr(), host.as_ptr(), len) };
+        Some(paddr)
+    }
+
+    unsafe fn unshare(&self, paddr: u64, buffer: NonNull<[u8]>, direction: BufferDirection) {
+        let len = buffer.len();
+        if direction != BufferDirection::DriverToDevice {
+            if let Some(host) = self.host(paddr) {
+                // SAFETY: `paddr` is the bounce run `share` made for this
+                // buffer (caller's promise), `len` bytes long; the caller
+                // promised `buffer` valid for writes.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(host.as_ptr(), buffer.cast::<u8>().as_ptr(), len)
+                };
+            }
+        }
+        self.free(paddr, len.div_ceil(PAGE_SIZE).max(1));
+    }
+}
+
+/// A device window with its guest memory, ready for the driver.
+pub struct Window {
+    /// The driver's register window.
+    pub io: Loopback,
+    /// The driver's DMA services over the same memory.
+    pub hal: GuestHal,
+    /// The interrupt line.
+    pub line: Arc<Line>,
+}
+
+/// Puts `device` behind a fresh loopback window of layout `version`.
+pub fn window(version: TransportVersion, device: Box<dyn VirtioDevice<Mem> + Send>) -> Window {
+    let mem = Mem::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).expect("guest memory");
+    let line = Arc::new(Line::default());
+    let transport = MmioTransport::new(version, device, mem.clone(), line.clone());
+    Window {
+        io: Loopback { transport },
+        hal: GuestHal::new(mem),
+        line,
+    }
+}

@@ -1,0 +1,265 @@
+//! The driver (`vmmio-driver`) against the device side (`vmmio-device`)
+//! through a loopback register window and one guest memory: block, entropy
+//! and console, Version 1 and Version 2, EVENT_IDX on and off, indirect
+//! descriptors on and off, and past the 16-bit ring index wrap.
+
+use std::sync::atomic::Ordering;
+
+use vmmio_device::TransportVersion;
+use vmmio_driver::blk::{Block, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH};
+use vmmio_driver::console::Console;
+use vmmio_driver::rng::Entropy;
+use vmmio_driver::{Dma, Error, Segment, Transport, Version};
+use vmmio_integration::devices::{MemBlock, MemConsole, MemEntropy};
+use vmmio_integration::{window, GuestHal, Loopback};
+use vmmio_spec::features::{
+    bit, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_NOTIFICATION_DATA,
+    VIRTIO_F_RING_RESET,
+};
+
+/// Transport bits every test device offers.
+const OFFERED: u64 = bit(VIRTIO_F_EVENT_IDX)
+    | bit(VIRTIO_F_INDIRECT_DESC)
+    | bit(VIRTIO_F_NOTIFICATION_DATA)
+    | bit(VIRTIO_F_RING_RESET);
+
+#[derive(Clone, Copy, Debug)]
+struct Cfg {
+    version: TransportVersion,
+    event_idx: bool,
+    indirect: bool,
+}
+
+impl Cfg {
+    /// The transport features the driver may accept in this
+    /// configuration (NOTIFICATION_DATA rides along with EVENT_IDX).
+    fn mask(self) -> u64 {
+        let mut m = bit(VIRTIO_F_RING_RESET);
+        if self.event_idx {
+            m |= bit(VIRTIO_F_EVENT_IDX) | bit(VIRTIO_F_NOTIFICATION_DATA);
+        }
+        if self.indirect {
+            m |= bit(VIRTIO_F_INDIRECT_DESC);
+        }
+        m
+    }
+
+    fn check(self, t: &Transport<Loopback>) {
+        let v = match self.version {
+            TransportVersion::Legacy => Version::Legacy,
+            TransportVersion::Modern => Version::Modern,
+        };
+        assert_eq!(t.version(), v, "{self:?}");
+        assert_eq!(
+            t.has_feature(VIRTIO_F_EVENT_IDX),
+            self.event_idx,
+            "{self:?}"
+        );
+        assert_eq!(
+            t.has_feature(VIRTIO_F_INDIRECT_DESC),
+            self.indirect,
+            "{self:?}"
+        );
+    }
+}
+
+fn configs() -> Vec<Cfg> {
+    let mut v = Vec::new();
+    for version in [TransportVersion::Legacy, TransportVersion::Modern] {
+        for event_idx in [false, true] {
+            for indirect in [false, true] {
+                v.push(Cfg {
+                    version,
+                    event_idx,
+                    indirect,
+                });
+            }
+        }
+    }
+    v
+}
+
+fn probe(cfg: Cfg, io: Loopback) -> Transport<Loopback> {
+    let mut t = Transport::probe(io)
+        .expect("probe")
+        .expect("a device, not an empty slot");
+    t.set_transport_features(cfg.mask());
+    t
+}
+
+fn pattern(seed: usize, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| ((i * 31 + seed * 7) % 256) as u8)
+        .collect()
+}
+
+#[test]
+fn block_read_write_flush_get_id_in_every_configuration() {
+    for cfg in configs() {
+        let (dev, disk) = MemBlock::new(
+            512,
+            OFFERED | bit(VIRTIO_BLK_F_FLUSH) | bit(VIRTIO_BLK_F_BLK_SIZE),
+        );
+        let w = window(cfg.version, Box::new(dev));
+        let hal = w.hal.clone();
+        let mut b = Block::new(probe(cfg, w.io), w.hal).unwrap();
+        cfg.check(b.transport());
+        assert_eq!(b.capacity(), 512);
+        assert_eq!(b.blk_size(), Some(512));
+        let data = pattern(1, 8 * 512);
+        b.write_blocks(3, &data).unwrap();
+        let mut back = vec![0u8; data.len()];
+        b.read_blocks(3, &mut back).unwrap();
+        assert_eq!(back, data, "{cfg:?}");
+        assert_eq!(disk.lock().unwrap()[3 * 512..11 * 512], data[..]);
+        // Longer than one request: split into chunks.
+        let big = pattern(2, 300 * 512);
+        b.write_blocks(200, &big).unwrap();
+        let mut big_back = vec![0u8; big.len()];
+        b.read_blocks(200, &mut big_back).unwrap();
+        assert_eq!(big_back, big, "{cfg:?}");
+        b.flush().unwrap();
+        assert_eq!(&b.get_id().unwrap()[..13], b"loopback-disk");
+        assert!(matches!(
+            b.read_blocks(510, &mut back),
+            Err(Error::OutOfRange { .. })
+        ));
+        let ev = b.handle_interrupt().unwrap();
+        assert!(ev.used_buffers, "{cfg:?}");
+        assert!(w.line.count.load(Ordering::SeqCst) > 0);
+        drop(b);
+        assert_eq!(hal.pages_in_use(), 0, "{cfg:?}: DMA pages leaked");
+    }
+}
+
+#[test]
+fn block_past_the_16_bit_index_wrap() {
+    const REQUESTS: usize = 70_000;
+    for (i, cfg) in configs()
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| i % 2 == i / 4 % 2)
+    {
+        let (dev, _disk) = MemBlock::new(64, OFFERED);
+        let w = window(cfg.version, Box::new(dev));
+        let mut b = Block::with_queue_size(probe(cfg, w.io), w.hal, 8).unwrap();
+        let mut buf = vec![0u8; 512];
+        for r in 0..REQUESTS / 2 {
+            let sector = (r % 64) as u64;
+            let data = [(r % 251) as u8, (r / 251 % 256) as u8, i as u8];
+            buf[..3].copy_from_slice(&data);
+            b.write_blocks(sector, &buf).unwrap();
+            buf[..3].fill(0);
+            b.read_blocks(sector, &mut buf).unwrap();
+            assert_eq!(buf[..3], data, "{cfg:?} request {r}");
+        }
+    }
+}
+
+#[test]
+fn entropy_in_every_configuration() {
+    for cfg in configs() {
+        let w = window(cfg.version, Box::new(MemEntropy::new(OFFERED)));
+        let hal = w.hal.clone();
+        let mut e = Entropy::new(probe(cfg, w.io), w.hal).unwrap();
+        cfg.check(e.transport());
+        let mut buf = [0u8; 100];
+        assert_eq!(e.read(&mut buf).unwrap(), 100);
+        assert_eq!(buf[..4], [1, 2, 3, 4], "{cfg:?}");
+        let mut big = vec![0u8; 10_000];
+        e.fill(&mut big).unwrap();
+        assert_eq!(big[0], 101);
+        assert_eq!(big[9_999], ((100 + 10_000) % 256) as u8);
+        drop(e);
+        assert_eq!(hal.pages_in_use(), 0, "{cfg:?}");
+    }
+}
+
+#[test]
+fn console_in_every_configuration() {
+    for cfg in configs() {
+        let (dev, handle) = MemConsole::new(OFFERED);
+        let w = window(cfg.version, Box::new(dev));
+        let hal = w.hal.clone();
+        let mut c = Console::new(probe(cfg, w.io), w.hal).unwrap();
+        cfg.check(c.transport());
+        assert_eq!(c.size(), Some((80, 25)));
+        c.write(b"hello, device\n").unwrap();
+        let long = pattern(3, 9000);
+        c.write(&long).unwrap();
+        let out = handle.output();
+        assert_eq!(&out[..14], b"hello, device\n");
+        assert_eq!(out[14..], long[..], "{cfg:?}");
+
+        let mut buf = vec![0u8; 16_384];
+        assert_eq!(c.read(&mut buf).unwrap(), 0);
+        handle.type_in(b"typed");
+        assert_eq!(c.read(&mut buf).unwrap(), 5);
+        assert_eq!(&buf[..5], b"typed");
+        // More input than the posted receive buffers hold: it arrives as
+        // the driver reposts them.
+        let input = pattern(4, 10_000);
+        handle.type_in(&input);
+        let mut got = Vec::new();
+        for _ in 0..100 {
+            let n = c.read(&mut buf).unwrap();
+            got.extend_from_slice(&buf[..n]);
+            if got.len() == input.len() {
+                break;
+            }
+        }
+        assert_eq!(got, input, "{cfg:?}");
+        drop(c);
+        assert_eq!(hal.pages_in_use(), 0, "{cfg:?}");
+    }
+}
+
+/// The raw queue API with caller buffers shared through the HAL (bounced
+/// through guest pages), and a queue reset with new parameters
+/// (VIRTIO_F_RING_RESET).
+#[test]
+fn shared_buffers_and_queue_reset_with_new_size() {
+    let cfg = Cfg {
+        version: TransportVersion::Modern,
+        event_idx: true,
+        indirect: true,
+    };
+    let w = window(cfg.version, Box::new(MemEntropy::new(OFFERED)));
+    let hal: GuestHal = w.hal.clone();
+    let mut t = probe(cfg, w.io);
+    t.begin_init(0).unwrap();
+    assert!(t.has_feature(VIRTIO_F_RING_RESET));
+    let mut q = t.setup_queue(hal.clone(), 0, 64).unwrap();
+    assert_eq!(q.size(), 64);
+    t.finish_init().unwrap();
+
+    let mut a = [0u8; 10];
+    let mut b = [0u8; 6];
+    // SAFETY: `a` and `b` are not touched until the chain is popped below.
+    let token = unsafe { q.add(&[], &mut [&mut a, &mut b]) }.unwrap();
+    t.notify_if_needed(&mut q).unwrap();
+    assert_eq!(t.wait_used(&mut q, token).unwrap(), 16);
+    assert_eq!(a, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    assert_eq!(b, [11, 12, 13, 14, 15, 16]);
+
+    t.reset_queue(q).unwrap();
+    let mut q = t.setup_queue(hal.clone(), 0, 16).unwrap();
+    assert_eq!(q.size(), 16);
+    let dma = Dma::new(hal.clone(), 64).unwrap();
+    let seg = Segment {
+        addr: dma.paddr(),
+        len: 4,
+    };
+    // SAFETY: `dma` outlives the chain, which completes before it drops.
+    let token = unsafe { q.add_segments(&[], &[seg]) }.unwrap();
+    t.notify(&mut q).unwrap();
+    assert_eq!(t.wait_used(&mut q, token).unwrap(), 4);
+    let mut got = [0u8; 4];
+    dma.read_bytes(0, &mut got).unwrap();
+    assert_eq!(got, [17, 18, 19, 20]);
+
+    t.reset().unwrap();
+    t.teardown_queue(q).unwrap();
+    drop(dma);
+    assert_eq!(hal.pages_in_use(), 0);
+}
