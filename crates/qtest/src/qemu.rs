@@ -86,14 +86,18 @@ impl Mode {
     }
 }
 
-/// Ring features QEMU offers for every device (QEMU's `event_idx` and
-/// `indirect_desc` device properties; both on by default).
+/// Transport features QEMU offers for every device (QEMU's `event_idx`,
+/// `indirect_desc` and `queue_reset` device properties; all on by
+/// default).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RingFeatures {
     /// Offer VIRTIO_F_EVENT_IDX (feature bit 29).
     pub event_idx: bool,
     /// Offer VIRTIO_F_INDIRECT_DESC (feature bit 28).
     pub indirect_desc: bool,
+    /// Offer VIRTIO_F_RING_RESET (feature bit 40; Version 2 only). Note
+    /// that QEMU 10's virtio-mmio offers it but ignores `QueueReset`.
+    pub queue_reset: bool,
 }
 
 impl Default for RingFeatures {
@@ -101,6 +105,7 @@ impl Default for RingFeatures {
         Self {
             event_idx: true,
             indirect_desc: true,
+            queue_reset: true,
         }
     }
 }
@@ -220,9 +225,10 @@ impl QemuBuilder {
     pub fn args(&self, dir: &Path) -> Vec<String> {
         let on_off = |b: bool| if b { "on" } else { "off" };
         let ring = format!(
-            "event_idx={},indirect_desc={}",
+            "event_idx={},indirect_desc={},queue_reset={}",
             on_off(self.ring.event_idx),
-            on_off(self.ring.indirect_desc)
+            on_off(self.ring.indirect_desc),
+            on_off(self.ring.queue_reset)
         );
         let mut args: Vec<String> = vec![
             "-M".into(),

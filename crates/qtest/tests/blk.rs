@@ -174,6 +174,7 @@ const fn offer(event_idx: bool, indirect_desc: bool) -> RingFeatures {
     RingFeatures {
         event_idx,
         indirect_desc,
+        queue_reset: true,
     }
 }
 
