@@ -154,7 +154,7 @@ pub enum HarnessError {
     },
     /// Spawning QEMU failed (other than its binary being missing, which
     /// panics).
-    #[error("cannot spawn {QEMU_BINARY}")]
+    #[error("cannot spawn QEMU")]
     Spawn(#[source] std::io::Error),
     /// QEMU exited before the qtest connection was made.
     #[error("QEMU exited early ({status}); its stderr:\n{stderr}")]
@@ -184,6 +184,7 @@ pub struct QemuBuilder {
     ram_bytes: u64,
     start_timeout: Duration,
     reply_timeout: Duration,
+    binary: String,
 }
 
 impl QemuBuilder {
@@ -197,7 +198,15 @@ impl QemuBuilder {
             ram_bytes: 64 << 20,
             start_timeout: Duration::from_secs(10),
             reply_timeout: Duration::from_secs(10),
+            binary: QEMU_BINARY.to_owned(),
         }
+    }
+
+    /// Runs `binary` (a name looked up on `PATH`, or a path) instead of
+    /// [`QEMU_BINARY`].
+    pub fn qemu_binary(mut self, binary: &str) -> Self {
+        self.binary = binary.to_owned();
+        self
     }
 
     /// Adds a device. QEMU fills `microvm`'s slots from the last one down,
@@ -300,8 +309,9 @@ impl QemuBuilder {
     ///
     /// # Panics
     ///
-    /// If [`QEMU_BINARY`] is not on `PATH`: a missing QEMU is a test
-    /// failure, never a skip. Install it with `./scripts/install-deps.sh`.
+    /// If the QEMU binary ([`QEMU_BINARY`] unless overridden) is not found:
+    /// a missing QEMU is a test failure, never a skip. Install it with
+    /// `./scripts/install-deps.sh`.
     ///
     /// # Errors
     ///
@@ -343,7 +353,7 @@ impl QemuBuilder {
             .map_err(setup("RAM file"))?;
         let stderr_file = File::create(stderr_path(dir.path())).map_err(setup("stderr file"))?;
 
-        let mut command = Command::new(QEMU_BINARY);
+        let mut command = Command::new(&self.binary);
         command
             .args(self.args(dir.path()))
             .stdin(Stdio::null())
@@ -370,8 +380,9 @@ impl QemuBuilder {
         let child = match command.spawn() {
             Ok(child) => child,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-                "{QEMU_BINARY} is not on PATH: the qtest tests need QEMU \
-                 (Debian package qemu-system-x86; run ./scripts/install-deps.sh)"
+                "{} is not on PATH: the qtest tests need QEMU \
+                 (Debian package qemu-system-x86; run ./scripts/install-deps.sh)",
+                self.binary
             ),
             Err(e) => return Err(HarnessError::Spawn(e)),
         };

@@ -149,6 +149,25 @@ fn entropy_request_by_hand_completes() {
     }
 }
 
+/// A missing QEMU binary is a failure with a clear message, not a skip.
+#[test]
+fn missing_qemu_panics_with_install_hint() {
+    let result = std::panic::catch_unwind(|| {
+        QemuBuilder::new(Mode::Legacy)
+            .qemu_binary("qemu-system-x86_64-not-installed")
+            .start()
+    });
+    let payload = result.expect_err("a missing binary panics");
+    let message = payload
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        message.contains("is not on PATH") && message.contains("install-deps"),
+        "{message}"
+    );
+}
+
 /// A QEMU that dies fails the next exchange instead of hanging the test.
 #[test]
 fn killed_qemu_fails_fast() {
