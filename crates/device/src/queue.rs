@@ -150,6 +150,8 @@ impl Queue {
     pub fn set_size(&mut self, size: u16) {
         self.size = size;
         self.layout_ok = false;
+        // Forget the cached `avail.idx`: it was checked against the old size.
+        self.avail_idx = self.next_avail;
     }
 
     /// Sets the guest-physical addresses of the descriptor table
@@ -251,6 +253,7 @@ impl Queue {
     /// data-path call re-checks the layout anyway.
     pub fn set_ready(&mut self, ready: bool) {
         self.ready = ready;
+        self.avail_idx = self.next_avail;
     }
 
     /// Applies the negotiated feature bits: VIRTIO_F_EVENT_IDX (§2.7.7,
