@@ -337,7 +337,6 @@ pub(super) fn read_chain<M: GuestMemory + ?Sized>(
 }
 
 /// Appends the chain held in the indirect table of `len` bytes at `addr`.
-#[cold]
 fn read_indirect<M: GuestMemory + ?Sized>(
     mem: &M,
     head: u16,
