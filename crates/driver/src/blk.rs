@@ -331,6 +331,12 @@ impl<R: RegisterIo, H: Hal + Clone> Block<R, H> {
     pub fn get_id(&mut self) -> Result<[u8; ID_BYTES]> {
         let mut id = [0u8; ID_BYTES];
         self.request(VIRTIO_BLK_T_GET_ID, 0, Data::In(&mut id))?;
+        // Devices may write only up to the terminating NUL (QEMU writes
+        // strlen + 1 bytes), leaving the rest of the reused DMA buffer
+        // stale: pad after the first NUL ourselves.
+        if let Some(nul) = id.iter().position(|&b| b == 0) {
+            id.iter_mut().skip(nul).for_each(|b| *b = 0);
+        }
         Ok(id)
     }
 

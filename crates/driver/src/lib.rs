@@ -65,4 +65,7 @@ pub use error::{Error, Result};
 pub use hal::{BufferDirection, Dma, Hal, IdentityHal, PAGE_SIZE};
 pub use io::{MmioWindow, RegisterIo};
 pub use queue::{Segment, Used, VirtQueue};
-pub use transport::{InterruptEvents, Limits, ShmRegion, Transport, Version};
+pub use transport::{
+    InterruptEvents, Limits, ShmRegion, Transport, Version, DEFAULT_TRANSPORT_FEATURES,
+    TRANSPORT_FEATURES,
+};

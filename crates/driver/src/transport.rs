@@ -45,6 +45,12 @@ pub const TRANSPORT_FEATURES: u64 = bit(VIRTIO_F_INDIRECT_DESC)
     | bit(VIRTIO_F_NOTIFICATION_DATA)
     | bit(VIRTIO_F_RING_RESET);
 
+/// The transport features accepted unless the caller changes them with
+/// [`Transport::set_transport_features`]: all of [`TRANSPORT_FEATURES`]
+/// but RING_RESET, which is opt-in because QEMU's virtio-mmio offers it
+/// (its `queue_reset` property) yet ignores writes to `QueueReset`.
+pub const DEFAULT_TRANSPORT_FEATURES: u64 = TRANSPORT_FEATURES & !bit(VIRTIO_F_RING_RESET);
+
 /// Feature bits a class driver may accept for its device type within the
 /// first 64: 0 to 23, 42, and 50 to 63. Virtio v1.4 §2.2 also lists 41 as
 /// a device-type bit, but §6 defines it as VIRTIO_F_ADMIN_VQ, which
@@ -178,7 +184,7 @@ impl<R: RegisterIo> Transport<R> {
             device_id,
             vendor_id,
             limits,
-            transport_features: TRANSPORT_FEATURES,
+            transport_features: DEFAULT_TRANSPORT_FEATURES,
             features: 0,
             status: 0,
         }))
@@ -1403,9 +1409,20 @@ mod tests {
         );
         assert!(s.writes_to(mmio::QUEUE_RESET).is_empty());
 
+        // Offered but not opted into: still refused without a write.
+        let mut s = modern();
+        let mut t = ready(&mut s, bit(VIRTIO_F_RING_RESET));
+        assert!(!t.has_feature(VIRTIO_F_RING_RESET), "RING_RESET is opt-in");
+        let q = t.setup_queue(IdentityHal, 0, 8).unwrap();
+        assert!(t.reset_queue(q).is_err());
+        assert!(s.writes_to(mmio::QUEUE_RESET).is_empty());
+
         let mut s = modern();
         s.queue_reset_reads = 3;
-        let mut t = ready(&mut s, bit(VIRTIO_F_RING_RESET));
+        s.device_features |= bit(VIRTIO_F_RING_RESET);
+        let mut t = Transport::probe(&mut s).unwrap().unwrap();
+        t.set_transport_features(TRANSPORT_FEATURES);
+        t.begin_init(0).unwrap();
         let q = t.setup_queue(IdentityHal, 0, 8).unwrap();
         t.finish_init().unwrap();
         t.reset_queue(q).unwrap();
@@ -1424,7 +1441,10 @@ mod tests {
 
         let mut s = modern();
         s.queue_reset_reads = u32::MAX;
-        let mut t = ready(&mut s, bit(VIRTIO_F_RING_RESET));
+        s.device_features |= bit(VIRTIO_F_RING_RESET);
+        let mut t = Transport::probe(&mut s).unwrap().unwrap();
+        t.set_transport_features(TRANSPORT_FEATURES);
+        t.begin_init(0).unwrap();
         t.set_limits(Limits {
             queue_polls: 7,
             ..Limits::default()

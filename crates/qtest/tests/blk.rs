@@ -199,11 +199,7 @@ fn block_driver_declines_offered_ring_features(mode: Mode) {
 }
 
 both_modes!(block_with_event_idx_and_indirect);
-both_modes!(
-    #[ignore = "driver: Block::get_id returns stale DMA bytes after the NUL \
-                (QEMU writes only strlen(serial) + 1 bytes); see issue 5 report"]
-    block_get_id_pads_with_zeros
-);
+both_modes!(block_get_id_pads_with_zeros);
 both_modes!(block_get_id_of_twenty_bytes);
 both_modes!(block_with_event_idx_only);
 both_modes!(block_with_indirect_only);
