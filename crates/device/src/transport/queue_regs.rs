@@ -7,73 +7,25 @@
 //! [`Queue`] handed to the device is built from this copy only at
 //! `DRIVER_OK` (or when a reset queue is re-enabled).
 
-use std::fmt;
+use vm_memory::GuestMemory;
+use vmmio_spec::split::legacy_layout;
 
-use vm_memory::{GuestAddress, GuestMemory, Permissions};
-use vmmio_spec::split::{self, legacy_layout};
-
-use crate::queue::Queue;
+use crate::queue::{Queue, QueueError};
 
 /// `QueueAlign` before the driver writes it, in bytes: the legacy
 /// alignment Linux and QEMU use (one 4 KiB page).
 pub(super) const DEFAULT_QUEUE_ALIGN: u32 = 4096;
 
-/// One of the three areas of a split virtqueue (virtio v1.4 §2.7).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Area {
-    /// Descriptor Area (descriptor table), `QueueDesc*`.
-    Descriptor,
-    /// Driver Area (available ring), `QueueDriver*`.
-    Driver,
-    /// Device Area (used ring), `QueueDevice*`.
-    Device,
-}
-
-impl fmt::Display for Area {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Area::Descriptor => "descriptor table",
-            Area::Driver => "driver area (available ring)",
-            Area::Device => "device area (used ring)",
-        })
-    }
-}
-
 /// Why a queue the driver tried to enable (`QueueReady` = 1 or a non-zero
 /// `QueuePFN`) was refused. All of these are driver faults: the queue stays
 /// disabled and reads back 0.
-#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub(super) enum RingError {
-    /// `QueueSize` is 0, not a power of two, or above `QueueSizeMax`
-    /// (virtio v1.4 §2.7 "Queue Size must be a power of 2").
-    #[error("queue size {size} is not a power of two in 1..={max}")]
-    Size {
-        /// `QueueSize` as written.
-        size: u16,
-        /// `QueueSizeMax`.
-        max: u16,
-    },
-    /// An area does not start at a multiple of its alignment in bytes
-    /// (virtio v1.4 §2.7 "Virtqueue alignment": 16, 2, 4).
-    #[error("{area} at {addr:#x} is not aligned to {align} bytes")]
-    Misaligned {
-        /// Which area.
-        area: Area,
-        /// Its guest-physical address.
-        addr: u64,
-        /// The required alignment in bytes.
-        align: u64,
-    },
-    /// An area is not entirely inside guest memory.
-    #[error("{area} at {addr:#x}, {len} bytes, is not inside guest memory")]
-    OutsideMemory {
-        /// Which area.
-        area: Area,
-        /// Its guest-physical address.
-        addr: u64,
-        /// Its size in bytes.
-        len: u64,
-    },
+    /// The split-ring layout fails [`Queue::validate`]: size not a power of
+    /// two within `QueueSizeMax`, an area misaligned (16/2/4 bytes) or not
+    /// inside guest memory (virtio v1.4 §2.7).
+    #[error(transparent)]
+    Layout(QueueError),
     /// The legacy layout cannot be computed: `QueuePFN` times
     /// `GuestPageSize` overflows, `QueueAlign` is not a power of two, or
     /// the rings run past the end of the address space.
@@ -139,56 +91,13 @@ impl QueueRegs {
     }
 
     /// Checks the split-ring layout of `size` elements at the three
-    /// programmed addresses against `mem`.
+    /// programmed addresses against `mem`, with the same rules the data
+    /// path relies on ([`Queue::validate`]).
     ///
     /// # Errors
-    /// [`RingError::Size`], [`RingError::Misaligned`] or
-    /// [`RingError::OutsideMemory`], for the first check that fails.
+    /// [`RingError::Layout`] with the first check that fails.
     pub(super) fn validate<M: GuestMemory>(&self, mem: &M) -> Result<(), RingError> {
-        if self.size == 0 || !self.size.is_power_of_two() || self.size > self.max_size {
-            return Err(RingError::Size {
-                size: self.size,
-                max: self.max_size,
-            });
-        }
-        // The sizes include `used_event` / `avail_event`, which exist
-        // whether or not EVENT_IDX is negotiated in every driver we know.
-        let areas = [
-            (
-                Area::Descriptor,
-                self.desc,
-                split::DESC_ALIGN,
-                split::desc_table_size(self.size),
-                Permissions::Read,
-            ),
-            (
-                Area::Driver,
-                self.driver,
-                split::AVAIL_ALIGN,
-                split::avail::size(self.size),
-                Permissions::Read,
-            ),
-            (
-                Area::Device,
-                self.device,
-                split::USED_ALIGN,
-                split::used::size(self.size),
-                Permissions::ReadWrite,
-            ),
-        ];
-        for (area, addr, align, len, access) in areas {
-            // The alignments are non-zero constants: `%` cannot panic.
-            if addr % align != 0 {
-                return Err(RingError::Misaligned { area, addr, align });
-            }
-            let inside = addr.checked_add(len).is_some()
-                && usize::try_from(len)
-                    .is_ok_and(|count| mem.check_range(GuestAddress(addr), count, access));
-            if !inside {
-                return Err(RingError::OutsideMemory { area, addr, len });
-            }
-        }
-        Ok(())
+        self.to_queue(0).validate(mem).map_err(RingError::Layout)
     }
 
     /// Sets the three addresses from a legacy `QueuePFN` of `pfn` pages of
@@ -199,15 +108,15 @@ impl QueueRegs {
     /// [`RingError::LegacyLayout`] when no layout exists; the addresses are
     /// then left unchanged.
     pub(super) fn set_legacy_layout(&mut self, pfn: u32, page_size: u32) -> Result<(), RingError> {
-        let error = RingError::LegacyLayout {
+        let error = || RingError::LegacyLayout {
             pfn,
             page_size,
             align: self.align,
         };
         let base = u64::from(pfn)
             .checked_mul(u64::from(page_size))
-            .ok_or_else(|| error.clone())?;
-        let layout = legacy_layout(base, self.size, u64::from(self.align)).ok_or(error)?;
+            .ok_or_else(error)?;
+        let layout = legacy_layout(base, self.size, u64::from(self.align)).ok_or_else(error)?;
         self.desc = layout.desc;
         self.driver = layout.avail;
         self.device = layout.used;
