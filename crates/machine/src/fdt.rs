@@ -66,6 +66,8 @@ pub(crate) struct FdtParams<'a> {
     /// `[start, end)` of the initrd, guest-physical.
     pub initrd: Option<(u64, u64)>,
     pub nodes: &'a [DeviceNode],
+    /// Bytes for `/chosen/rng-seed` (seeds the guest's random pool early, as QEMU does).
+    pub rng_seed: &'a [u8],
 }
 
 /// Builds the device tree blob.
@@ -83,6 +85,9 @@ pub(crate) fn build(p: &FdtParams<'_>) -> Result<Vec<u8>, vm_fdt::Error> {
     if let Some((start, end)) = p.initrd {
         f.property_u64("linux,initrd-start", start)?;
         f.property_u64("linux,initrd-end", end)?;
+    }
+    if !p.rng_seed.is_empty() {
+        f.property("rng-seed", p.rng_seed)?;
     }
     f.end_node(chosen)?;
 
@@ -172,6 +177,7 @@ mod tests {
             cmdline: "console=ttyS0",
             initrd: Some((0x8400_0000, 0x8410_0000)),
             nodes: &nodes,
+            rng_seed: &[1, 2, 3, 4],
         })
         .unwrap();
         let dt = fdt::Fdt::new(&blob).unwrap();
@@ -239,6 +245,7 @@ mod tests {
             cmdline: "",
             initrd: None,
             nodes: &[],
+            rng_seed: &[],
         })
         .unwrap();
         let dt = fdt::Fdt::new(&blob).unwrap();

@@ -165,7 +165,7 @@ impl Access {
 /// Number of software-TLB entries (power of two).
 const TLB_SIZE: usize = 1024;
 /// Number of decode-cache entries (power of two).
-const DCACHE_SIZE: usize = 1 << 15;
+const DCACHE_SIZE: usize = 1 << 16;
 /// An invalid TLB tag (virtual page numbers have at most 52 bits).
 const TLB_INVALID: u64 = u64::MAX;
 

@@ -1,5 +1,6 @@
 //! The machine: hart + bus + PLIC + UART + device tree + Linux loader, and the run loop.
 
+use std::fs::File;
 use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -130,6 +131,7 @@ pub struct Machine {
     /// Instructions attempted in `run` (including trapping ones).
     executed: u64,
     run_time: Duration,
+    idle_time: Duration,
 }
 
 impl std::fmt::Debug for Machine {
@@ -168,6 +170,7 @@ impl Machine {
             timeout: config.timeout,
             executed: 0,
             run_time: Duration::ZERO,
+            idle_time: Duration::ZERO,
         })
     }
 
@@ -232,6 +235,7 @@ impl Machine {
             cmdline,
             initrd,
             nodes: &self.nodes,
+            rng_seed: &rng_seed(),
         })
         .map_err(Error::Fdt)
     }
@@ -360,6 +364,11 @@ impl Machine {
         self.run_time
     }
 
+    /// Host wall-clock time the hart spent asleep in WFI during [`Machine::run`].
+    pub fn idle_time(&self) -> Duration {
+        self.idle_time
+    }
+
     /// Guest `time` CSR value now (ticks of [`TIMEBASE_HZ`]).
     pub fn guest_time(&self) -> u64 {
         self.hart.time()
@@ -421,7 +430,22 @@ impl Machine {
             sleep = sleep.min(d.saturating_duration_since(Instant::now()));
         }
         if !sleep.is_zero() {
+            let t = Instant::now();
             self.irq.sleep(sleep);
+            self.idle_time += t.elapsed();
+        }
+    }
+}
+
+/// 64 bytes for `/chosen/rng-seed`: from the host's `/dev/urandom`, or empty when it cannot
+/// be read (the guest then gathers entropy itself, which is slow on an interpreter).
+fn rng_seed() -> Vec<u8> {
+    let mut seed = vec![0u8; 64];
+    match File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut seed)) {
+        Ok(()) => seed,
+        Err(e) => {
+            log::debug!("no rng-seed for the guest: {e}");
+            Vec::new()
         }
     }
 }

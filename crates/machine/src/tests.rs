@@ -1106,7 +1106,11 @@ fn mips_loop() {
     let mut m = Machine::new(MachineConfig {
         ram_size: 4 << 20,
         console: Box::new(std::io::sink()),
-        instruction_limit: Some(500_000_000),
+        instruction_limit: Some(if cfg!(debug_assertions) {
+            20_000_000
+        } else {
+            500_000_000
+        }),
         ..Default::default()
     })
     .unwrap();
