@@ -23,6 +23,11 @@ pub mod rng;
 #[cfg(test)]
 mod test_util;
 
+/// The repository README's examples, compiled and run as doctests.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 pub use block::{Backend, Block, BlockError, BlockOptions, FileBackend, MemoryBackend};
 pub use console::Console;
 pub use rng::Rng;
