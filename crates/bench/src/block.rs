@@ -1,0 +1,417 @@
+//! The loopback block path against the host's own `pread` / `pwrite`.
+//!
+//! Ours: `vmmio-driver` (the [`Block`] class driver, or its
+//! [`VirtQueue`] directly for batches) -> the [`Loopback`] register window
+//! -> `MmioTransport` -> `vmmio-devices`' block device -> a
+//! [`FileBackend`] over a file in the page cache. The peer: `pread(2)` /
+//! `pwrite(2)` of the same offsets of the same file into a page-aligned
+//! host buffer, what the device itself ends up doing for each request.
+//! The difference is the cost of virtio: rings, registers, request
+//! parsing, and (for [`Block`]) its bounce buffer.
+//!
+//! Everything runs on one thread: the device serves a request inside the
+//! driver's `QueueNotify` store, so a kick returns with the batch done.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use vmmio_device::TransportVersion;
+use vmmio_devices::{Block as BlockDevice, BlockOptions, FileBackend};
+use vmmio_driver::blk::{Block, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
+use vmmio_driver::{Dma, Segment, Transport, VirtQueue};
+use vmmio_integration::{window, GuestHal, Loopback, Mem};
+use vmmio_spec::features::bit;
+
+/// Size of the disk file in bytes (64 MiB).
+pub const FILE_SIZE: u64 = 64 << 20;
+/// A small request in bytes (4 KiB).
+pub const SMALL: usize = 4096;
+/// A large request in bytes (1 MiB).
+pub const LARGE: usize = 1 << 20;
+/// Requests per kick at queue depth 32.
+pub const DEPTH: usize = 32;
+/// Random offsets a small-request workload cycles through.
+pub const OFFSETS: usize = 4096;
+
+/// `VIRTIO_BLK_F_FLUSH`: negotiated so that writes are not synced one by
+/// one (the peer's `pwrite` is not either).
+const VIRTIO_BLK_F_FLUSH: u32 = 9;
+/// Status byte value before the device writes it.
+const STATUS_UNSET: u8 = 0xff;
+
+/// A scratch disk image in the temporary directory, filled with a pattern
+/// and left in the page cache; removed on drop.
+#[derive(Debug)]
+pub struct DiskFile {
+    path: PathBuf,
+}
+
+impl DiskFile {
+    /// Creates a [`FILE_SIZE`]-byte file and writes every byte of it.
+    ///
+    /// # Errors
+    /// The host error from creating or writing the file.
+    pub fn create() -> io::Result<Self> {
+        static SERIAL: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "vmmio-bench-{}-{}.img",
+            std::process::id(),
+            SERIAL.fetch_add(1, Ordering::Relaxed)
+        ));
+        let disk = Self { path };
+        let mut f = File::create(&disk.path)?;
+        let chunk: Vec<u8> = (0..LARGE).map(|i| (i * 7 + i / 4096) as u8).collect();
+        for _ in 0..FILE_SIZE / LARGE as u64 {
+            f.write_all(&chunk)?;
+        }
+        Ok(disk)
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for DiskFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// `count` random, [`SMALL`]-aligned offsets inside [`FILE_SIZE`], the same
+/// sequence for every run (xorshift64, fixed seed).
+pub fn random_offsets(count: usize) -> Vec<u64> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let blocks = FILE_SIZE / SMALL as u64;
+    (0..count)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % blocks) * SMALL as u64
+        })
+        .collect()
+}
+
+/// A `len`-byte buffer at a page-aligned address inside `storage`, as the
+/// guest pages the device reads into are.
+fn aligned(storage: &mut Vec<u8>, len: usize) -> std::ops::Range<usize> {
+    storage.resize(len + 4096, 0);
+    let start = storage.as_ptr().align_offset(4096);
+    start..start + len
+}
+
+/// The peer: positioned reads and writes of the disk file into a host
+/// buffer.
+pub struct Pread {
+    file: File,
+    storage: Vec<u8>,
+    range: std::ops::Range<usize>,
+}
+
+impl Pread {
+    /// Opens `disk` read-write with a page-aligned buffer of `len` bytes.
+    ///
+    /// # Errors
+    /// The host error from `open(2)`.
+    pub fn new(disk: &DiskFile, len: usize) -> io::Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(disk.path())?;
+        let mut storage = Vec::new();
+        let range = aligned(&mut storage, len);
+        Ok(Self {
+            file,
+            storage,
+            range,
+        })
+    }
+
+    /// Reads the buffer's length at `offset`.
+    ///
+    /// # Errors
+    /// The host error.
+    #[inline(never)]
+    pub fn read(&mut self, offset: u64) -> io::Result<()> {
+        self.file
+            .read_exact_at(&mut self.storage[self.range.clone()], offset)
+    }
+
+    /// Writes the buffer at `offset`.
+    ///
+    /// # Errors
+    /// The host error.
+    #[inline(never)]
+    pub fn write(&mut self, offset: u64) -> io::Result<()> {
+        self.file
+            .write_all_at(&self.storage[self.range.clone()], offset)
+    }
+}
+
+/// Puts a block device over `disk` behind a loopback window and probes it.
+fn probe(disk: &DiskFile) -> io::Result<(Transport<Loopback>, GuestHal)> {
+    let dev: BlockDevice<Mem, FileBackend> = BlockDevice::from_path_with_options(
+        disk.path(),
+        BlockOptions {
+            queue_size: 256,
+            ..BlockOptions::default()
+        },
+    )
+    .map_err(io::Error::other)?;
+    let w = window(TransportVersion::Modern, Box::new(dev));
+    let t = Transport::probe(w.io)
+        .map_err(|e| io::Error::other(e.to_string()))?
+        .ok_or_else(|| io::Error::other("no device behind the loopback window"))?;
+    Ok((t, w.hal))
+}
+
+fn driver_error(e: vmmio_driver::Error) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+/// Ours through the safe class driver: [`Block::read_blocks`] /
+/// [`Block::write_blocks`], one request in flight, data bounced through
+/// the driver's DMA buffer into a caller buffer.
+pub struct BlockApi {
+    blk: Block<Loopback, GuestHal>,
+    storage: Vec<u8>,
+    range: std::ops::Range<usize>,
+}
+
+impl BlockApi {
+    /// A driver for a device over `disk`, with a caller buffer of `len`
+    /// bytes.
+    ///
+    /// # Errors
+    /// Setup failures.
+    pub fn new(disk: &DiskFile, len: usize) -> io::Result<Self> {
+        let (t, hal) = probe(disk)?;
+        let blk = Block::new(t, hal).map_err(driver_error)?;
+        let mut storage = Vec::new();
+        let range = aligned(&mut storage, len);
+        Ok(Self {
+            blk,
+            storage,
+            range,
+        })
+    }
+
+    /// Reads the buffer's length at byte `offset`.
+    ///
+    /// # Errors
+    /// Driver errors.
+    #[inline(never)]
+    pub fn read(&mut self, offset: u64) -> io::Result<()> {
+        self.blk
+            .read_blocks(offset / 512, &mut self.storage[self.range.clone()])
+            .map_err(driver_error)
+    }
+
+    /// Writes the buffer at byte `offset`.
+    ///
+    /// # Errors
+    /// Driver errors.
+    #[inline(never)]
+    pub fn write(&mut self, offset: u64) -> io::Result<()> {
+        self.blk
+            .write_blocks(offset / 512, &self.storage[self.range.clone()])
+            .map_err(driver_error)
+    }
+
+    /// The first bytes of the caller buffer (for checks).
+    pub fn data(&self) -> &[u8] {
+        &self.storage[self.range.clone()]
+    }
+}
+
+/// Ours through the driver's queue, as a guest kernel drives it: up to
+/// [`DEPTH`] requests posted, one kick, completions popped; the data
+/// buffers are DMA (guest) pages used in place, no bounce copy.
+pub struct RawQueue {
+    transport: Transport<Loopback>,
+    queue: VirtQueue<GuestHal>,
+    /// Request headers (32 bytes apart) and, from byte 2048, one status
+    /// byte per request.
+    req: Dma<GuestHal>,
+    /// `depth` data buffers of `len` bytes each.
+    data: Dma<GuestHal>,
+    len: usize,
+    depth: usize,
+    tokens: Vec<u16>,
+}
+
+/// Offset of the status bytes in the request page.
+const STATUS_AT: usize = 2048;
+
+impl RawQueue {
+    /// A driver for a device over `disk` with room for `depth` (at most
+    /// [`DEPTH`]) requests of `len` bytes each (`len` a multiple of 512;
+    /// `depth * len` must fit the loopback's guest memory).
+    ///
+    /// # Errors
+    /// Setup failures.
+    pub fn new(disk: &DiskFile, len: usize, depth: usize) -> io::Result<Self> {
+        let depth = depth.clamp(1, DEPTH);
+        let (mut transport, hal) = probe(disk)?;
+        transport
+            .begin_init(bit(VIRTIO_BLK_F_FLUSH))
+            .map_err(driver_error)?;
+        let queue = transport
+            .setup_queue(hal.clone(), 0, 128)
+            .map_err(driver_error)?;
+        transport.finish_init().map_err(driver_error)?;
+        let req = Dma::new(hal.clone(), 4096).map_err(driver_error)?;
+        let data = Dma::new(hal, len * depth).map_err(driver_error)?;
+        Ok(Self {
+            transport,
+            queue,
+            req,
+            data,
+            len,
+            depth,
+            tokens: Vec::with_capacity(DEPTH),
+        })
+    }
+
+    /// Submits one request of type `kind` per offset in `offsets` (the
+    /// first `depth` of them), kicks once, and completes them all.
+    ///
+    /// # Errors
+    /// Driver errors, or a request that did not end with status OK.
+    #[inline(never)]
+    pub fn batch(&mut self, kind: u32, offsets: &[u64]) -> io::Result<()> {
+        let n = offsets.len().min(self.depth);
+        let status = [STATUS_UNSET; DEPTH];
+        self.req
+            .write_bytes(STATUS_AT, &status[..n])
+            .map_err(driver_error)?;
+        self.tokens.clear();
+        let len = u32::try_from(self.len).map_err(|_| io::ErrorKind::InvalidInput)?;
+        for (i, &offset) in offsets[..n].iter().enumerate() {
+            let mut header = [0u8; 16];
+            header[..4].copy_from_slice(&kind.to_le_bytes());
+            header[8..].copy_from_slice(&(offset / 512).to_le_bytes());
+            self.req
+                .write_bytes(32 * i, &header)
+                .map_err(driver_error)?;
+            let hdr = Segment {
+                addr: self.req.paddr() + 32 * i as u64,
+                len: 16,
+            };
+            let data = Segment {
+                addr: self.data.paddr() + (i * self.len) as u64,
+                len,
+            };
+            let st = Segment {
+                addr: self.req.paddr() + (STATUS_AT + i) as u64,
+                len: 1,
+            };
+            // SAFETY: the segments lie in `self.req` and `self.data`, DMA
+            // memory this struct owns and does not touch until the chain
+            // is popped below (a failed pop panics the benchmark; the
+            // memory then stays allocated as long as the queue).
+            let token = unsafe {
+                if kind == VIRTIO_BLK_T_IN {
+                    self.queue.add_segments(&[hdr], &[data, st])
+                } else {
+                    self.queue.add_segments(&[hdr, data], &[st])
+                }
+            }
+            .map_err(driver_error)?;
+            self.tokens.push(token);
+        }
+        self.transport
+            .notify_if_needed(&mut self.queue)
+            .map_err(driver_error)?;
+        let mut done = 0;
+        while done < n {
+            match self.queue.pop_used().map_err(driver_error)? {
+                Some(_) => done += 1,
+                None => return Err(io::Error::other("request not completed by the kick")),
+            }
+        }
+        let mut got = [0u8; DEPTH];
+        self.req
+            .read_bytes(STATUS_AT, &mut got[..n])
+            .map_err(driver_error)?;
+        if got[..n].iter().any(|&s| s != 0) {
+            return Err(io::Error::other("a request failed"));
+        }
+        Ok(())
+    }
+
+    /// Reads at `offsets` (at most `depth` of them) in one batch.
+    ///
+    /// # Errors
+    /// As [`RawQueue::batch`].
+    pub fn read(&mut self, offsets: &[u64]) -> io::Result<()> {
+        self.batch(VIRTIO_BLK_T_IN, offsets)
+    }
+
+    /// Writes at `offsets` (at most `depth` of them) in one batch.
+    ///
+    /// # Errors
+    /// As [`RawQueue::batch`].
+    pub fn write(&mut self, offsets: &[u64]) -> io::Result<()> {
+        self.batch(VIRTIO_BLK_T_OUT, offsets)
+    }
+
+    /// The first `out.len()` bytes of data buffer `i` (for checks).
+    ///
+    /// # Errors
+    /// Out of range.
+    pub fn data(&self, i: usize, out: &mut [u8]) -> io::Result<()> {
+        self.data
+            .read_bytes(i * self.len, out)
+            .map_err(driver_error)
+    }
+}
+
+impl Drop for RawQueue {
+    fn drop(&mut self) {
+        // Stop the device before the queue memory goes.
+        let _ = self.transport.reset();
+    }
+}
+
+/// The byte pattern [`DiskFile::create`] wrote at `offset`.
+pub fn pattern_at(offset: u64) -> u8 {
+    let i = (offset % LARGE as u64) as usize;
+    (i * 7 + i / 4096) as u8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_path_reads_the_file() {
+        let disk = DiskFile::create().unwrap();
+        let offsets = random_offsets(DEPTH);
+        let mut p = Pread::new(&disk, SMALL).unwrap();
+        let mut api = BlockApi::new(&disk, SMALL).unwrap();
+        let mut raw = RawQueue::new(&disk, SMALL, DEPTH).unwrap();
+        raw.read(&offsets).unwrap();
+        for (i, &o) in offsets.iter().enumerate() {
+            p.read(o).unwrap();
+            api.read(o).unwrap();
+            assert_eq!(p.storage[p.range.clone()], *api.data());
+            let mut got = vec![0u8; SMALL];
+            raw.data(i, &mut got).unwrap();
+            assert_eq!(got, api.data());
+            assert_eq!(got[1], pattern_at(o + 1));
+        }
+        // Large requests and writes go through too.
+        let mut big = RawQueue::new(&disk, LARGE, 2).unwrap();
+        big.write(&[0, LARGE as u64]).unwrap();
+        big.read(&[3 * LARGE as u64]).unwrap();
+        let mut api = BlockApi::new(&disk, LARGE).unwrap();
+        api.read(0).unwrap();
+        api.write(LARGE as u64).unwrap();
+    }
+}

@@ -1,0 +1,23 @@
+//! Benchmarks of vmmio with its peers measured side by side, in the same
+//! process and the same run.
+//!
+//! - [`queue`]: the device-role split queue (`vmmio-device`) against
+//!   rust-vmm's `virtio-queue`, on the same `GuestMemoryMmap` layout and
+//!   ring contents.
+//! - [`block`]: the loopback block path (`vmmio-driver` -> `MmioTransport`
+//!   -> `vmmio-devices` block -> a file in the page cache) against
+//!   `pread` / `pwrite` of the same offsets of the same file.
+//! - [`report`]: every workload once with a plain timing loop, as a table
+//!   ([`report::run`], [`report::print_table`]): what `vmmio bench` shows.
+//!
+//! The criterion benches (`cargo bench -p vmmio-bench`) drive the same
+//! workloads; `cargo run --release -p vmmio-bench --example table` prints
+//! the table.
+
+#![deny(missing_docs)]
+
+pub mod block;
+pub mod queue;
+pub mod report;
+
+pub use report::{print_table, run, Row};

@@ -1,0 +1,388 @@
+//! A quick side-by-side table of every workload, with a plain timing loop
+//! (no criterion): what `vmmio bench` prints.
+//!
+//! Each measure runs ours and the peer alternately, a few rounds each of
+//! about `budget / rounds`, and keeps the best rate of each: on a shared,
+//! noisy machine the best round is the least disturbed one, and
+//! alternating exposes both sides to the same disturbances.
+
+use std::hint::black_box;
+use std::io;
+use std::time::{Duration, Instant};
+
+use crate::block::{
+    random_offsets, BlockApi, DiskFile, Pread, RawQueue, DEPTH, FILE_SIZE, LARGE, OFFSETS, SMALL,
+};
+use crate::queue::{self, QueueBench, Shape};
+
+/// One line of the table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Row {
+    /// What was measured.
+    pub measure: String,
+    /// Our figure, in `unit`.
+    pub ours: f64,
+    /// The peer's figure, in `unit`, when the measure has a peer.
+    pub peer: Option<f64>,
+    /// `ours / peer` when both are rates (higher is better for us).
+    pub ratio: Option<f64>,
+    /// The unit of `ours` and `peer`.
+    pub unit: &'static str,
+}
+
+impl Row {
+    fn compared(measure: String, ours: f64, peer: f64, unit: &'static str) -> Self {
+        Self {
+            measure,
+            ours,
+            peer: Some(peer),
+            ratio: Some(ours / peer),
+            unit,
+        }
+    }
+
+    fn alone(measure: String, ours: f64, unit: &'static str) -> Self {
+        Self {
+            measure,
+            ours,
+            peer: None,
+            ratio: None,
+            unit,
+        }
+    }
+}
+
+/// How long each side of a measure runs.
+#[derive(Clone, Copy, Debug)]
+struct Timing {
+    /// Length of one round.
+    round: Duration,
+    /// Rounds per side.
+    rounds: u32,
+}
+
+impl Timing {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                round: Duration::from_millis(40),
+                rounds: 3,
+            }
+        } else {
+            Self {
+                round: Duration::from_millis(120),
+                rounds: 5,
+            }
+        }
+    }
+}
+
+/// Runs `f` (which returns the units of work it did) for at least
+/// `round`, returns units per second.
+fn rate(round: Duration, f: &mut dyn FnMut() -> u64) -> f64 {
+    let start = Instant::now();
+    let mut units = 0u64;
+    loop {
+        units += f();
+        let elapsed = start.elapsed();
+        if elapsed >= round {
+            return units as f64 / elapsed.as_secs_f64();
+        }
+    }
+}
+
+/// Best rate of `ours` and of `peer`, measured in alternating rounds after
+/// one warm-up round each.
+fn compare(
+    timing: Timing,
+    ours: &mut dyn FnMut() -> u64,
+    peer: &mut dyn FnMut() -> u64,
+) -> (f64, f64) {
+    let warm = timing.round / 4;
+    rate(warm, ours);
+    rate(warm, peer);
+    let (mut a, mut b) = (0f64, 0f64);
+    for _ in 0..timing.rounds {
+        a = a.max(rate(timing.round, ours));
+        b = b.max(rate(timing.round, peer));
+    }
+    (a, b)
+}
+
+/// Runs every workload and returns the table: the queue against
+/// virtio-queue (both shapes), then the loopback block path against
+/// `pread`/`pwrite` (4 KiB random reads at depth 1 and 32, 1 MiB sequential
+/// reads and writes). `quick` shortens each measure (about 0.3 s instead
+/// of 1.5 s; the whole run takes a few seconds either way, plus writing a
+/// 64 MiB scratch file).
+///
+/// # Panics
+/// When the scratch file cannot be created in the temporary directory, or
+/// a loopback request fails (a bug); [`try_run`] returns those instead.
+pub fn run(quick: bool) -> Vec<Row> {
+    match try_run(quick) {
+        Ok(rows) => rows,
+        Err(e) => panic!("vmmio bench: {e}"),
+    }
+}
+
+/// As [`run`], returning failures.
+///
+/// # Errors
+/// Creating the scratch file in the temporary directory, or a loopback
+/// request failing (a bug).
+pub fn try_run(quick: bool) -> io::Result<Vec<Row>> {
+    let timing = Timing::new(quick);
+    let mut rows = Vec::new();
+
+    for shape in [Shape::OneDesc, Shape::ThreeDesc] {
+        if !queue::same_used_ring(shape) {
+            return Err(io::Error::other("the two queues disagree"));
+        }
+        let mut ours = queue::Ours::new(shape);
+        let mut peer = queue::Peer::new(shape);
+        let (a, b) = compare(timing, &mut || ours.batch(), &mut || peer.batch());
+        rows.push(Row::compared(
+            format!(
+                "queue pop+add_used, {}-descriptor chains, batch {} (peer: virtio-queue)",
+                shape.descriptors().len(),
+                queue::BATCH
+            ),
+            a / 1e6,
+            b / 1e6,
+            "M chains/s",
+        ));
+    }
+
+    let disk = DiskFile::create()?;
+    let offsets = random_offsets(OFFSETS);
+    let mut failure: Option<io::Error> = None;
+    let mut check = |r: io::Result<()>| {
+        if let Err(e) = r {
+            failure.get_or_insert(e);
+        }
+    };
+
+    // 4 KiB random reads, depth 1.
+    {
+        let mut api = BlockApi::new(&disk, SMALL)?;
+        let mut raw = RawQueue::new(&disk, SMALL, 1)?;
+        let mut p = Pread::new(&disk, SMALL)?;
+        let (mut i, mut j, mut k) = (0usize, 0usize, 0usize);
+        let (a, b) = compare(
+            timing,
+            &mut || {
+                i = (i + 1) % OFFSETS;
+                check(api.read(offsets[i]));
+                1
+            },
+            &mut || {
+                j = (j + 1) % OFFSETS;
+                black_box(p.read(offsets[j]).is_ok());
+                1
+            },
+        );
+        let (c, _) = compare(
+            timing,
+            &mut || {
+                k = (k + 1) % OFFSETS;
+                black_box(raw.read(&offsets[k..k + 1]).is_ok());
+                1
+            },
+            &mut || {
+                j = (j + 1) % OFFSETS;
+                black_box(p.read(offsets[j]).is_ok());
+                1
+            },
+        );
+        rows.push(Row::compared(
+            "blk 4K random read QD1, Block API (peer: pread)".into(),
+            a / 1e3,
+            b / 1e3,
+            "k req/s",
+        ));
+        rows.push(Row::alone(
+            "  overhead per request over pread".into(),
+            1e9 / a - 1e9 / b,
+            "ns/req",
+        ));
+        rows.push(Row::compared(
+            "blk 4K random read QD1, raw queue (peer: pread)".into(),
+            c / 1e3,
+            b / 1e3,
+            "k req/s",
+        ));
+        rows.push(Row::alone(
+            "  overhead per request over pread".into(),
+            1e9 / c - 1e9 / b,
+            "ns/req",
+        ));
+    }
+
+    // 4 KiB random reads, depth 32: one kick per 32 requests.
+    {
+        let mut raw = RawQueue::new(&disk, SMALL, DEPTH)?;
+        let mut p = Pread::new(&disk, SMALL)?;
+        let (mut i, mut j) = (0usize, 0usize);
+        let (a, b) = compare(
+            timing,
+            &mut || {
+                i = (i + DEPTH) % OFFSETS;
+                check(raw.read(&offsets[i..i + DEPTH]));
+                DEPTH as u64
+            },
+            &mut || {
+                j = (j + DEPTH) % OFFSETS;
+                for &o in &offsets[j..j + DEPTH] {
+                    black_box(p.read(o).is_ok());
+                }
+                DEPTH as u64
+            },
+        );
+        rows.push(Row::compared(
+            "blk 4K random read QD32, raw queue (peer: pread)".into(),
+            a / 1e3,
+            b / 1e3,
+            "k req/s",
+        ));
+        rows.push(Row::alone(
+            "  overhead per request over pread".into(),
+            1e9 / a - 1e9 / b,
+            "ns/req",
+        ));
+    }
+
+    // 1 MiB sequential reads and writes.
+    let positions = FILE_SIZE / LARGE as u64;
+    for write in [false, true] {
+        let mut raw = RawQueue::new(&disk, LARGE, 1)?;
+        let mut api = BlockApi::new(&disk, LARGE)?;
+        let mut p = Pread::new(&disk, LARGE)?;
+        let (mut i, mut j, mut k) = (0u64, 0u64, 0u64);
+        let bytes = LARGE as u64;
+        let mut ours = || {
+            i = (i + 1) % positions;
+            let at = [i * bytes];
+            check(if write { raw.write(&at) } else { raw.read(&at) });
+            bytes
+        };
+        let mut peer = || {
+            j = (j + 1) % positions;
+            let r = if write {
+                p.write(j * bytes)
+            } else {
+                p.read(j * bytes)
+            };
+            black_box(r.is_ok());
+            bytes
+        };
+        let (a, b) = compare(timing, &mut ours, &mut peer);
+        let (c, _) = compare(
+            timing,
+            &mut || {
+                k = (k + 1) % positions;
+                let r = if write {
+                    api.write(k * bytes)
+                } else {
+                    api.read(k * bytes)
+                };
+                black_box(r.is_ok());
+                bytes
+            },
+            &mut peer,
+        );
+        let (what, peer_name) = if write {
+            ("write", "pwrite")
+        } else {
+            ("read", "pread")
+        };
+        rows.push(Row::compared(
+            format!("blk 1M sequential {what}, raw queue (peer: {peer_name})"),
+            a / 1e9,
+            b / 1e9,
+            "GB/s",
+        ));
+        rows.push(Row::compared(
+            format!("blk 1M sequential {what}, Block API (peer: {peer_name})"),
+            c / 1e9,
+            b / 1e9,
+            "GB/s",
+        ));
+    }
+
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(rows),
+    }
+}
+
+/// Formats `rows` as a table with the columns measure, ours, peer, ratio,
+/// unit.
+pub fn format_table(rows: &[Row]) -> String {
+    let width = rows
+        .iter()
+        .map(|r| r.measure.len())
+        .chain(["measure".len()])
+        .max()
+        .unwrap_or(0);
+    let mut out = format!(
+        "{:<width$}  {:>10}  {:>10}  {:>7}  unit\n",
+        "measure", "ours", "peer", "ratio"
+    );
+    for r in rows {
+        let peer = r.peer.map_or("-".to_string(), num);
+        let ratio = r.ratio.map_or("-".to_string(), |x| format!("{x:.2}x"));
+        out.push_str(&format!(
+            "{:<width$}  {:>10}  {:>10}  {:>7}  {}\n",
+            r.measure,
+            num(r.ours),
+            peer,
+            ratio,
+            r.unit
+        ));
+    }
+    out
+}
+
+/// Three significant digits, no exponent.
+fn num(x: f64) -> String {
+    let a = x.abs();
+    if a >= 100.0 {
+        format!("{x:.0}")
+    } else if a >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+/// Prints [`format_table`] of `rows` to standard output.
+pub fn print_table(rows: &[Row]) {
+    print!("{}", format_table(rows));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_has_every_column_and_row() {
+        let rows = vec![
+            Row::compared("a".into(), 2.0, 1.0, "M chains/s"),
+            Row::alone("b".into(), 123.4, "ns/req"),
+        ];
+        let t = format_table(&rows);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("measure"));
+        assert!(lines[1].contains("2.00x") && lines[1].ends_with("M chains/s"));
+        assert!(lines[2].contains(" - ") && lines[2].contains("123"));
+    }
+
+    #[test]
+    fn quick_run_produces_every_row() {
+        let rows = try_run(true).unwrap();
+        assert_eq!(rows.len(), 12);
+        assert!(rows.iter().all(|r| r.ours.is_finite()));
+    }
+}
