@@ -1,19 +1,38 @@
-//! `vmmio`: command-line front end. `vmmio boot` boots Linux on the software RISC-V machine.
+//! `vmmio`: command-line front end. `vmmio boot` boots Linux on the software RISC-V machine
+//! with vmmio's virtio-mmio devices attached.
 //!
-//! Thin by design: it parses arguments, reads files and drives the public API of
-//! `vmmio-machine`.
+//! Thin by design: it parses arguments, reads files, builds devices from `vmmio-devices` and
+//! drives the public API of `vmmio-machine`.
+
+mod output;
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use vmmio_machine::{layout, ExitReason, Machine, MachineConfig};
+use vmmio_devices::{Block, BlockOptions, Console, Rng};
+use vmmio_machine::{layout, ExitReason, Machine, MachineConfig, TransportVersion, VirtioHandle};
 
-/// Default kernel command line: the serial console, with the SBI console for early output.
-const DEFAULT_CMDLINE: &str = "console=ttyS0 earlycon=sbi";
+use output::{FailWatch, LinePrefixer};
+
+/// Start of the default kernel command line: the serial console, the SBI console for early
+/// output, and a reboot (which ends the run) instead of a hang on panic. `vmmio.tests=` for
+/// the attached devices follows.
+const BASE_CMDLINE: &str = "console=ttyS0 earlycon=sbi panic=-1";
+
+/// Size of the default scratch disk in bytes (sparse, deleted at exit).
+const SCRATCH_DISK_BYTES: u64 = 64 << 20;
+
+/// Prefix of each virtio-console output line on stdout.
+const CONSOLE_PREFIX: &str = "virtio-console| ";
+
+/// Exit status when the guest powered off but its init printed a FAIL line.
+const EXIT_GUEST_FAIL: u8 = 3;
 
 #[derive(Parser, Debug)]
 #[command(name = "vmmio", version, about = "virtio over MMIO, both sides")]
@@ -24,10 +43,19 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Boot a RISC-V Linux Image on the software machine; the guest console is stdin/stdout.
+    /// Boot a RISC-V Linux Image on the software machine; the guest console (UART) is
+    /// stdin/stdout.
     ///
-    /// Exit status: 0 when the guest powers off, 2 when it reboots or a limit is hit, 1 on
-    /// host errors.
+    /// Attached by default, as virtio-mmio windows (Version 2, or 1 with --legacy): a block
+    /// device on a fresh 64 MiB scratch image (deleted at exit; --disk replaces it), an
+    /// entropy device (--no-rng) and a console device whose output goes to stdout, each
+    /// line prefixed with "virtio-console| " (or to --console-out). The default command
+    /// line asks the guest's init to test them (vmmio.tests=virtio,blk,rng,hvc, dropping
+    /// what is not attached).
+    ///
+    /// Exit status: 0 when the guest powers off and no "vmmio-init: ... FAIL" line appeared
+    /// on the console, 3 when it powers off after such a line, 2 when it reboots (also on a
+    /// kernel panic) or a limit is hit, 1 on host errors.
     Boot(BootArgs),
 }
 
@@ -40,9 +68,38 @@ struct BootArgs {
     /// initramfs (cpio) to pass to the kernel.
     #[arg(long)]
     initrd: Option<PathBuf>,
-    /// Kernel command line.
-    #[arg(long, default_value = DEFAULT_CMDLINE)]
-    cmdline: String,
+    /// Kernel command line. Default: "console=ttyS0 earlycon=sbi panic=-1
+    /// vmmio.tests=virtio,blk,rng,hvc" without the tests of devices not attached.
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// Appended to the kernel command line, e.g. "vmmio.tests=virtio,blkreqs
+    /// vmmio.blkreqs=35000" (the init takes the last vmmio.tests=).
+    #[arg(long)]
+    append: Option<String>,
+    /// Attach a block device on this raw image file; ",ro" makes it read-only. Repeatable:
+    /// the first is the guest's /dev/vda. Replaces the default scratch disk.
+    #[arg(long, value_name = "PATH[,ro]")]
+    disk: Vec<String>,
+    /// No block device at all (not even the scratch disk).
+    #[arg(long, conflicts_with = "disk")]
+    no_disk: bool,
+    /// No entropy device.
+    #[arg(long)]
+    no_rng: bool,
+    /// No console device.
+    #[arg(long)]
+    no_console: bool,
+    /// Write the console device's output to this file, unprefixed, instead of stdout.
+    #[arg(long, value_name = "PATH")]
+    console_out: Option<PathBuf>,
+    /// Present legacy virtio-mmio windows (Version 1: GuestPageSize, QueueAlign, QueuePFN)
+    /// instead of Version 2.
+    #[arg(long)]
+    legacy: bool,
+    /// Cap QueueSizeMax of every queue of every device at N descriptors (a power of two,
+    /// 1..=32768). Default: each device's own (256).
+    #[arg(long, value_name = "N", value_parser = parse_queue_size)]
+    queue_size: Option<u16>,
     /// Guest RAM in MiB.
     #[arg(long, default_value_t = 256)]
     mem: u64,
@@ -69,8 +126,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Boot(args) => match boot(&args) {
-            Ok(ExitReason::PowerOff) => ExitCode::SUCCESS,
-            Ok(reason) => {
+            Ok((ExitReason::PowerOff, false)) => ExitCode::SUCCESS,
+            Ok((ExitReason::PowerOff, true)) => {
+                eprintln!("vmmio: the guest's init reported a FAIL line");
+                ExitCode::from(EXIT_GUEST_FAIL)
+            }
+            Ok((reason, _)) => {
                 eprintln!("vmmio: guest stopped: {reason:?}");
                 ExitCode::from(2)
             }
@@ -115,7 +176,127 @@ fn read(path: &Path) -> Result<Vec<u8>, BoxError> {
     std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()).into())
 }
 
-fn boot(args: &BootArgs) -> Result<ExitReason, BoxError> {
+/// `--queue-size`: a power of two in 1..=32768.
+fn parse_queue_size(s: &str) -> Result<u16, String> {
+    let n: u16 = s.parse().map_err(|e| format!("{e}"))?;
+    if n == 0 || n > 32768 || !n.is_power_of_two() {
+        return Err(format!("{n} is not a power of two in 1..=32768"));
+    }
+    Ok(n)
+}
+
+/// `--disk PATH[,ro]`.
+fn parse_disk(spec: &str) -> (PathBuf, bool) {
+    match spec.strip_suffix(",ro") {
+        Some(path) => (PathBuf::from(path), true),
+        None => (
+            PathBuf::from(spec.strip_suffix(",rw").unwrap_or(spec)),
+            false,
+        ),
+    }
+}
+
+/// Creates a sparse scratch image of `len` bytes in the temporary directory, opens it as a
+/// block device and unlinks it at once: the open descriptor keeps it alive until exit.
+fn scratch_disk(len: u64, options: BlockOptions) -> Result<Block<GuestMem>, BoxError> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let path =
+        std::env::temp_dir().join(format!("vmmio-scratch-{}-{nanos}.img", std::process::id()));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    let sized = file.set_len(len);
+    let block = sized
+        .map_err(|e| format!("cannot size {}: {e}", path.display()).into())
+        .and_then(|()| {
+            Block::from_path_with_options(
+                &path,
+                BlockOptions {
+                    id: Some("vmmio-scratch".into()),
+                    ..options
+                },
+            )
+            .map_err(BoxError::from)
+        });
+    if let Err(e) = std::fs::remove_file(&path) {
+        log::warn!("cannot remove the scratch disk {}: {e}", path.display());
+    }
+    block
+}
+
+type GuestMem = vm_memory::GuestMemoryMmap;
+
+/// Attaches the virtio devices `args` asks for; returns their handles and the init tests
+/// that fit them.
+fn attach_devices(
+    machine: &mut Machine,
+    args: &BootArgs,
+) -> Result<(Vec<VirtioHandle>, Vec<&'static str>), BoxError> {
+    let mut handles = Vec::new();
+    let version = if args.legacy {
+        TransportVersion::Legacy
+    } else {
+        TransportVersion::Modern
+    };
+    let mut tests = vec!["virtio"];
+    let block_options = BlockOptions {
+        queue_size: args
+            .queue_size
+            .unwrap_or(BlockOptions::default().queue_size),
+        ..BlockOptions::default()
+    };
+    if args.disk.is_empty() {
+        if !args.no_disk {
+            let disk = scratch_disk(SCRATCH_DISK_BYTES, block_options.clone())?;
+            handles.push(machine.add_virtio_device(version, Box::new(disk))?);
+            tests.push("blk");
+        }
+    } else {
+        for (i, spec) in args.disk.iter().enumerate() {
+            let (path, read_only) = parse_disk(spec);
+            let disk = Block::from_path_with_options(
+                &path,
+                BlockOptions {
+                    read_only,
+                    ..block_options.clone()
+                },
+            )?;
+            handles.push(machine.add_virtio_device(version, Box::new(disk))?);
+            if i == 0 && !read_only {
+                tests.push("blk");
+            }
+        }
+    }
+    if !args.no_rng {
+        let mut rng = Rng::new();
+        if let Some(n) = args.queue_size {
+            rng = rng.with_queue_size(n);
+        }
+        handles.push(machine.add_virtio_device(version, Box::new(rng))?);
+        tests.push("rng");
+    }
+    if !args.no_console {
+        let output: Box<dyn Write + Send> = match &args.console_out {
+            Some(path) => Box::new(
+                File::create(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?,
+            ),
+            None => Box::new(LinePrefixer::new(CONSOLE_PREFIX, std::io::stdout())),
+        };
+        let mut console = Console::new(output);
+        if let Some(n) = args.queue_size {
+            console = console.with_queue_size(n);
+        }
+        handles.push(machine.add_virtio_device(version, Box::new(console))?);
+        tests.push("hvc");
+    }
+    Ok((handles, tests))
+}
+
+fn boot(args: &BootArgs) -> Result<(ExitReason, bool), BoxError> {
     let (kernel_path, initrd_path) = match &args.kernel {
         Some(k) => (k.clone(), args.initrd.clone()),
         None => {
@@ -147,15 +328,26 @@ fn boot(args: &BootArgs) -> Result<ExitReason, BoxError> {
         .map(Duration::try_from_secs_f64)
         .transpose()
         .map_err(|e| format!("bad --timeout: {e}"))?;
+    let fail_seen = Arc::new(AtomicBool::new(false));
     let mut machine = Machine::new(MachineConfig {
         ram_size,
-        console: Box::new(std::io::stdout()),
+        console: Box::new(FailWatch::new(std::io::stdout(), fail_seen.clone())),
         stdin: !args.no_stdin,
         trace,
         instruction_limit: args.max_instructions,
         timeout,
     })?;
-    machine.load_linux(&kernel, initrd.as_deref(), &args.cmdline)?;
+    let (handles, tests) = attach_devices(&mut machine, args)?;
+    let mut cmdline = match &args.cmdline {
+        Some(c) => c.clone(),
+        None => format!("{BASE_CMDLINE} vmmio.tests={}", tests.join(",")),
+    };
+    if let Some(extra) = &args.append {
+        cmdline.push(' ');
+        cmdline.push_str(extra);
+    }
+    log::info!("kernel command line: {cmdline}");
+    machine.load_linux(&kernel, initrd.as_deref(), &cmdline)?;
     let reason = machine.run()?;
     if args.stats {
         let n = machine.instructions_retired();
@@ -166,6 +358,25 @@ fn boot(args: &BootArgs) -> Result<ExitReason, BoxError> {
             "vmmio: {n} instructions in {secs:.2} s ({idle:.2} s idle in WFI): {:.1} MIPS while busy",
             n as f64 / busy / 1e6
         );
+        for h in &handles {
+            let st = h.stats();
+            let at = h
+                .slot()
+                .map(|s| format!("slot {} at {:#x} irq {}", s.slot, s.base, s.irq))
+                .unwrap_or_default();
+            eprintln!(
+                "vmmio: virtio {at}: device {} {:?}, status {:#x}, activated {}x with features {:#x}, {} notifies, {} interrupts",
+                st.device_type,
+                st.version,
+                st.status,
+                st.activations,
+                st.activated_features,
+                st.notifies,
+                st.interrupts
+            );
+        }
     }
-    Ok(reason)
+    // Drop the machine (and the devices' output sinks with it) before the caller prints.
+    drop(machine);
+    Ok((reason, fail_seen.load(Ordering::SeqCst)))
 }

@@ -181,6 +181,13 @@ impl<M> Console<M> {
         self
     }
 
+    /// Sets `QueueSizeMax` of both queues to `size` descriptors (default
+    /// [`QUEUE_SIZE`]), clamped to 1..=32768.
+    pub fn with_queue_size(mut self, size: u16) -> Self {
+        self.queue_max_sizes = [size.clamp(1, 32768); 2];
+        self
+    }
+
     /// A handle that pushes input from another thread.
     pub fn input_handle(&self) -> ConsoleInput<M> {
         ConsoleInput {

@@ -101,6 +101,14 @@ impl<M> Rng<M> {
             chain: DescriptorChain::new(),
         }
     }
+
+    /// Sets `QueueSizeMax` of the request queue to `size` descriptors
+    /// (default [`QUEUE_SIZE`]), clamped to 1..=32768. The driver may choose any
+    /// power of two up to it (virtio v1.4 §2.7 "Split Virtqueues").
+    pub fn with_queue_size(mut self, size: u16) -> Self {
+        self.queue_max_sizes = [size.clamp(1, 32768)];
+        self
+    }
 }
 
 impl<M> Default for Rng<M> {

@@ -206,6 +206,17 @@ impl Bus {
         self.insert(base, len, Target::Device(dev))
     }
 
+    /// Whether `[base, base + len)` could be added: non-empty, not wrapping, clear of RAM and
+    /// of every window.
+    pub(crate) fn is_free(&self, base: u64, len: u64) -> bool {
+        let Some(end) = base.checked_add(len).filter(|_| len > 0) else {
+            return false;
+        };
+        let overlaps = |b: u64, e: u64| base < e && b < end;
+        !overlaps(RAM_BASE, RAM_BASE + self.ram.len())
+            && !self.windows.iter().any(|w| overlaps(w.base, w.end))
+    }
+
     fn insert(&mut self, base: u64, len: u64, target: Target) -> Result<(), Error> {
         let end = base
             .checked_add(len)

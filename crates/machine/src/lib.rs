@@ -46,6 +46,7 @@ mod machine;
 mod plic;
 mod sbi;
 mod uart;
+pub mod virtio;
 
 #[cfg(test)]
 mod tests;
@@ -56,6 +57,10 @@ pub use hart::Privilege;
 pub use machine::{BootInfo, Machine, MachineConfig};
 pub use plic::IrqLine;
 pub use uart::ConsoleInput;
+pub use virtio::{
+    BoxedVirtioDevice, LevelIrq, VirtioHandle, VirtioSlot, VirtioStats, VirtioWindow,
+};
+pub use vmmio_device::TransportVersion;
 
 /// Why [`Machine::run`] returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,6 +122,9 @@ pub enum Error {
     /// Writing a boot image into guest RAM failed.
     #[error("cannot write to guest RAM")]
     GuestMemory(#[source] vm_memory::GuestMemoryError),
+    /// Every reserved virtio-mmio slot ([`layout::VIRTIO_MMIO_SLOTS`]) is taken.
+    #[error("all {} virtio-mmio slots are taken", layout::VIRTIO_MMIO_SLOTS)]
+    NoVirtioSlot,
     /// The device tree could not be built.
     #[error("cannot build the device tree")]
     Fdt(#[source] vm_fdt::Error),

@@ -201,6 +201,12 @@ impl Machine {
         self.hart.bus.add(base, len, device)
     }
 
+    /// Whether the half-open window `[base, base + len)` is free: non-empty, not wrapping,
+    /// clear of RAM, the PLIC, the UART and every added window.
+    pub fn window_is_free(&self, base: u64, len: u64) -> bool {
+        self.hart.bus.is_free(base, len)
+    }
+
     /// A handle on PLIC interrupt source `source` (1..=63; 10 is the UART's, 1..=8 are the
     /// reserved virtio-mmio slots').
     ///

@@ -1,0 +1,289 @@
+//! vmmio's own virtio-mmio transports on the machine's bus (virtio v1.4 §4.2 "Virtio Over
+//! MMIO"): the glue between [`vmmio_device::MmioTransport`] and the machine.
+//!
+//! - [`VirtioWindow`] puts a transport on the bus: an [`MmioDevice`] that forwards each guest
+//!   load and store, with its window offset and width, to the transport. A
+//!   [`VirtioHandle`] lets the host look at it ([`VirtioStats`]).
+//! - [`LevelIrq`] is the transport's [`Interrupt`] over a PLIC source: a level line,
+//!   asserted exactly while the window's `InterruptStatus` is non-zero
+//!   ([`Interrupt::status_changed`]). An interrupt raised between the guest's read of
+//!   `InterruptStatus` and its `InterruptACK` keeps the line up, so it is never lost.
+//! - [`Machine::add_virtio_device`] does all of it for the next free reserved slot
+//!   ([`crate::layout::virtio_mmio_slot`]): window, PLIC line and device-tree node.
+//!
+//! The transport runs on the hart's thread: a device's `queue_notify` (block I/O included)
+//! runs synchronously inside the guest's store to `QueueNotify`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use vm_memory::GuestMemoryMmap;
+use vmmio_device::{Interrupt, InterruptCause, MmioTransport, TransportVersion, VirtioDevice};
+use vmmio_spec::mmio;
+
+use crate::bus::MmioDevice;
+use crate::fdt::DeviceNode;
+use crate::layout::{self, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_SLOTS};
+use crate::machine::Machine;
+use crate::plic::IrqLine;
+use crate::Error;
+
+/// A virtio device as the machine takes it: any [`VirtioDevice`] over the machine's guest
+/// memory.
+pub type BoxedVirtioDevice = Box<dyn VirtioDevice<GuestMemoryMmap> + Send>;
+
+/// A virtio-mmio transport window on the bus (virtio v1.4 §4.2.2 "MMIO Device Register
+/// Layout"). Guest accesses reach [`MmioTransport::read`] / [`MmioTransport::write`] with
+/// window-relative offsets and the instruction's width; the transport itself answers bad
+/// widths, offsets and values (reads 0, ignored writes), so nothing the guest does here
+/// panics the host.
+///
+/// The transport sits behind a mutex shared with [`VirtioHandle`]s, so the host can look at
+/// it (or change its configuration) while and after the machine runs.
+pub struct VirtioWindow {
+    shared: Arc<WindowShared>,
+}
+
+/// What a window shares with its handles.
+struct WindowShared {
+    transport: Mutex<MmioTransport<GuestMemoryMmap>>,
+    /// Stores to `QueueNotify`.
+    notifies: AtomicU64,
+    /// Successful activations (DRIVER_OK accepted and the device started).
+    activations: AtomicU64,
+    /// Negotiated features at the last activation.
+    activated_features: AtomicU64,
+    /// Rising edges of the interrupt line, when it is a [`LevelIrq`] made here.
+    interrupts: Arc<AtomicU64>,
+}
+
+impl VirtioWindow {
+    /// Wraps `transport` for [`Machine::add_mmio_device`]. Its interrupt count
+    /// ([`VirtioStats::interrupts`]) stays 0: only windows made by
+    /// [`Machine::add_virtio_device`] count them.
+    pub fn new(transport: MmioTransport<GuestMemoryMmap>) -> Self {
+        Self::with_interrupt_counter(transport, Arc::default())
+    }
+
+    fn with_interrupt_counter(
+        transport: MmioTransport<GuestMemoryMmap>,
+        interrupts: Arc<AtomicU64>,
+    ) -> Self {
+        Self {
+            shared: Arc::new(WindowShared {
+                transport: Mutex::new(transport),
+                notifies: AtomicU64::new(0),
+                activations: AtomicU64::new(0),
+                activated_features: AtomicU64::new(0),
+                interrupts,
+            }),
+        }
+    }
+
+    /// A handle on this window for the host.
+    pub fn handle(&self) -> VirtioHandle {
+        VirtioHandle {
+            shared: self.shared.clone(),
+            slot: None,
+        }
+    }
+}
+
+/// Locks a transport; a panic elsewhere while holding the lock does not stop the window
+/// (the transport's state is consistent between its calls).
+fn lock(
+    m: &Mutex<MmioTransport<GuestMemoryMmap>>,
+) -> MutexGuard<'_, MmioTransport<GuestMemoryMmap>> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl std::fmt::Debug for VirtioWindow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VirtioWindow")
+            .field("transport", &*lock(&self.shared.transport))
+            .finish()
+    }
+}
+
+impl MmioDevice for VirtioWindow {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        lock(&self.shared.transport).read(offset, data);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let mut t = lock(&self.shared.transport);
+        let was_active = t.is_activated();
+        t.write(offset, data);
+        let s = &self.shared;
+        if offset == mmio::QUEUE_NOTIFY {
+            s.notifies.fetch_add(1, Ordering::Relaxed);
+        } else if offset == mmio::STATUS && !was_active && t.is_activated() {
+            s.activations.fetch_add(1, Ordering::Relaxed);
+            s.activated_features
+                .store(t.negotiated_features(), Ordering::Relaxed);
+        }
+    }
+}
+
+/// The host's view of a window made with [`Machine::add_virtio_device`] (or
+/// [`VirtioWindow::handle`]): counters and the transport. Cheap to clone, usable from any
+/// thread, valid after the machine is dropped.
+#[derive(Clone)]
+pub struct VirtioHandle {
+    shared: Arc<WindowShared>,
+    slot: Option<VirtioSlot>,
+}
+
+impl std::fmt::Debug for VirtioHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VirtioHandle")
+            .field("slot", &self.slot)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+/// A snapshot of a window's state and counters ([`VirtioHandle::stats`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VirtioStats {
+    /// The virtio device ID (`DeviceID`, virtio v1.4 §5).
+    pub device_type: u32,
+    /// The register layout the window presents.
+    pub version: TransportVersion,
+    /// The `Status` register now (device status bits, virtio v1.4 §2.1).
+    pub status: u32,
+    /// How many times the device was activated (DRIVER_OK accepted) since the window was
+    /// made; a driver that resets and re-initializes the device counts twice.
+    pub activations: u64,
+    /// The negotiated feature bits at the last activation (0 if never activated). A
+    /// Version 2 driver has VIRTIO_F_VERSION_1 (bit 32) here, a legacy one cannot.
+    pub activated_features: u64,
+    /// Stores to `QueueNotify` (virtio v1.4 §4.2.3.3 "Available Buffer Notifications").
+    pub notifies: u64,
+    /// Times the interrupt line went from low to high.
+    pub interrupts: u64,
+}
+
+impl VirtioHandle {
+    /// Where the window is, when [`Machine::add_virtio_device`] placed it.
+    pub fn slot(&self) -> Option<VirtioSlot> {
+        self.slot
+    }
+
+    /// A snapshot of the window's state and counters.
+    pub fn stats(&self) -> VirtioStats {
+        let s = &self.shared;
+        let t = lock(&s.transport);
+        VirtioStats {
+            device_type: t.device().device_type(),
+            version: t.version(),
+            status: t.status(),
+            activations: s.activations.load(Ordering::Relaxed),
+            activated_features: s.activated_features.load(Ordering::Relaxed),
+            notifies: s.notifies.load(Ordering::Relaxed),
+            interrupts: s.interrupts.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Runs `f` on the transport (e.g. to change the device's configuration and call
+    /// [`MmioTransport::config_changed`]). The window is locked meanwhile: a guest access
+    /// from the hart waits.
+    pub fn with_transport<R>(&self, f: impl FnOnce(&mut MmioTransport<GuestMemoryMmap>) -> R) -> R {
+        f(&mut lock(&self.shared.transport))
+    }
+}
+
+/// A window's interrupt as a level-triggered PLIC source (virtio v1.4 §4.2.3.4
+/// "Notifications From The Device"): the line is high exactly while `InterruptStatus` is
+/// non-zero. [`Interrupt::trigger`] does nothing; the level follows
+/// [`Interrupt::status_changed`], which the transport calls after every raise,
+/// `InterruptACK` and reset.
+#[derive(Clone, Debug)]
+pub struct LevelIrq {
+    line: IrqLine,
+    /// Low-to-high transitions.
+    rises: Arc<AtomicU64>,
+}
+
+impl LevelIrq {
+    /// A level interrupt on `line` (from [`Machine::irq_line`]).
+    pub fn new(line: IrqLine) -> Self {
+        Self {
+            line,
+            rises: Arc::default(),
+        }
+    }
+
+    /// The PLIC line it drives.
+    pub fn line(&self) -> &IrqLine {
+        &self.line
+    }
+
+    /// How many times the line went from low to high.
+    pub fn rises(&self) -> u64 {
+        self.rises.load(Ordering::Relaxed)
+    }
+}
+
+impl Interrupt for LevelIrq {
+    fn trigger(&self, _cause: InterruptCause) {
+        // Level-triggered: `status_changed` follows right after with the new status.
+    }
+
+    fn status_changed(&self, status: u32) {
+        let high = status != 0;
+        if high && !self.line.level() {
+            self.rises.fetch_add(1, Ordering::Relaxed);
+        }
+        self.line.set_level(high);
+    }
+}
+
+/// Where [`Machine::add_virtio_device`] put a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VirtioSlot {
+    /// Reserved slot index, `0..`[`VIRTIO_MMIO_SLOTS`].
+    pub slot: u32,
+    /// Window base (guest-physical byte address); the window is
+    /// [`VIRTIO_MMIO_SIZE`] bytes long.
+    pub base: u64,
+    /// PLIC source the window interrupts on.
+    pub irq: u32,
+}
+
+impl Machine {
+    /// Puts `device` behind a new virtio-mmio transport of layout `version` in the first
+    /// reserved slot ([`layout::virtio_mmio_slot`]) that is still free: adds the window to
+    /// the bus, wires its interrupt as a level PLIC line ([`LevelIrq`]) and adds its
+    /// `virtio,mmio` device-tree node. Call before [`Machine::load_linux`]. Slots are taken
+    /// in order (0, 1, ...); Linux numbers the devices `virtio0`, `virtio1`, ... in the
+    /// order it probes them.
+    ///
+    /// # Errors
+    /// [`Error::NoVirtioSlot`] when all [`VIRTIO_MMIO_SLOTS`] slots are taken (by earlier
+    /// calls or by windows added with [`Machine::add_mmio_device`]).
+    pub fn add_virtio_device(
+        &mut self,
+        version: TransportVersion,
+        device: BoxedVirtioDevice,
+    ) -> Result<VirtioHandle, Error> {
+        let free = (0..VIRTIO_MMIO_SLOTS).find_map(|slot| {
+            let (base, irq) = layout::virtio_mmio_slot(slot)?;
+            self.window_is_free(base, VIRTIO_MMIO_SIZE)
+                .then_some(VirtioSlot { slot, base, irq })
+        });
+        let Some(at) = free else {
+            return Err(Error::NoVirtioSlot);
+        };
+        let line = LevelIrq::new(self.irq_line(at.irq)?);
+        let rises = line.rises.clone();
+        let transport = MmioTransport::new(version, device, self.memory().clone(), Arc::new(line));
+        let window = VirtioWindow::with_interrupt_counter(transport, rises);
+        let mut handle = window.handle();
+        handle.slot = Some(at);
+        self.add_mmio_device(at.base, VIRTIO_MMIO_SIZE, Box::new(window))?;
+        self.add_device_node(DeviceNode::virtio_mmio(at.base, at.irq));
+        log::debug!("virtio-mmio {version:?} window at {at:x?}");
+        Ok(handle)
+    }
+}
