@@ -287,3 +287,131 @@ impl Machine {
         Ok(handle)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MachineConfig;
+    use vmmio_device::{ActivateError, InterruptStatus, Queue};
+    use vmmio_spec::notification::NotificationData;
+
+    /// A device with one queue and nothing else.
+    struct Dummy;
+
+    impl VirtioDevice<GuestMemoryMmap> for Dummy {
+        fn device_type(&self) -> u32 {
+            4
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[8]
+        }
+        fn device_features(&self) -> u64 {
+            0
+        }
+        fn read_config(&self, _offset: u64, data: &mut [u8]) {
+            data.fill(0);
+        }
+        fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+        fn activate(
+            &mut self,
+            _mem: GuestMemoryMmap,
+            _interrupt: InterruptStatus,
+            _queues: Vec<Queue>,
+            _features: u64,
+        ) -> Result<(), ActivateError> {
+            Ok(())
+        }
+        fn queue_notify(&mut self, _index: u16, _data: Option<NotificationData>) {}
+        fn reset(&mut self) {}
+    }
+
+    fn machine() -> Machine {
+        Machine::new(MachineConfig {
+            ram_size: 1 << 20,
+            console: Box::new(std::io::sink()),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn read32(w: &mut VirtioWindow, offset: u64) -> u32 {
+        let mut b = [0u8; 4];
+        w.read(offset, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    #[test]
+    fn window_forwards_accesses_and_the_line_follows_interrupt_status() {
+        let m = machine();
+        let line = LevelIrq::new(m.irq_line(5).unwrap());
+        let irq = line.line().clone();
+        let t = MmioTransport::new(
+            TransportVersion::Legacy,
+            Box::new(Dummy),
+            m.memory().clone(),
+            Arc::new(line.clone()),
+        );
+        let mut w = VirtioWindow::new(t);
+        assert_eq!(read32(&mut w, mmio::MAGIC), u32::from_le_bytes(*b"virt"));
+        assert_eq!(read32(&mut w, mmio::VERSION), 1);
+        assert_eq!(read32(&mut w, mmio::DEVICE_ID), 4);
+
+        let h = w.handle();
+        let status = h.with_transport(|t| t.interrupt_status().clone());
+        status.raise(InterruptCause::UsedBuffer);
+        assert!(irq.level());
+        // A second cause before the ACK keeps the line up until both are acknowledged.
+        status.raise(InterruptCause::ConfigChange);
+        w.write(mmio::INTERRUPT_ACK, &1u32.to_le_bytes());
+        assert!(irq.level(), "config bit still pending");
+        w.write(mmio::INTERRUPT_ACK, &2u32.to_le_bytes());
+        assert!(!irq.level());
+        assert_eq!(line.rises(), 1);
+
+        // A guest store to QueueNotify is counted (and dropped: the device is not running).
+        w.write(mmio::QUEUE_NOTIFY, &0u32.to_le_bytes());
+        let st = h.stats();
+        assert_eq!((st.notifies, st.activations, st.device_type), (1, 0, 4));
+        assert_eq!(st.version, TransportVersion::Legacy);
+
+        // Hostile widths and offsets read 0 and never panic.
+        let mut b = [0xffu8; 8];
+        w.read(0xfff, &mut b[..1]);
+        w.read(0x0, &mut b[..8]);
+        assert_eq!(b, [0; 8]);
+        w.write(0x3, &[1, 2]);
+    }
+
+    #[test]
+    fn add_virtio_device_takes_free_slots_in_order() {
+        let mut m = machine();
+        // Slot 1 is taken by someone else's window.
+        let (base1, _) = layout::virtio_mmio_slot(1).unwrap();
+        let t = MmioTransport::new(
+            TransportVersion::Modern,
+            Box::new(Dummy),
+            m.memory().clone(),
+            Arc::new(LevelIrq::new(m.irq_line(40).unwrap())),
+        );
+        m.add_mmio_device(base1, VIRTIO_MMIO_SIZE, Box::new(VirtioWindow::new(t)))
+            .unwrap();
+        let mut slots = Vec::new();
+        for _ in 0..VIRTIO_MMIO_SLOTS - 1 {
+            let h = m
+                .add_virtio_device(TransportVersion::Modern, Box::new(Dummy))
+                .unwrap();
+            slots.push(h.slot().unwrap().slot);
+        }
+        assert_eq!(slots, [0, 2, 3, 4, 5, 6, 7]);
+        assert!(matches!(
+            m.add_virtio_device(TransportVersion::Modern, Box::new(Dummy)),
+            Err(Error::NoVirtioSlot)
+        ));
+        let dtb = m.device_tree("", None).unwrap();
+        let count = dtb
+            .windows(b"virtio,mmio".len())
+            .filter(|w| w == b"virtio,mmio")
+            .count();
+        assert_eq!(count, 7, "one node per add_virtio_device");
+    }
+}
