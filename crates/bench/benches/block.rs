@@ -46,11 +46,12 @@ fn small(c: &mut Criterion, disk: &DiskFile) {
             raw.read(&offsets[i..i + DEPTH]).expect("read")
         })
     });
+    let mut p = Pread::with_buffers(disk, SMALL, DEPTH).expect("open");
     g.bench_function("pread", |b| {
         b.iter(|| {
             i = (i + DEPTH) % OFFSETS;
-            for &o in &offsets[i..i + DEPTH] {
-                p.read(o).expect("pread");
+            for (k, &o) in offsets[i..i + DEPTH].iter().enumerate() {
+                p.read_into(k, o).expect("pread");
             }
         })
     });

@@ -105,44 +105,74 @@ fn aligned(storage: &mut Vec<u8>, len: usize) -> std::ops::Range<usize> {
     start..start + len
 }
 
-/// The peer: positioned reads and writes of the disk file into a host
-/// buffer.
+/// The peer: positioned reads and writes of the disk file into host
+/// buffers.
 pub struct Pread {
     file: File,
     storage: Vec<u8>,
+    /// Buffer 0; buffer `k` is `len * k` bytes further.
     range: std::ops::Range<usize>,
+    len: usize,
+    buffers: usize,
 }
 
 impl Pread {
-    /// Opens `disk` read-write with a page-aligned buffer of `len` bytes.
+    /// Opens `disk` read-write with one page-aligned buffer of `len` bytes.
     ///
     /// # Errors
     /// The host error from `open(2)`.
     pub fn new(disk: &DiskFile, len: usize) -> io::Result<Self> {
+        Self::with_buffers(disk, len, 1)
+    }
+
+    /// Opens `disk` read-write with `buffers` (at least 1) page-aligned
+    /// buffers of `len` bytes: as many distinct destinations as requests a
+    /// driver keeps in flight, so that both sides touch as much memory.
+    ///
+    /// # Errors
+    /// The host error from `open(2)`.
+    pub fn with_buffers(disk: &DiskFile, len: usize, buffers: usize) -> io::Result<Self> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .open(disk.path())?;
+        let buffers = buffers.max(1);
         let mut storage = Vec::new();
-        let range = aligned(&mut storage, len);
+        let range = aligned(&mut storage, len * buffers);
         Ok(Self {
             file,
             storage,
-            range,
+            range: range.start..range.start + len,
+            len,
+            buffers,
         })
     }
 
-    /// Reads the buffer's length at `offset`.
+    fn buffer(&self, k: usize) -> std::ops::Range<usize> {
+        let shift = self.len * (k % self.buffers);
+        self.range.start + shift..self.range.end + shift
+    }
+
+    /// Reads the buffer's length at `offset` into buffer 0.
+    ///
+    /// # Errors
+    /// The host error.
+    pub fn read(&mut self, offset: u64) -> io::Result<()> {
+        self.read_into(0, offset)
+    }
+
+    /// Reads the buffer's length at `offset` into buffer `k` (modulo the
+    /// number of buffers).
     ///
     /// # Errors
     /// The host error.
     #[inline(never)]
-    pub fn read(&mut self, offset: u64) -> io::Result<()> {
-        self.file
-            .read_exact_at(&mut self.storage[self.range.clone()], offset)
+    pub fn read_into(&mut self, k: usize, offset: u64) -> io::Result<()> {
+        let r = self.buffer(k);
+        self.file.read_exact_at(&mut self.storage[r], offset)
     }
 
-    /// Writes the buffer at `offset`.
+    /// Writes buffer 0 at `offset`.
     ///
     /// # Errors
     /// The host error.
@@ -150,6 +180,11 @@ impl Pread {
     pub fn write(&mut self, offset: u64) -> io::Result<()> {
         self.file
             .write_all_at(&self.storage[self.range.clone()], offset)
+    }
+
+    /// Buffer 0.
+    pub fn data(&self) -> &[u8] {
+        &self.storage[self.range.clone()]
     }
 }
 
@@ -400,7 +435,7 @@ mod tests {
         for (i, &o) in offsets.iter().enumerate() {
             p.read(o).unwrap();
             api.read(o).unwrap();
-            assert_eq!(p.storage[p.range.clone()], *api.data());
+            assert_eq!(p.data(), api.data());
             let mut got = vec![0u8; SMALL];
             raw.data(i, &mut got).unwrap();
             assert_eq!(got, api.data());

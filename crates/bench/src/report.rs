@@ -222,7 +222,7 @@ pub fn try_run(quick: bool) -> io::Result<Vec<Row>> {
     // 4 KiB random reads, depth 32: one kick per 32 requests.
     {
         let mut raw = RawQueue::new(&disk, SMALL, DEPTH)?;
-        let mut p = Pread::new(&disk, SMALL)?;
+        let mut p = Pread::with_buffers(&disk, SMALL, DEPTH)?;
         let (mut i, mut j) = (0usize, 0usize);
         let (a, b) = compare(
             timing,
@@ -233,8 +233,8 @@ pub fn try_run(quick: bool) -> io::Result<Vec<Row>> {
             },
             &mut || {
                 j = (j + DEPTH) % OFFSETS;
-                for &o in &offsets[j..j + DEPTH] {
-                    black_box(p.read(o).is_ok());
+                for (k, &o) in offsets[j..j + DEPTH].iter().enumerate() {
+                    black_box(p.read_into(k, o).is_ok());
                 }
                 DEPTH as u64
             },

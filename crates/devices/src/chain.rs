@@ -7,7 +7,7 @@
 //! helpers address "bytes `[skip, skip + len)` of the readable (or writable)
 //! part" without allocating, and walk at most one step per descriptor.
 
-use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryError};
 use vmmio_device::queue::Descriptor;
 use vmmio_device::{DescriptorChain, InterruptCause, InterruptStatus, Queue};
 
@@ -135,6 +135,19 @@ impl<'a> Region<'a> {
         })
     }
 
+    /// The guest address of the region when it is `len` (> 0) bytes inside
+    /// one descriptor (a request header, a status byte): the case for the
+    /// fast paths of [`Region::read_into`] and [`Region::write_from`].
+    fn single_piece(&self, len: usize) -> Option<GuestAddress> {
+        if len == 0 || self.len != len as u64 {
+            return None;
+        }
+        match self.pieces().next()? {
+            Ok((addr, n)) if n == len => Some(addr),
+            _ => None,
+        }
+    }
+
     /// Reads the region into `buf` (whose length must equal the region's).
     ///
     /// # Errors
@@ -146,6 +159,17 @@ impl<'a> Region<'a> {
         mem: &M,
         buf: &mut [u8],
     ) -> Result<(), GuestMemoryError> {
+        // Fast path: one descriptor in one region of plain guest memory, one
+        // region lookup (`get_slices` costs several times more). Anything
+        // else, errors included, takes the general walk.
+        if let (Some(addr), Some(phys)) = (self.single_piece(buf.len()), mem.physical_memory()) {
+            if let Ok(slice) = phys.get_slice(addr, buf.len()) {
+                if slice.len() == buf.len() {
+                    slice.copy_to(buf);
+                    return Ok(());
+                }
+            }
+        }
         let mut done = 0usize;
         for piece in self.pieces() {
             let (addr, n) = piece?;
@@ -176,6 +200,15 @@ impl<'a> Region<'a> {
         mem: &M,
         data: &[u8],
     ) -> Result<(), GuestMemoryError> {
+        // Fast path as in `read_into`.
+        if let (Some(addr), Some(phys)) = (self.single_piece(data.len()), mem.physical_memory()) {
+            if let Ok(slice) = phys.get_slice(addr, data.len()) {
+                if slice.len() == data.len() {
+                    slice.copy_from(data);
+                    return Ok(());
+                }
+            }
+        }
         let mut done = 0usize;
         for piece in self.pieces() {
             let (addr, n) = piece?;
