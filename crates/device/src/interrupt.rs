@@ -9,7 +9,7 @@
 //! after an `InterruptACK` or a reset.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use vmmio_spec::mmio::{INT_CONFIG, INT_VRING};
 
@@ -36,6 +36,8 @@ impl InterruptCause {
 ///
 /// Implemented by the platform (a PLIC source, an EventFd, a recording fake
 /// in tests). Calls may come from any thread that runs device I/O.
+/// [`InterruptStatus`] calls both methods while holding its ordering lock:
+/// they must not call back into `raise`, `ack` or `clear` of the same status.
 pub trait Interrupt: Send + Sync {
     /// The device raised `cause`; its bit is already set in
     /// `InterruptStatus`. An edge-triggered line signals here.
@@ -53,21 +55,43 @@ pub trait Interrupt: Send + Sync {
 ///
 /// Devices receive a clone at activation and call [`InterruptStatus::raise`]
 /// after adding used buffers; the transport clears bits on `InterruptACK`.
+///
+/// Clones may be used from different threads (a device's I/O thread raises
+/// while the vCPU thread acknowledges): every change of the bits and the
+/// [`Interrupt::status_changed`] call that reports it happen under one lock,
+/// so the line sees the values in the order they were taken and ends at the
+/// final one.
 #[derive(Clone)]
 pub struct InterruptStatus {
     bits: Arc<AtomicU32>,
     needs_reset: Arc<AtomicBool>,
+    /// Orders bit changes and their `status_changed` calls across clones.
+    line_order: Arc<Mutex<()>>,
     line: Arc<dyn Interrupt>,
 }
 
 impl InterruptStatus {
     /// A status of 0 in front of the platform line `line`.
     pub fn new(line: Arc<dyn Interrupt>) -> Self {
-        Self { bits: Arc::new(AtomicU32::new(0)), needs_reset: Arc::new(AtomicBool::new(false)), line }
+        Self {
+            bits: Arc::new(AtomicU32::new(0)),
+            needs_reset: Arc::new(AtomicBool::new(false)),
+            line_order: Arc::new(Mutex::new(())),
+            line,
+        }
+    }
+
+    /// Holds the order lock; a panic in another holder does not matter (the
+    /// lock guards no data).
+    fn ordered(&self) -> MutexGuard<'_, ()> {
+        self.line_order
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Sets the bit of `cause` and signals the line.
     pub fn raise(&self, cause: InterruptCause) {
+        let _order = self.ordered();
         let new = self.bits.fetch_or(cause.status_bit(), Ordering::SeqCst) | cause.status_bit();
         self.line.trigger(cause);
         self.line.status_changed(new);
@@ -77,6 +101,7 @@ impl InterruptStatus {
     /// the line follows.
     pub fn ack(&self, mask: u32) {
         let mask = mask & (INT_VRING | INT_CONFIG);
+        let _order = self.ordered();
         let new = self.bits.fetch_and(!mask, Ordering::SeqCst) & !mask;
         self.line.status_changed(new);
     }
@@ -101,6 +126,7 @@ impl InterruptStatus {
     /// follows.
     pub fn clear(&self) {
         self.needs_reset.store(false, Ordering::SeqCst);
+        let _order = self.ordered();
         self.bits.store(0, Ordering::SeqCst);
         self.line.status_changed(0);
     }
@@ -113,6 +139,63 @@ impl InterruptStatus {
 
 impl std::fmt::Debug for InterruptStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InterruptStatus").field("bits", &self.get()).finish()
+        f.debug_struct("InterruptStatus")
+            .field("bits", &self.get())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A level line that records its level and yields inside `status_changed`, to widen
+    /// the window in which another thread can change the status.
+    #[derive(Default)]
+    struct SlowLevel {
+        high: AtomicBool,
+    }
+
+    impl Interrupt for SlowLevel {
+        fn trigger(&self, _cause: InterruptCause) {}
+        fn status_changed(&self, status: u32) {
+            std::thread::yield_now();
+            self.high.store(status != 0, Ordering::SeqCst);
+        }
+    }
+
+    /// Regression: `raise` on a device thread and `ack` on the vCPU thread used to call
+    /// `status_changed` outside any common order, so a stale value could land last and
+    /// leave a level line low while `InterruptStatus` was non-zero (a lost interrupt), or
+    /// high while it was 0. The line must end at the level of the final status.
+    #[test]
+    fn level_follows_the_final_status_under_concurrent_raise_and_ack() {
+        use std::sync::Barrier;
+        const ROUNDS: usize = 20_000;
+        let line = Arc::new(SlowLevel::default());
+        let status = InterruptStatus::new(line.clone());
+        let barrier = Arc::new(Barrier::new(2));
+        let (raiser, b) = (status.clone(), barrier.clone());
+        let t = std::thread::spawn(move || {
+            for _ in 0..ROUNDS {
+                b.wait();
+                raiser.raise(InterruptCause::UsedBuffer);
+                b.wait();
+            }
+        });
+        let mut bad = 0;
+        for _ in 0..ROUNDS {
+            barrier.wait();
+            status.ack(INT_VRING);
+            barrier.wait();
+            if line.high.load(Ordering::SeqCst) != (status.get() != 0) {
+                bad += 1;
+            }
+        }
+        t.join().unwrap();
+        assert_eq!(
+            bad, 0,
+            "rounds where the line level disagreed with InterruptStatus"
+        );
     }
 }
