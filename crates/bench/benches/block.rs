@@ -40,6 +40,8 @@ fn small(c: &mut Criterion, disk: &DiskFile) {
     let mut g = c.benchmark_group("blk/4k-randread-qd32");
     g.throughput(Throughput::Elements(DEPTH as u64));
     let mut raw = RawQueue::new(disk, SMALL, DEPTH).expect("block queue");
+    // A multiple of DEPTH, so that `i + DEPTH <= OFFSETS`.
+    let mut i = 0;
     g.bench_function("vmmio-raw-queue", |b| {
         b.iter(|| {
             i = (i + DEPTH) % OFFSETS;
