@@ -269,7 +269,8 @@ impl BlockApi {
 /// buffers are DMA (guest) pages used in place, no bounce copy.
 pub struct RawQueue {
     transport: Transport<Loopback>,
-    queue: VirtQueue<GuestHal>,
+    /// Always `Some` until `drop` tears it down.
+    queue: Option<VirtQueue<GuestHal>>,
     /// Request headers (32 bytes apart) and, from byte 2048, one status
     /// byte per request.
     req: Dma<GuestHal>,
@@ -304,7 +305,7 @@ impl RawQueue {
         let data = Dma::new(hal, len * depth).map_err(driver_error)?;
         Ok(Self {
             transport,
-            queue,
+            queue: Some(queue),
             req,
             data,
             len,
@@ -350,22 +351,24 @@ impl RawQueue {
             // memory this struct owns and does not touch until the chain
             // is popped below (a failed pop panics the benchmark; the
             // memory then stays allocated as long as the queue).
+            let queue = self.queue.as_mut().ok_or_else(torn_down)?;
             let token = unsafe {
                 if kind == VIRTIO_BLK_T_IN {
-                    self.queue.add_segments(&[hdr], &[data, st])
+                    queue.add_segments(&[hdr], &[data, st])
                 } else {
-                    self.queue.add_segments(&[hdr, data], &[st])
+                    queue.add_segments(&[hdr, data], &[st])
                 }
             }
             .map_err(driver_error)?;
             self.tokens.push(token);
         }
+        let queue = self.queue.as_mut().ok_or_else(torn_down)?;
         self.transport
-            .notify_if_needed(&mut self.queue)
+            .notify_if_needed(queue)
             .map_err(driver_error)?;
         let mut done = 0;
         while done < n {
-            match self.queue.pop_used().map_err(driver_error)? {
+            match queue.pop_used().map_err(driver_error)? {
                 Some(_) => done += 1,
                 None => return Err(io::Error::other("request not completed by the kick")),
             }
@@ -409,9 +412,16 @@ impl RawQueue {
 
 impl Drop for RawQueue {
     fn drop(&mut self) {
-        // Stop the device before the queue memory goes.
+        // Stop the device, then the queue, before the queue memory goes.
         let _ = self.transport.reset();
+        if let Some(queue) = self.queue.take() {
+            let _ = self.transport.teardown_queue(queue);
+        }
     }
+}
+
+fn torn_down() -> io::Error {
+    io::Error::other("the queue was torn down")
 }
 
 /// The byte pattern [`DiskFile::create`] wrote at `offset`.

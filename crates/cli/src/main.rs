@@ -57,6 +57,20 @@ enum Cmd {
     /// on the console, 3 when it powers off after such a line, 2 when it reboots (also on a
     /// kernel panic) or a limit is hit, 1 on host errors.
     Boot(BootArgs),
+    /// Measure vmmio against the peers a user would pick instead, in one run, and print
+    /// one table (measure, ours, peer, ratio, unit): the device-role split queue against
+    /// rust-vmm's virtio-queue, and loopback block I/O (our driver, transport and block
+    /// device over a page-cached file) against pread/pwrite of the same file. The
+    /// criterion benches (`cargo bench -p vmmio-bench`) measure the same workloads.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct BenchArgs {
+    /// Short measurements (about 3 s in all instead of about 20 s): a smoke run,
+    /// noisier figures.
+    #[arg(long)]
+    quick: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -142,6 +156,16 @@ fn main() -> ExitCode {
                     eprintln!("  caused by: {s}");
                     source = s.source();
                 }
+                ExitCode::from(1)
+            }
+        },
+        Cmd::Bench(args) => match vmmio_bench::report::try_run(args.quick) {
+            Ok(rows) => {
+                vmmio_bench::report::print_table(&rows);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("vmmio: bench setup failed: {e}");
                 ExitCode::from(1)
             }
         },
