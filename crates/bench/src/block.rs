@@ -347,11 +347,11 @@ impl RawQueue {
                 addr: self.req.paddr() + (STATUS_AT + i) as u64,
                 len: 1,
             };
+            let queue = self.queue.as_mut().ok_or_else(torn_down)?;
             // SAFETY: the segments lie in `self.req` and `self.data`, DMA
             // memory this struct owns and does not touch until the chain
             // is popped below (a failed pop panics the benchmark; the
             // memory then stays allocated as long as the queue).
-            let queue = self.queue.as_mut().ok_or_else(torn_down)?;
             let token = unsafe {
                 if kind == VIRTIO_BLK_T_IN {
                     queue.add_segments(&[hdr], &[data, st])
