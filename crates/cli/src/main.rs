@@ -56,7 +56,7 @@ enum Cmd {
     /// Exit status: 0 when the guest powers off and no "vmmio-init: ... FAIL" line appeared
     /// on the console, 3 when it powers off after such a line, 2 when it reboots (also on a
     /// kernel panic) or a limit is hit, 1 on host errors.
-    Boot(BootArgs),
+    Boot(Box<BootArgs>),
     /// Measure vmmio against the peers a user would pick instead, in one run, and print
     /// one table (measure, ours, peer, ratio, unit): the device-role split queue against
     /// rust-vmm's virtio-queue, and loopback block I/O (our driver, transport and block
