@@ -27,10 +27,22 @@ sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -q >&2
-# Some machines carry QEMU's common files from bookworm-backports (pulled in
-# by a newer qemu-utils); the QEMU system emulators must then come from the
-# same suite, so retry there when the plain install cannot resolve.
+# Some machines carry QEMU's tools from bookworm-backports (a newer
+# qemu-utils), which Debian 12's own QEMU system emulators cannot be mixed
+# with: when the plain install cannot resolve, make sure bookworm-backports
+# is a package source and take the emulators from there.
 if ! $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >&2; then
+    if ! apt-cache policy 2>/dev/null | grep -q bookworm-backports; then
+        echo "install-deps: adding the bookworm-backports package source" >&2
+        printf '%s\n' \
+            'Types: deb' \
+            'URIs: http://deb.debian.org/debian' \
+            'Suites: bookworm-backports' \
+            'Components: main' \
+            'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' |
+            $sudo tee /etc/apt/sources.list.d/vmmio-bookworm-backports.sources >/dev/null
+        $sudo apt-get update -q >&2
+    fi
     echo "install-deps: retrying from bookworm-backports" >&2
     $sudo apt-get install -y -q --no-install-recommends -t bookworm-backports "${missing[@]}" >&2
 fi
