@@ -34,6 +34,10 @@ use vmmio_spec::split::{
 pub use chain::{Descriptor, DescriptorChain, INLINE_DESCRIPTORS, MAX_INDIRECT_DESCRIPTORS};
 pub use error::{QueueError, RingArea};
 
+/// Largest guest range `pop_into` resolves at once to cover both the
+/// descriptor table and the available ring (see `Queue::pop_areas`).
+const POP_SPAN_MAX: u64 = 4 << 20;
+
 use chain::{read_chain, WalkParams};
 use ring::Area;
 
@@ -104,6 +108,26 @@ pub struct Queue {
     undoable: u16,
     /// Set when `check_layout` passed for the current size and addresses.
     layout_ok: bool,
+    /// Performance hint only: whether `pop_into` should try to resolve the
+    /// descriptor table and the available ring with one lookup of the
+    /// guest range spanning both (`span`). Cleared when that lookup fails
+    /// (areas in different regions), set again by `set_addresses`,
+    /// `set_size` and `set_ready`. Correctness never depends on it.
+    pop_span: bool,
+    /// The guest range spanning the descriptor table and the available
+    /// ring, computed with the layout check (valid while `layout_ok`).
+    span: Span,
+}
+
+/// The guest range spanning the descriptor table and the available ring:
+/// `len` bytes at `base`, the table at offset `desc`, the ring at `avail`.
+/// `len == 0` when the span is larger than [`POP_SPAN_MAX`].
+#[derive(Clone, Copy, Debug, Default)]
+struct Span {
+    base: u64,
+    len: usize,
+    desc: usize,
+    avail: usize,
 }
 
 impl Queue {
@@ -130,6 +154,8 @@ impl Queue {
             signalled_used: 0,
             undoable: 0,
             layout_ok: false,
+            pop_span: true,
+            span: Span::default(),
         }
     }
 
@@ -150,6 +176,7 @@ impl Queue {
     pub fn set_size(&mut self, size: u16) {
         self.size = size;
         self.layout_ok = false;
+        self.pop_span = true;
         // Forget the cached `avail.idx`: it was checked against the old size.
         self.avail_idx = self.next_avail;
     }
@@ -163,6 +190,7 @@ impl Queue {
         self.avail_ring = avail;
         self.used_ring = used;
         self.layout_ok = false;
+        self.pop_span = true;
     }
 
     /// The three addresses as set: `(desc, avail, used)`.
@@ -254,6 +282,7 @@ impl Queue {
     pub fn set_ready(&mut self, ready: bool) {
         self.ready = ready;
         self.avail_idx = self.next_avail;
+        self.pop_span = true;
     }
 
     /// Applies the negotiated feature bits: VIRTIO_F_EVENT_IDX (§2.7.7,
@@ -334,6 +363,7 @@ impl Queue {
         }
         if !self.layout_ok {
             self.check_layout()?;
+            self.span = self.span();
             self.layout_ok = true;
         }
         Ok(())
@@ -364,6 +394,75 @@ impl Queue {
             Permissions::Read,
             RingArea::AvailableRing,
         )
+    }
+
+    #[inline]
+    fn desc_area<'a, M: GuestMemory + ?Sized>(&self, mem: &'a M) -> Area<'a, M> {
+        Area::new(
+            mem,
+            GuestAddress(self.desc_table),
+            // `16 * size <= 512 KiB`.
+            desc_table_size(self.size) as usize,
+            Permissions::Read,
+            RingArea::DescriptorTable,
+        )
+    }
+
+    /// The span of the descriptor table and the available ring. Requires
+    /// `check_layout` to have passed: neither area's end overflows.
+    fn span(&self) -> Span {
+        let (desc, avail) = (self.desc_table, self.avail_ring);
+        let lo = desc.min(avail);
+        let hi = (desc + desc_table_size(self.size)).max(avail + avail::size(self.size));
+        if hi - lo > POP_SPAN_MAX {
+            return Span::default();
+        }
+        // All below `POP_SPAN_MAX`: fits any usize.
+        Span {
+            base: lo,
+            len: (hi - lo) as usize,
+            desc: (desc - lo) as usize,
+            avail: (avail - lo) as usize,
+        }
+    }
+
+    /// The available ring and the descriptor table for one `pop_into`.
+    ///
+    /// Drivers usually put both in one allocation, so one lookup of the
+    /// guest range spanning both (at most [`POP_SPAN_MAX`] bytes) usually
+    /// gives one host slice, from which both areas are cut by offset
+    /// arithmetic; otherwise each area is looked up on its own (and the
+    /// span is not tried again until the layout changes or the queue is
+    /// re-enabled). Either way nothing outlives the `mem` borrow. Requires
+    /// `check_usable` (which computed `self.span`).
+    #[inline]
+    fn pop_areas<'a, M: GuestMemory + ?Sized>(&mut self, mem: &'a M) -> (Area<'a, M>, Area<'a, M>) {
+        let span = self.span;
+        if self.pop_span && span.len != 0 {
+            let whole = Area::new(
+                mem,
+                GuestAddress(span.base),
+                span.len,
+                Permissions::Read,
+                RingArea::DescriptorTable,
+            );
+            // Both areas lie inside the span (`Queue::span`).
+            let ring = whole.sub_area(
+                span.avail,
+                avail::size(self.size) as usize,
+                RingArea::AvailableRing,
+            );
+            let table = whole.sub_area(
+                span.desc,
+                desc_table_size(self.size) as usize,
+                RingArea::DescriptorTable,
+            );
+            if let (Some(ring), Some(table)) = (ring, table) {
+                return (ring, table);
+            }
+            self.pop_span = false;
+        }
+        (self.avail_area(mem), self.desc_area(mem))
     }
 
     #[inline]
@@ -462,7 +561,7 @@ impl Queue {
         chain: &mut DescriptorChain,
     ) -> Result<bool, QueueError> {
         self.check_usable()?;
-        let ring = self.avail_area(mem);
+        let (ring, table) = self.pop_areas(mem);
         if !self.ensure_available(mem, &ring)? {
             return Ok(false);
         }
@@ -470,14 +569,6 @@ impl Queue {
         // modulo; the slot offset is below `avail::size(size)`.
         let slot = self.next_avail & (self.size - 1);
         let head = ring.load_u16(avail::ring(slot) as usize, Ordering::Relaxed)?;
-        let table = Area::new(
-            mem,
-            GuestAddress(self.desc_table),
-            // `16 * size <= 512 KiB`.
-            desc_table_size(self.size) as usize,
-            Permissions::Read,
-            RingArea::DescriptorTable,
-        );
         let params = WalkParams {
             size: self.size,
             indirect: self.indirect,
@@ -547,7 +638,23 @@ impl Queue {
         head: u16,
         len: u32,
     ) -> Result<(), QueueError> {
-        self.add_used_batch(mem, &[(head, len)])
+        self.check_usable()?;
+        let size = self.size;
+        if head >= size {
+            return Err(QueueError::InvalidUsedHead { head, size });
+        }
+        let ring = self.used_area(mem);
+        // The mask is the modulo (size is a power of two); the offset is
+        // inside the used ring. One 8-byte store for `{ id, len }`.
+        let slot = self.next_used & (size - 1);
+        let elem = u64::from(head) | (u64::from(len) << 32);
+        ring.write_u64(used::ring(slot) as usize, elem)?;
+        let next = self.next_used.wrapping_add(1);
+        // Release: the element (and the device's writes to the buffer)
+        // become visible before the new index (§2.7.8.2).
+        ring.store_u16(used::IDX as usize, next, Ordering::Release)?;
+        self.next_used = next;
+        Ok(())
     }
 
     /// Puts several chains in the used ring, in order, and publishes

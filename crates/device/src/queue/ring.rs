@@ -11,9 +11,9 @@
 //! No host pointer outlives the `&M` borrow of the operation that made the
 //! area: the guest memory map may change between two queue calls.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU16, Ordering};
 
-use vm_memory::bitmap::BS;
+use vm_memory::bitmap::{Bitmap, BS};
 use vm_memory::{
     Bytes, GuestAddress, GuestMemory, GuestMemoryError, Permissions, VolatileMemory, VolatileSlice,
 };
@@ -57,6 +57,21 @@ impl<'a, M: GuestMemory + ?Sized> Area<'a, M> {
         }
     }
 
+    /// The `len` bytes at `offset` into this area as an area of their own,
+    /// without another lookup in guest memory when this area is
+    /// contiguous. `None` when this area is not contiguous or the range is
+    /// not inside it.
+    #[inline]
+    pub(super) fn sub_area(&self, offset: usize, len: usize, kind: RingArea) -> Option<Self> {
+        let slice = self.fast.as_ref()?.subslice(offset, len).ok()?;
+        Some(Self {
+            mem: self.mem,
+            base: self.addr(offset),
+            kind,
+            fast: Some(slice),
+        })
+    }
+
     /// Whether the whole area is backed by one contiguous host mapping.
     #[inline]
     pub(super) fn is_contiguous(&self) -> bool {
@@ -84,8 +99,12 @@ impl<'a, M: GuestMemory + ?Sized> Area<'a, M> {
     #[inline]
     pub(super) fn load_u16(&self, offset: usize, order: Ordering) -> Result<u16, QueueError> {
         let raw = match &self.fast {
+            // `get_atomic_ref` checks bounds and alignment; the load itself
+            // is then `core`'s, inlined (`VolatileSlice::load` goes through
+            // vm-memory's `AtomicInteger` trait, which is not).
             Some(slice) => slice
-                .load::<u16>(offset, order)
+                .get_atomic_ref::<AtomicU16>(offset)
+                .map(|a| a.load(order))
                 .map_err(|e| self.error(offset, e.into())),
             None => self
                 .mem
@@ -105,8 +124,14 @@ impl<'a, M: GuestMemory + ?Sized> Area<'a, M> {
     ) -> Result<(), QueueError> {
         let raw = value.to_le();
         match &self.fast {
+            // As `VolatileSlice::store`: the atomic store, then the dirty
+            // bitmap, with the store inlined.
             Some(slice) => slice
-                .store(raw, offset, order)
+                .get_atomic_ref::<AtomicU16>(offset)
+                .map(|a| {
+                    a.store(raw, order);
+                    slice.bitmap().mark_dirty(offset, 2);
+                })
                 .map_err(|e| self.error(offset, e.into())),
             None => self
                 .mem
