@@ -56,15 +56,39 @@ struct SharedBuf {
     direction: BufferDirection,
 }
 
-struct InFlight<H: Hal> {
-    /// Descriptors of the main table the chain holds.
-    descs: u16,
+/// `InFlight::table` of a chain without an indirect table.
+const NO_TABLE: u16 = u16::MAX;
+
+/// The record of one chain, indexed by its head descriptor. Small and
+/// `Copy` so that the hot path writes and reads it cheaply: indirect
+/// tables stay in [`VirtQueue::tables`] (the record names one by index),
+/// and shared caller buffers are kept aside, touched only when the chain
+/// has any.
+#[derive(Clone, Copy, Debug)]
+struct InFlight {
     /// Total writable bytes (the limit for the used `len`).
     writable: u64,
-    /// The indirect table, when the chain uses one.
-    indirect: Option<Dma<H>>,
-    /// Caller buffers to unshare when the chain completes.
-    shared: Vec<SharedBuf>,
+    /// Descriptors of the main table the chain holds; 0 when no chain
+    /// has this head (a chain always holds at least one).
+    descs: u16,
+    /// The chain's last main-table descriptor, so that freeing it needs
+    /// no walk.
+    last: u16,
+    /// Index in [`VirtQueue::tables`] of the chain's indirect table, or
+    /// [`NO_TABLE`].
+    table: u16,
+    /// Whether the chain has caller buffers to unshare.
+    shared: bool,
+}
+
+impl InFlight {
+    const IDLE: Self = Self {
+        writable: 0,
+        descs: 0,
+        last: 0,
+        table: NO_TABLE,
+        shared: false,
+    };
 }
 
 /// A split virtqueue, driver role (virtio v1.4 §2.7).
@@ -117,14 +141,20 @@ pub struct VirtQueue<H: Hal + Clone> {
     num_free: u16,
     /// Shadow `next` links: the free list, and the chains in flight.
     next: Vec<u16>,
-    in_flight: Vec<Option<InFlight<H>>>,
+    in_flight: Vec<InFlight>,
+    /// Caller buffers shared for the chains in flight, by head.
+    shared: Vec<Vec<SharedBuf>>,
     /// The available `idx` last published.
     avail_idx: u16,
     /// `avail_idx` when the notification decision was last taken.
     kicked_idx: u16,
     /// The used `idx` up to which entries were consumed.
     last_used: u16,
-    pool: Vec<Dma<H>>,
+    /// Every indirect table allocated (at most one per chain in flight at
+    /// once, so fewer than `size`); chains name theirs by index.
+    tables: Vec<Dma<H>>,
+    /// Indexes of the tables no chain holds.
+    free_tables: Vec<u16>,
     released: bool,
 }
 
@@ -183,15 +213,22 @@ fn write_desc<H: Hal>(
     next: u16,
 ) {
     let base = i * 16;
-    let (addr, len, flags, next) = if legacy {
-        (addr, len, flags, next)
+    // `flags` and `next` fill bytes 12..16: build their memory
+    // representation (little-endian, or guest-native for legacy devices)
+    // and store it at once.
+    let mut tail = [0u8; 4];
+    let (addr, len) = if legacy {
+        tail[..2].copy_from_slice(&flags.to_ne_bytes());
+        tail[2..].copy_from_slice(&next.to_ne_bytes());
+        (addr, len)
     } else {
-        (addr.to_le(), len.to_le(), flags.to_le(), next.to_le())
+        tail[..2].copy_from_slice(&flags.to_le_bytes());
+        tail[2..].copy_from_slice(&next.to_le_bytes());
+        (addr.to_le(), len.to_le())
     };
     mem.store64(base, addr);
     mem.store32(base + 8, len);
-    mem.store16(base + 12, flags);
-    mem.store16(base + 14, next);
+    mem.store32(base + 12, u32::from_ne_bytes(tail));
 }
 
 impl<H: Hal + Clone> VirtQueue<H> {
@@ -207,8 +244,9 @@ impl<H: Hal + Clone> VirtQueue<H> {
         let mem = Dma::new(hal.clone(), total)?;
         let n = usize::from(size);
         let next = (0..size).map(|i| i.wrapping_add(1) % size).collect();
-        let mut in_flight = Vec::with_capacity(n);
-        in_flight.resize_with(n, || None);
+        let in_flight = alloc::vec![InFlight::IDLE; n];
+        let mut shared = Vec::with_capacity(n);
+        shared.resize_with(n, Vec::new);
         Ok(Self {
             hal,
             index,
@@ -224,10 +262,12 @@ impl<H: Hal + Clone> VirtQueue<H> {
             num_free: size,
             next,
             in_flight,
+            shared,
             avail_idx: 0,
             kicked_idx: 0,
             last_used: 0,
-            pool: Vec::new(),
+            tables: Vec::new(),
+            free_tables: Vec::new(),
             released: false,
         })
     }
@@ -282,7 +322,7 @@ impl<H: Hal + Clone> VirtQueue<H> {
 
     /// Whether any chain is in flight.
     pub fn has_in_flight(&self) -> bool {
-        self.num_free != self.size || self.in_flight.iter().any(Option::is_some)
+        self.num_free != self.size || self.in_flight.iter().any(|f| f.descs != 0)
     }
 
     fn dev16(&self, raw: u16) -> u16 {
@@ -341,7 +381,7 @@ impl<H: Hal + Clone> VirtQueue<H> {
     /// [`Hal::share`] and unshared when [`pop_used`](Self::pop_used)
     /// returns the chain. Returns the chain's token.
     ///
-    /// Publishes the new available `idx` after a full memory barrier
+    /// Publishes the new available `idx` after a release barrier
     /// (§2.7.13.3.1); call [`crate::Transport::notify`] to kick.
     ///
     /// # Errors
@@ -496,30 +536,42 @@ impl<H: Hal + Clone> VirtQueue<H> {
                 free: usize::from(self.num_free),
             });
         }
-        let segs = readable
-            .iter()
-            .map(|s| (s, 0u16))
-            .chain(writable.iter().map(|s| (s, VIRTQ_DESC_F_WRITE)));
+        // Readable segments first, then writable ones (plain nested loops:
+        // cheaper than a chained iterator on this hot path).
+        let lists = [(readable, 0u16), (writable, VIRTQ_DESC_F_WRITE)];
         let head = self.free_head;
-        let indirect = if use_indirect {
-            let mut table = match self.pool.pop() {
-                Some(t) => t,
-                None => Dma::new(self.hal.clone(), PAGE_SIZE)?,
+        let (table_index, last) = if use_indirect {
+            let ti = match self.free_tables.pop() {
+                Some(ti) => ti,
+                None => {
+                    // Each table is held by a chain in flight, so there
+                    // are fewer than `size` <= 32768: the index fits u16
+                    // and is never NO_TABLE.
+                    let ti = u16::try_from(self.tables.len())
+                        .ok()
+                        .filter(|&ti| ti < self.size)
+                        .ok_or(Error::QueueFull {
+                            needed: main_descs,
+                            free: 0,
+                        })?;
+                    self.tables.push(Dma::new(self.hal.clone(), PAGE_SIZE)?);
+                    ti
+                }
             };
-            for (i, (seg, flags)) in segs.enumerate() {
-                let last = i + 1 == total;
-                let flags = if last {
-                    flags
-                } else {
-                    flags | VIRTQ_DESC_F_NEXT
-                };
-                // i + 1 <= MAX_INDIRECT = 256 fits u16.
-                let next = if last {
-                    0
-                } else {
-                    u16::try_from(i + 1).unwrap_or(0)
-                };
-                write_desc(&mut table, self.legacy, i, seg.addr, seg.len, flags, next);
+            let table = &mut self.tables[usize::from(ti)];
+            let mut i = 0;
+            for (list, flags) in lists {
+                for seg in list {
+                    let last = i + 1 == total;
+                    // i + 1 <= MAX_INDIRECT = 256 fits u16.
+                    let (flags, next) = if last {
+                        (flags, 0)
+                    } else {
+                        (flags | VIRTQ_DESC_F_NEXT, u16::try_from(i + 1).unwrap_or(0))
+                    };
+                    write_desc(table, self.legacy, i, seg.addr, seg.len, flags, next);
+                    i += 1;
+                }
             }
             // total * 16 <= 4096 fits u32.
             let table_len = u32::try_from(total * 16).unwrap_or(0);
@@ -534,47 +586,61 @@ impl<H: Hal + Clone> VirtQueue<H> {
                 0,
             );
             self.free_head = self.next[d];
-            Some(table)
+            (ti, head)
         } else {
             let mut cur = head;
-            for (i, (seg, flags)) in segs.enumerate() {
-                let d = usize::from(cur);
-                let nxt = self.next[d];
-                let last = i + 1 == total;
-                let flags = if last {
-                    flags
-                } else {
-                    flags | VIRTQ_DESC_F_NEXT
-                };
-                let link = if last { 0 } else { nxt };
-                write_desc(
-                    &mut self.mem,
-                    self.legacy,
-                    d,
-                    seg.addr,
-                    seg.len,
-                    flags,
-                    link,
-                );
-                cur = nxt;
+            let mut tail = head;
+            let mut i = 0;
+            for (list, flags) in lists {
+                for seg in list {
+                    let d = usize::from(cur);
+                    let nxt = self.next[d];
+                    let last = i + 1 == total;
+                    let (flags, link) = if last {
+                        (flags, 0)
+                    } else {
+                        (flags | VIRTQ_DESC_F_NEXT, nxt)
+                    };
+                    write_desc(
+                        &mut self.mem,
+                        self.legacy,
+                        d,
+                        seg.addr,
+                        seg.len,
+                        flags,
+                        link,
+                    );
+                    tail = cur;
+                    cur = nxt;
+                    i += 1;
+                }
             }
             self.free_head = cur;
-            None
+            (NO_TABLE, tail)
         };
         // main_descs <= num_free <= size <= 32768.
         let main_descs16 = u16::try_from(main_descs).unwrap_or(u16::MAX);
         self.num_free -= main_descs16;
-        self.in_flight[usize::from(head)] = Some(InFlight {
-            descs: main_descs16,
+        let has_shared = !shared.is_empty();
+        if has_shared {
+            self.shared[usize::from(head)] = core::mem::take(shared);
+        }
+        self.in_flight[usize::from(head)] = InFlight {
             writable: writable_bytes,
-            indirect,
-            shared: core::mem::take(shared),
-        });
-        // Publish: ring entry, barrier, idx (virtio v1.4 §2.7.13.2-3).
+            descs: main_descs16,
+            last,
+            table: table_index,
+            shared: has_shared,
+        };
+        // Publish: ring entry, then idx after a release barrier, so that
+        // the descriptors and the entry are visible before the device can
+        // see the new idx (virtio v1.4 §2.7.13.2-3). The full barrier
+        // before reading the device's notification suppression is in
+        // `should_notify`.
         let slot = usize::from(self.avail_idx & (self.size - 1));
         let v = self.raw16(head);
         self.mem.store16(self.avail_off + 4 + 2 * slot, v);
-        fence(Ordering::SeqCst);
+        fence(Ordering::Release);
         self.avail_idx = self.avail_idx.wrapping_add(1);
         let v = self.raw16(self.avail_idx);
         self.mem.store16(self.avail_off + off(avail::IDX), v);
@@ -611,6 +677,7 @@ impl<H: Hal + Clone> VirtQueue<H> {
     }
 
     /// Reads and validates the next used entry without consuming it.
+    #[inline]
     fn next_used(&self) -> Result<Option<(u16, u32)>> {
         let used_idx = self.dev16(self.mem.load16(self.used_off + off(used::IDX)));
         if used_idx == self.last_used {
@@ -624,8 +691,9 @@ impl<H: Hal + Clone> VirtQueue<H> {
                 size: self.size,
             });
         }
-        // Read the entry only after seeing idx (virtio v1.4 §2.7.14).
-        fence(Ordering::SeqCst);
+        // Read the entry only after seeing idx (virtio v1.4 §2.7.14): an
+        // acquire barrier orders the idx load before the entry loads.
+        fence(Ordering::Acquire);
         let slot = usize::from(self.last_used & (self.size - 1));
         let elem = self.used_off + off(used::RING) + 8 * slot;
         let id = self.dev32(self.mem.load32(elem));
@@ -639,13 +707,13 @@ impl<H: Hal + Clone> VirtQueue<H> {
                     id,
                     size: self.size,
                 })?;
-        let flight =
-            self.in_flight[usize::from(id16)]
-                .as_ref()
-                .ok_or(Error::UsedIdNotInFlight {
-                    queue: self.index,
-                    id,
-                })?;
+        let flight = self.in_flight[usize::from(id16)];
+        if flight.descs == 0 {
+            return Err(Error::UsedIdNotInFlight {
+                queue: self.index,
+                id,
+            });
+        }
         if u64::from(len) > flight.writable {
             return Err(Error::UsedLenTooLarge {
                 queue: self.index,
@@ -708,23 +776,27 @@ impl<H: Hal + Clone> VirtQueue<H> {
     }
 
     /// Frees the descriptors of chain `head` and undoes its sharing.
+    #[inline]
     fn retire(&mut self, head: u16) {
-        let Some(mut flight) = self.in_flight[usize::from(head)].take() else {
+        let h = usize::from(head);
+        let flight = self.in_flight[h];
+        if flight.descs == 0 {
             return;
-        };
-        // Walk the chain through the shadow links (never the device-visible
-        // table), bounded by its recorded length.
-        let mut last = head;
-        for _ in 1..flight.descs {
-            last = self.next[usize::from(last)];
         }
-        self.next[usize::from(last)] = self.free_head;
+        self.in_flight[h].descs = 0;
+        // The chain's descriptors are still linked through the shadow
+        // links (never the device-visible table) from `head` to `last`:
+        // splice the whole chain onto the free list.
+        self.next[usize::from(flight.last)] = self.free_head;
         self.free_head = head;
         self.num_free = self.num_free.saturating_add(flight.descs).min(self.size);
-        if let Some(t) = flight.indirect.take() {
-            self.pool.push(t);
+        if flight.table != NO_TABLE {
+            self.free_tables.push(flight.table);
         }
-        self.unshare_all(&mut flight.shared);
+        if flight.shared {
+            let mut shared = core::mem::take(&mut self.shared[h]);
+            self.unshare_all(&mut shared);
+        }
     }
 
     /// Forgets every chain in flight after the device stopped using the
@@ -732,7 +804,7 @@ impl<H: Hal + Clone> VirtQueue<H> {
     /// caller buffers are unshared and the queue memory may be freed.
     pub(crate) fn release(&mut self) {
         for i in 0..self.size {
-            if self.in_flight[usize::from(i)].is_some() {
+            if self.in_flight[usize::from(i)].descs != 0 {
                 self.retire(i);
             }
         }
@@ -751,8 +823,18 @@ impl<H: Hal + Clone> Drop for VirtQueue<H> {
                 "virtqueue {} dropped while possibly live: leaking its memory",
                 self.index
             );
-            for f in self.in_flight.iter_mut().flatten() {
-                if let Some(t) = f.indirect.take() {
+            // The device may still read the tables of the chains in
+            // flight: leak those, free the others.
+            let mut held = alloc::vec![false; self.tables.len()];
+            for f in &self.in_flight {
+                if f.descs != 0 && f.table != NO_TABLE {
+                    if let Some(h) = held.get_mut(usize::from(f.table)) {
+                        *h = true;
+                    }
+                }
+            }
+            for (t, held) in core::mem::take(&mut self.tables).into_iter().zip(held) {
+                if held {
                     t.leak();
                 }
             }
@@ -904,12 +986,7 @@ mod tests {
         assert_eq!(q.num_free(), 1);
         let (addr, len, flags, _) = read_desc(&q, usize::from(t));
         assert_eq!((len, flags), (5 * 16, VIRTQ_DESC_F_INDIRECT));
-        let table = q.in_flight[usize::from(t)]
-            .as_ref()
-            .unwrap()
-            .indirect
-            .as_ref()
-            .unwrap();
+        let table = &q.tables[usize::from(q.in_flight[usize::from(t)].table)];
         assert_eq!(table.paddr(), addr);
         assert_eq!(u16::from_le(table.load16(12)), VIRTQ_DESC_F_NEXT);
         assert_eq!(u16::from_le(table.load16(14)), 1);
