@@ -1,0 +1,218 @@
+//! A hostile driver as a byte script: arbitrary bytes become a device choice,
+//! guest memory contents and a sequence of register accesses against an
+//! `MmioTransport` (either version) with a real vmmio-devices device behind
+//! it. Shared by the `mmio_transport` cargo-fuzz target (`fuzz/`) and the
+//! bounded property test `tests/hostile_transport.rs`: [`run`] must never
+//! panic and always return.
+//!
+//! Layout: byte 0 picks the window and device (bit 0: Legacy; bits 1-2:
+//! 0 Block, 1 read-only Block with two queues, 2 Rng, 3 Console; bit 3:
+//! small `QueueSizeMax` of 8; bit 4: two guest-memory regions), bytes 1-2
+//! (LE) how many of the following bytes fill guest memory (64 KiB at 0,
+//! the rest zero). Then 12-byte operations: `[kind, a0, a1, v0..v7, x]`,
+//! `a` = LE u16, `v` = LE u64. `kind % 8`:
+//! - 0..=2: one raw access at offset `a & 0x1fff` (beyond the window too),
+//!   width `1 << (x & 3)`, a write if `x & 4`, the low bytes of `v`;
+//! - 3: the handshake up to FEATURES_OK with driver features `v`
+//!   (Legacy: GuestPageSize `1 << (x % 17)` and no FEATURES_OK);
+//! - 4: queue `a % 4` set up: size `v[6..8]`; Modern: descriptor, driver
+//!   and device areas at `v[0..2]`, `v[2..4]`, `v[4..6]` and ready;
+//!   Legacy: QueueAlign `1 << (x % 17)` and QueuePFN `v[0..4]`;
+//! - 5: `Status` |= DRIVER_OK (read-modify-write, as a driver does);
+//! - 6: notify queue `a` (Modern with `x & 1`: `v` as notification data);
+//! - 7: `x & 1`: host pushes `v` as console input; else 8 bytes `v` poked
+//!   into guest memory at `a` (rings change between notifies);
+//!   also acknowledges `InterruptStatus`.
+
+use std::sync::Arc;
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmmio_device::{Interrupt, InterruptCause, MmioTransport, TransportVersion, VirtioDevice};
+use vmmio_devices::rng::EntropySource;
+use vmmio_devices::{Block, BlockOptions, Console, MemoryBackend, Rng};
+use vmmio_spec::mmio;
+use vmmio_spec::status::{ACKNOWLEDGE, DRIVER, DRIVER_OK, FEATURES_OK};
+
+type Mem = GuestMemoryMmap<()>;
+
+/// Guest memory size in bytes.
+const MEM: usize = 0x1_0000;
+/// Disk size of the block devices in bytes (128 sectors).
+const DISK: usize = 0x1_0000;
+/// Bytes of one operation.
+pub const OP: usize = 12;
+/// Most operations run from one input (bounds the run time).
+const MAX_OPS: usize = 4096;
+
+struct Line;
+
+impl Interrupt for Line {
+    fn trigger(&self, _cause: InterruptCause) {}
+}
+
+/// Deterministic entropy (a counter), so that runs reproduce.
+struct Counter(u8);
+
+impl EntropySource for Counter {
+    fn fill(&mut self, buf: &mut [u8]) -> Result<(), getrandom::Error> {
+        for b in buf {
+            self.0 = self.0.wrapping_add(1);
+            *b = self.0;
+        }
+        Ok(())
+    }
+}
+
+/// Runs one script; see the module documentation for its layout.
+pub fn run(data: &[u8]) {
+    let Some((&head, rest)) = data.split_first() else {
+        return;
+    };
+    let (mem_len, rest) = match rest {
+        [lo, hi, rest @ ..] => (usize::from(u16::from_le_bytes([*lo, *hi])), rest),
+        _ => (0, rest),
+    };
+    let (contents, ops) = rest.split_at(mem_len.min(rest.len()));
+
+    let mem = if head & 0x10 != 0 {
+        Mem::from_ranges(&[
+            (GuestAddress(0), 0x7ff0),
+            (GuestAddress(0x7ff0), MEM - 0x7ff0),
+        ])
+    } else {
+        Mem::from_ranges(&[(GuestAddress(0), MEM)])
+    }
+    .expect("script memory");
+    mem.write_slice(contents, GuestAddress(0))
+        .expect("contents fit in memory");
+
+    let version = if head & 1 != 0 {
+        TransportVersion::Legacy
+    } else {
+        TransportVersion::Modern
+    };
+    let qmax = if head & 0x08 != 0 { 8 } else { 256 };
+    let mut console_input = None;
+    let device: Box<dyn VirtioDevice<Mem> + Send> = match (head >> 1) & 3 {
+        0 | 1 => {
+            let two = (head >> 1) & 3 == 1;
+            let options = BlockOptions {
+                read_only: two,
+                num_queues: if two { 2 } else { 1 },
+                queue_size: qmax,
+                discard: true,
+                write_zeroes: true,
+                id: Some("fuzz".into()),
+                ..BlockOptions::default()
+            };
+            Box::new(Block::with_backend(MemoryBackend::new(DISK), options).expect("valid options"))
+        }
+        2 => Box::new(Rng::with_source(Box::new(Counter(0))).with_queue_size(qmax)),
+        _ => {
+            let (console, _output) = Console::capture();
+            let console = console.with_queue_size(qmax);
+            console_input = Some(console.input_handle());
+            Box::new(console)
+        }
+    };
+    let mut window = MmioTransport::new(version, device, mem.clone(), Arc::new(Line));
+    let legacy = version == TransportVersion::Legacy;
+
+    let w32 = |window: &mut MmioTransport<Mem>, offset: u64, value: u32| {
+        window.write(offset, &value.to_le_bytes());
+    };
+    let r32 = |window: &mut MmioTransport<Mem>, offset: u64| {
+        let mut b = [0u8; 4];
+        window.read(offset, &mut b);
+        u32::from_le_bytes(b)
+    };
+
+    for op in ops.chunks_exact(OP).take(MAX_OPS) {
+        let kind = op[0];
+        let a = u16::from_le_bytes([op[1], op[2]]);
+        let mut vb = [0u8; 8];
+        vb.copy_from_slice(&op[3..11]);
+        let v = u64::from_le_bytes(vb);
+        let x = op[11];
+        let lo = v as u32;
+        let hi = (v >> 32) as u32;
+        let half = |i: usize| u32::from(u16::from_le_bytes([vb[i], vb[i + 1]]));
+        match kind % 8 {
+            0..=2 => {
+                let offset = u64::from(a & 0x1fff);
+                let width = 1usize << (x & 3);
+                if x & 4 != 0 {
+                    window.write(offset, &vb[..width]);
+                } else {
+                    let mut buf = [0u8; 8];
+                    window.read(offset, &mut buf[..width]);
+                }
+            }
+            3 => {
+                w32(&mut window, mmio::STATUS, 0);
+                w32(&mut window, mmio::STATUS, ACKNOWLEDGE);
+                w32(&mut window, mmio::STATUS, ACKNOWLEDGE | DRIVER);
+                for page in 0..2 {
+                    w32(&mut window, mmio::DEVICE_FEATURES_SEL, page);
+                    r32(&mut window, mmio::DEVICE_FEATURES);
+                }
+                w32(&mut window, mmio::DRIVER_FEATURES_SEL, 0);
+                w32(&mut window, mmio::DRIVER_FEATURES, lo);
+                if legacy {
+                    w32(&mut window, mmio::LEGACY_GUEST_PAGE_SIZE, 1 << (x % 17));
+                } else {
+                    w32(&mut window, mmio::DRIVER_FEATURES_SEL, 1);
+                    w32(&mut window, mmio::DRIVER_FEATURES, hi);
+                    w32(
+                        &mut window,
+                        mmio::STATUS,
+                        ACKNOWLEDGE | DRIVER | FEATURES_OK,
+                    );
+                    r32(&mut window, mmio::STATUS);
+                }
+            }
+            4 => {
+                w32(&mut window, mmio::QUEUE_SEL, u32::from(a % 4));
+                r32(&mut window, mmio::QUEUE_SIZE_MAX);
+                w32(&mut window, mmio::QUEUE_SIZE, half(6));
+                if legacy {
+                    w32(&mut window, mmio::LEGACY_QUEUE_ALIGN, 1 << (x % 17));
+                    w32(&mut window, mmio::LEGACY_QUEUE_PFN, lo);
+                } else {
+                    w32(&mut window, mmio::QUEUE_DESC_LOW, half(0));
+                    w32(&mut window, mmio::QUEUE_DESC_HIGH, 0);
+                    w32(&mut window, mmio::QUEUE_DRIVER_LOW, half(2));
+                    w32(&mut window, mmio::QUEUE_DRIVER_HIGH, 0);
+                    w32(&mut window, mmio::QUEUE_DEVICE_LOW, half(4));
+                    w32(&mut window, mmio::QUEUE_DEVICE_HIGH, 0);
+                    w32(&mut window, mmio::QUEUE_READY, 1);
+                }
+            }
+            5 => {
+                let status = r32(&mut window, mmio::STATUS);
+                w32(&mut window, mmio::STATUS, status | DRIVER_OK);
+            }
+            6 => {
+                let value = if !legacy && x & 1 != 0 {
+                    lo
+                } else {
+                    u32::from(a)
+                };
+                w32(&mut window, mmio::QUEUE_NOTIFY, value);
+            }
+            _ => {
+                if x & 1 != 0 {
+                    if let Some(input) = &console_input {
+                        input.push(&vb);
+                    }
+                } else {
+                    // Two regions or one, every byte of 0..MEM is memory;
+                    // a poke that runs past the end is cut short.
+                    let _ = mem.write(&vb, GuestAddress(u64::from(a)));
+                }
+                let status = r32(&mut window, mmio::INTERRUPT_STATUS);
+                w32(&mut window, mmio::INTERRUPT_ACK, status);
+            }
+        }
+    }
+}
