@@ -9,7 +9,7 @@
 
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryError};
 use vmmio_device::queue::Descriptor;
-use vmmio_device::{DescriptorChain, InterruptCause, InterruptStatus, Queue};
+use vmmio_device::{DescriptorChain, InterruptCause, InterruptStatus, Queue, QueueError};
 
 /// The chain has a device-readable descriptor after a device-writable one
 /// (virtio v1.4 §2.7.4.2: the driver MUST place readable descriptors
@@ -273,6 +273,9 @@ pub(crate) struct Served<'a, M> {
     pub(crate) interrupt: &'a InterruptStatus,
     /// Reused chain storage, so popping does not allocate.
     pub(crate) chain: &'a mut DescriptorChain,
+    /// Rate limit of the "driver broke the queue" log line: a driver can
+    /// break a queue, reset or re-enable it and break it again at will.
+    pub(crate) broken_log: &'a mut LogLimiter,
 }
 
 impl<M: GuestMemory> Served<'_, M> {
@@ -281,8 +284,9 @@ impl<M: GuestMemory> Served<'_, M> {
     /// batch of up to `size` chains asks the queue once whether the driver
     /// wants a notification and raises at most one interrupt.
     ///
-    /// A queue error (the driver broke the ring) is logged, marks the
-    /// queue broken, ends serving it and reports DEVICE_NEEDS_RESET with a
+    /// A queue error (the driver broke the ring) is logged (at error level
+    /// [`LogLimiter::LIMIT`] times per device, then at debug level), marks
+    /// the queue broken, ends serving it and reports DEVICE_NEEDS_RESET with a
     /// configuration change notification (§2.1.2).
     pub(crate) fn serve<S>(
         self,
@@ -297,6 +301,7 @@ impl<M: GuestMemory> Served<'_, M> {
             mem,
             interrupt,
             chain,
+            broken_log,
         } = self;
         if *broken || !queue.ready() {
             return;
@@ -309,17 +314,13 @@ impl<M: GuestMemory> Served<'_, M> {
                     Ok(true) => {}
                     Ok(false) => break,
                     Err(e) => {
-                        log::error!("{name}: driver broke the queue, no longer served: {e}");
-                        *broken = true;
-                        interrupt.device_needs_reset();
+                        break_queue(name, broken_log, broken, interrupt, &e);
                         break;
                     }
                 }
                 let len = handle(state, mem, chain.descriptors());
                 if let Err(e) = queue.add_used(mem, chain.head_index(), len) {
-                    log::error!("{name}: driver broke the queue, no longer served: {e}");
-                    *broken = true;
-                    interrupt.device_needs_reset();
+                    break_queue(name, broken_log, broken, interrupt, &e);
                     break;
                 }
                 served += 1;
@@ -336,11 +337,31 @@ impl<M: GuestMemory> Served<'_, M> {
         }
         // Stopped with chains perhaps left: make the driver notify again.
         if let Err(e) = queue.enable_notification(mem) {
-            log::error!("{name}: driver broke the queue, no longer served: {e}");
-            *broken = true;
-            interrupt.device_needs_reset();
+            break_queue(name, broken_log, broken, interrupt, &e);
         }
     }
+}
+
+/// The driver broke a queue: logs `e` (at error level the first
+/// [`LogLimiter::LIMIT`] times, then at debug level), marks the queue
+/// broken and reports DEVICE_NEEDS_RESET.
+fn break_queue(
+    name: &str,
+    log: &mut LogLimiter,
+    broken: &mut bool,
+    interrupt: &InterruptStatus,
+    e: &QueueError,
+) {
+    let level = match log.level() {
+        log::Level::Warn => log::Level::Error,
+        quiet => quiet,
+    };
+    log::log!(
+        level,
+        "{name}: driver broke the queue, no longer served: {e}"
+    );
+    *broken = true;
+    interrupt.device_needs_reset();
 }
 
 #[cfg(test)]
@@ -402,5 +423,40 @@ mod tests {
         assert!(Region::new(&descs, 0, 16)
             .write_from(&mem, &[0; 16])
             .is_err());
+    }
+
+    /// A driver that breaks a queue, resets it and breaks it again gets
+    /// DEVICE_NEEDS_RESET every time, but only the first
+    /// `LogLimiter::LIMIT` breaks are logged at error level: it cannot
+    /// flood the host's log.
+    #[test]
+    fn repeated_queue_breaks_are_rate_limited() {
+        use crate::test_util::{interrupt, mem, TestRing};
+
+        let mem = mem();
+        let ring = TestRing::new(8, 0);
+        // `avail.idx` 100 with nothing consumed: more than `size` ahead.
+        mem.write_obj(100u16, GuestAddress(ring.avail + 2)).unwrap();
+        let (status, _line) = interrupt();
+        let mut log = LogLimiter::default();
+        let mut chain = DescriptorChain::new();
+        let breaks = LogLimiter::LIMIT + 4;
+        for _ in 0..breaks {
+            let mut queue = ring.queue(0);
+            let mut broken = false;
+            Served {
+                name: "test",
+                queue: &mut queue,
+                broken: &mut broken,
+                mem: &mem,
+                interrupt: &status,
+                chain: &mut chain,
+                broken_log: &mut log,
+            }
+            .serve(&mut (), |_| true, |_, _, _| 0);
+            assert!(broken, "every break is still reported");
+        }
+        assert_eq!(log.count, breaks);
+        assert_eq!(log.level(), log::Level::Debug);
     }
 }

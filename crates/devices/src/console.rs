@@ -96,6 +96,8 @@ struct Inner<M> {
     malformed: LogLimiter,
     dropped: LogLimiter,
     host_errors: LogLimiter,
+    /// Rate limit of "driver broke the queue" (both queues, across resets).
+    broken_log: LogLimiter,
 }
 
 /// A virtio console device (device ID 3) with one port.
@@ -158,6 +160,7 @@ impl<M> Console<M> {
                 malformed: LogLimiter::default(),
                 dropped: LogLimiter::default(),
                 host_errors: LogLimiter::default(),
+                broken_log: LogLimiter::default(),
             })),
             queue_max_sizes: [QUEUE_SIZE; 2],
         }
@@ -333,6 +336,7 @@ impl<M: GuestMemory> Inner<M> {
             mem: &active.mem,
             interrupt: &active.interrupt,
             chain: &mut self.chain,
+            broken_log: &mut self.broken_log,
         }
         .serve(
             &mut rx,
@@ -364,6 +368,7 @@ impl<M: GuestMemory> Inner<M> {
             mem: &active.mem,
             interrupt: &active.interrupt,
             chain: &mut self.chain,
+            broken_log: &mut self.broken_log,
         }
         .serve(
             &mut tx,

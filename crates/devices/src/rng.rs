@@ -78,6 +78,8 @@ pub struct Rng<M> {
     queue_max_sizes: [u16; 1],
     active: Option<Active<M>>,
     chain: DescriptorChain,
+    /// Rate limit of "driver broke the queue" (across resets).
+    broken_log: LogLimiter,
 }
 
 impl<M> Rng<M> {
@@ -99,6 +101,7 @@ impl<M> Rng<M> {
             queue_max_sizes: [QUEUE_SIZE],
             active: None,
             chain: DescriptorChain::new(),
+            broken_log: LogLimiter::default(),
         }
     }
 
@@ -209,6 +212,7 @@ impl<M: GuestMemory> Rng<M> {
             mem: &active.mem,
             interrupt: &active.interrupt,
             chain: &mut self.chain,
+            broken_log: &mut self.broken_log,
         }
         .serve(
             &mut self.filler,

@@ -46,7 +46,7 @@ use vmmio_device::{ActivateError, DescriptorChain, InterruptStatus, Queue, Virti
 use vmmio_spec::device_id;
 use vmmio_spec::features::{bit, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_RING_RESET};
 
-use crate::chain::Served;
+use crate::chain::{LogLimiter, Served};
 pub use backend::{Backend, FileBackend, MemoryBackend};
 use request::{features as blk, Disk, Limits, ID_BYTES, SECTOR_SIZE};
 
@@ -156,6 +156,8 @@ pub struct Block<M, B = FileBackend> {
     active: Option<Active<M>>,
     /// Chain storage reused by every pop.
     chain: DescriptorChain,
+    /// Rate limit of "driver broke the queue" (every queue, every reset).
+    broken_log: LogLimiter,
 }
 
 impl<M> Block<M, FileBackend> {
@@ -307,6 +309,7 @@ impl<M, B: Backend> Block<M, B> {
             queue_max_sizes: vec![options.queue_size; usize::from(options.num_queues)],
             active: None,
             chain: DescriptorChain::new(),
+            broken_log: LogLimiter::default(),
         })
     }
 
@@ -354,6 +357,7 @@ impl<M: GuestMemory, B: Backend> Block<M, B> {
             mem: &active.mem,
             interrupt: &active.interrupt,
             chain: &mut self.chain,
+            broken_log: &mut self.broken_log,
         }
         .serve(
             &mut self.disk,
