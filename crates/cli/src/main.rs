@@ -9,7 +9,7 @@ mod output;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -176,24 +176,11 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Runs `guest/build.sh` and returns the directory its last stdout line names.
 fn build_default_guest() -> Result<PathBuf, BoxError> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guest/build.sh");
-    eprintln!("vmmio: no --kernel given, running {}", script.display());
-    let out = Command::new("bash")
-        .arg(&script)
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-    if !out.status.success() {
-        return Err(format!("{} failed: {}", script.display(), out.status).into());
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let dir = stdout
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .ok_or("guest/build.sh printed no output directory")?;
-    Ok(PathBuf::from(dir.trim()))
+    eprintln!(
+        "vmmio: no --kernel given, using the default guest ({})",
+        vmmio_machine::guest::build_script().display()
+    );
+    Ok(vmmio_machine::guest::default_guest_dir()?)
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, BoxError> {

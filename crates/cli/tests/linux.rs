@@ -6,33 +6,12 @@
 //! build script (which builds the kernel on first use: many minutes; later runs hit its
 //! cache).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
 fn guest_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("VMMIO_GUEST_DIR") {
-        return PathBuf::from(dir);
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guest/build.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run guest/build.sh");
-    assert!(
-        out.status.success(),
-        "guest/build.sh failed: {}",
-        out.status
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .expect("guest/build.sh printed its output directory");
-    PathBuf::from(last.trim())
+    vmmio_machine::guest::default_guest_dir().expect("the default guest (guest/build.sh)")
 }
 
 /// What one `vmmio boot` run left behind.

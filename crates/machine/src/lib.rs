@@ -40,6 +40,7 @@
 mod bus;
 pub mod decode;
 mod fdt;
+pub mod guest;
 mod hart;
 pub mod layout;
 mod machine;
