@@ -12,14 +12,23 @@
 //! it must never panic and always end.
 //!
 //! Byte 0: bit 0 legacy (Version 1), bit 1 entropy instead of block.
+//!
+//! The driver's DMA memory is a small arena at low device addresses (so
+//! legacy page numbers fit 32 bits); the fake device touches nothing
+//! outside it.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::cell::Cell;
+use std::mem::size_of;
+use std::ptr::NonNull;
 use vmmio_driver::blk::Block;
 use vmmio_driver::rng::Entropy;
 use vmmio_driver::transport::{Limits, Transport};
-use vmmio_driver::{IdentityHal, RegisterIo};
+
+use vmmio_driver::{BufferDirection, Hal, RegisterIo, PAGE_SIZE};
 use vmmio_spec::split::{self, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
 use vmmio_spec::{device_id, mmio};
 
@@ -44,6 +53,7 @@ impl Q {
 }
 
 struct Dev<'a> {
+    arena: Arena,
     input: &'a [u8],
     pos: usize,
     legacy: bool,
@@ -54,19 +64,113 @@ struct Dev<'a> {
     q: [Q; 2],
 }
 
-// Reads and writes of the driver's DMA memory. IdentityHal makes device
-// addresses host pointers; the fake touches only rings the driver
-// published (forgotten at reset, QueueReady 0 or QueuePFN 0, before the
-// driver may free them) and the buffers its descriptors name.
-fn rd<T: Copy>(addr: u64) -> T {
-    // SAFETY: see above: `addr` lies in memory the driver handed to the
-    // device and keeps alive while the queue is live.
-    unsafe { core::ptr::read_unaligned(addr as usize as *const T) }
+/// Pages of the DMA arena.
+const ARENA_PAGES: usize = 64;
+/// Device address of the arena's first byte: low enough for legacy
+/// 32-bit page numbers.
+const ARENA_BASE: u64 = 0x10_0000;
+
+/// The driver's DMA memory: a bump arena of `ARENA_PAGES` zeroed pages at
+/// device address `ARENA_BASE`, freed only when the run ends, so that the
+/// fake device's accesses (bounds-checked against it) never touch freed or
+/// foreign memory whatever the driver does. Owned by the run
+/// ([`ArenaOwner`]); the driver and the fake hold `Arena` handles, which
+/// the run outlives (a `Dma` the driver leaks on purpose keeps a dangling
+/// handle it never uses).
+#[derive(Clone)]
+struct Arena(NonNull<ArenaOwner>);
+
+struct ArenaOwner {
+    mem: NonNull<u8>,
+    next: Cell<usize>,
 }
 
-fn wr<T: Copy>(addr: u64, v: T) {
-    // SAFETY: as for `rd`.
-    unsafe { core::ptr::write_unaligned(addr as usize as *mut T, v) }
+impl ArenaOwner {
+    fn layout() -> Layout {
+        Layout::from_size_align(ARENA_PAGES * PAGE_SIZE, PAGE_SIZE).expect("arena layout")
+    }
+
+    fn new() -> Box<Self> {
+        // SAFETY: the layout has a non-zero size.
+        let mem = NonNull::new(unsafe { alloc_zeroed(Self::layout()) }).expect("arena");
+        Box::new(Self {
+            mem,
+            next: Cell::new(0),
+        })
+    }
+
+    fn handle(&self) -> Arena {
+        Arena(NonNull::from(self))
+    }
+}
+
+impl Drop for ArenaOwner {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `ArenaOwner::new` with this layout.
+        unsafe { dealloc(self.mem.as_ptr(), Self::layout()) }
+    }
+}
+
+impl Arena {
+    fn owner(&self) -> &ArenaOwner {
+        // SAFETY: the run's `ArenaOwner` outlives every handle that is used
+        // (see `Arena`).
+        unsafe { self.0.as_ref() }
+    }
+
+    /// Host pointer of the `len` bytes at device address `addr`, if they
+    /// lie inside the arena.
+    fn host(&self, addr: u64, len: usize) -> Option<*mut u8> {
+        let off = usize::try_from(addr.checked_sub(ARENA_BASE)?).ok()?;
+        (off.checked_add(len)? <= ARENA_PAGES * PAGE_SIZE)
+            // SAFETY: `off + len` is inside the allocation.
+            .then(|| unsafe { self.owner().mem.as_ptr().add(off) })
+    }
+
+    fn rd<T: Copy + Default>(&self, addr: u64) -> T {
+        match self.host(addr, size_of::<T>()) {
+            // SAFETY: inside the live arena (`host`); any bit pattern is a
+            // valid integer.
+            Some(p) => unsafe { core::ptr::read_unaligned(p as *const T) },
+            None => T::default(),
+        }
+    }
+
+    fn wr<T: Copy>(&self, addr: u64, v: T) {
+        if let Some(p) = self.host(addr, size_of::<T>()) {
+            // SAFETY: inside the live arena (`host`).
+            unsafe { core::ptr::write_unaligned(p as *mut T, v) }
+        }
+    }
+}
+
+// SAFETY: `dma_alloc` hands out disjoint, page-aligned, zeroed pages of
+// the arena, which stays allocated while any clone lives; the device
+// address is `ARENA_BASE` plus the page offset, which is where the fake
+// device (`Arena::host`) finds them. Nothing is ever shared.
+unsafe impl Hal for Arena {
+    fn dma_alloc(&self, pages: usize) -> Option<(u64, NonNull<u8>)> {
+        let owner = self.owner();
+        let start = owner.next.get();
+        let end = start.checked_add(pages.max(1))?;
+        if end > ARENA_PAGES {
+            return None;
+        }
+        owner.next.set(end);
+        let paddr = ARENA_BASE + u64::try_from(start * PAGE_SIZE).ok()?;
+        // SAFETY: `start < ARENA_PAGES`: inside the allocation.
+        let vaddr = unsafe { owner.mem.add(start * PAGE_SIZE) };
+        Some((paddr, vaddr))
+    }
+
+    // A bump arena: pages come back when the run ends.
+    unsafe fn dma_dealloc(&self, _paddr: u64, _vaddr: NonNull<u8>, _pages: usize) {}
+
+    unsafe fn share(&self, _buffer: NonNull<[u8]>, _direction: BufferDirection) -> Option<u64> {
+        None
+    }
+
+    unsafe fn unshare(&self, _paddr: u64, _buffer: NonNull<[u8]>, _direction: BufferDirection) {}
 }
 
 impl Dev<'_> {
@@ -119,11 +223,11 @@ impl Dev<'_> {
         };
         for _ in 0..count {
             let mask = q.size - 1;
-            let avail_idx = u16::from_le(rd::<u16>(q.driver + 2));
+            let avail_idx = u16::from_le(self.arena.rd::<u16>(q.driver + 2));
             let head = (avail_idx != q.next_avail).then(|| {
                 let at = q.driver + split::avail::ring(q.next_avail & mask);
                 q.next_avail = q.next_avail.wrapping_add(1);
-                u16::from_le(rd::<u16>(at))
+                u16::from_le(self.arena.rd::<u16>(at))
             });
             // Only chains the driver made available are walked: older
             // descriptors may name buffers it has freed since.
@@ -132,15 +236,20 @@ impl Dev<'_> {
                 _ => (self.word(), self.word()),
             };
             let slot = q.device + split::used::ring(q.used_idx & mask);
-            wr(slot, id.to_le());
-            wr(slot + 4, len.to_le());
+            self.arena.wr(slot, id.to_le());
+            self.arena.wr(slot + 4, len.to_le());
             q.used_idx = if mode & 0x80 != 0 {
                 self.word() as u16
             } else {
                 q.used_idx.wrapping_add(1)
             };
-            wr(q.device + 2, q.used_idx.to_le());
+            self.arena.wr(q.device + 2, q.used_idx.to_le());
         }
+        // As a device with EVENT_IDX: notify me at the next chain.
+        self.arena.wr(
+            q.device + split::used::avail_event(q.size),
+            q.next_avail.to_le(),
+        );
         if let Some(slot) = self.q.get_mut(index as usize) {
             *slot = q;
         }
@@ -159,10 +268,10 @@ impl Dev<'_> {
                 break;
             }
             let at = table.0 + 16 * u64::from(index);
-            let addr = u64::from_le(rd::<u64>(at));
-            let len = u32::from_le(rd::<u32>(at + 8));
-            let flags = u16::from_le(rd::<u16>(at + 12));
-            let next = u16::from_le(rd::<u16>(at + 14));
+            let addr = u64::from_le(self.arena.rd::<u64>(at));
+            let len = u32::from_le(self.arena.rd::<u32>(at + 8));
+            let flags = u16::from_le(self.arena.rd::<u16>(at + 12));
+            let next = u16::from_le(self.arena.rd::<u16>(at + 14));
             if flags & VIRTQ_DESC_F_INDIRECT != 0 && !indirect {
                 indirect = true;
                 table = (addr, len / 16);
@@ -179,7 +288,7 @@ impl Dev<'_> {
             index = next;
         }
         if let Some(status) = last {
-            wr(status, 0u8);
+            self.arena.wr(status, 0u8);
         }
         writable
     }
@@ -298,7 +407,11 @@ fuzz_target!(|data: &[u8]| {
     let Some((&head, input)) = data.split_first() else {
         return;
     };
+    // Declared first, dropped last: after the driver and the fake device.
+    let owner = ArenaOwner::new();
+    let arena = owner.handle();
     let dev = Dev {
+        arena: arena.clone(),
         input,
         pos: 0,
         legacy: head & 1 != 0,
@@ -322,12 +435,12 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if head & 2 != 0 {
-        if let Ok(mut rng) = Entropy::new(transport, IdentityHal) {
+        if let Ok(mut rng) = Entropy::new(transport, arena) {
             let mut buf = [0u8; 64];
             let _ = rng.fill(&mut buf);
             let _ = rng.read(&mut buf);
         }
-    } else if let Ok(mut blk) = Block::with_queue_size(transport, IdentityHal, 8) {
+    } else if let Ok(mut blk) = Block::with_queue_size(transport, arena, 8) {
         let mut buf = [0u8; 1024];
         let _ = blk.read_blocks(0, &mut buf);
         let _ = blk.get_id();
