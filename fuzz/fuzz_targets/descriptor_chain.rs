@@ -38,7 +38,11 @@ fuzz_target!(|data: &[u8]| {
         u16_at(&header, 0)
     };
     let (desc, avail, used) = if flags & 0x10 != 0 {
-        (u64_at(&header, 16), u64_at(&header, 24), u64_at(&header, 32))
+        (
+            u64_at(&header, 16),
+            u64_at(&header, 24),
+            u64_at(&header, 32),
+        )
     } else {
         (
             u64::from(u16_at(&header, 4)),
