@@ -168,6 +168,10 @@ impl<M> Console<M> {
 
     /// A console whose output is appended to a shared buffer, returned
     /// alongside (for tests and for hosts that show output themselves).
+    ///
+    /// The buffer has no size limit: the guest decides how much it
+    /// transmits, so a long-running host must drain it (take the bytes out
+    /// under the lock) or use [`Console::new`] with a bounded writer.
     pub fn capture() -> (Self, Arc<Mutex<Vec<u8>>>) {
         let buf = Arc::new(Mutex::new(Vec::new()));
         (Self::new(Box::new(Capture(buf.clone()))), buf)
