@@ -7,7 +7,10 @@
 //! helpers address "bytes `[skip, skip + len)` of the readable (or writable)
 //! part" without allocating, and walk at most one step per descriptor.
 
-use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryError};
+use vm_memory::bitmap::MS;
+use vm_memory::{
+    Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryError, VolatileSlice,
+};
 use vmmio_device::queue::Descriptor;
 use vmmio_device::{DescriptorChain, InterruptCause, InterruptStatus, Queue, QueueError};
 
@@ -136,8 +139,7 @@ impl<'a> Region<'a> {
     }
 
     /// The guest address of the region when it is `len` (> 0) bytes inside
-    /// one descriptor (a request header, a status byte): the case for the
-    /// fast paths of [`Region::read_into`] and [`Region::write_from`].
+    /// one descriptor (a request header, a status byte, a data buffer).
     fn single_piece(&self, len: usize) -> Option<GuestAddress> {
         if len == 0 || self.len != len as u64 {
             return None;
@@ -146,6 +148,22 @@ impl<'a> Region<'a> {
             Ok((addr, n)) if n == len => Some(addr),
             _ => None,
         }
+    }
+
+    /// The whole (non-empty) region as one slice, when it lies inside one
+    /// descriptor and one region of plain guest memory (no IOMMU): the fast
+    /// path of [`Region::read_into`], [`Region::write_from`] and the block
+    /// data transfer, one region lookup (`get_slices` costs several times
+    /// more). `None` otherwise, errors included: callers then take the
+    /// general walk, which reports them.
+    pub(crate) fn single_slice<'m, M: GuestMemory>(
+        &self,
+        mem: &'m M,
+    ) -> Option<VolatileSlice<'m, MS<'m, M::PhysicalMemory>>> {
+        let len = usize::try_from(self.len).ok()?;
+        let addr = self.single_piece(len)?;
+        let slice = mem.physical_memory()?.get_slice(addr, len).ok()?;
+        (slice.len() == len).then_some(slice)
     }
 
     /// Reads the region into `buf` (whose length must equal the region's).
@@ -159,15 +177,11 @@ impl<'a> Region<'a> {
         mem: &M,
         buf: &mut [u8],
     ) -> Result<(), GuestMemoryError> {
-        // Fast path: one descriptor in one region of plain guest memory, one
-        // region lookup (`get_slices` costs several times more). Anything
-        // else, errors included, takes the general walk.
-        if let (Some(addr), Some(phys)) = (self.single_piece(buf.len()), mem.physical_memory()) {
-            if let Ok(slice) = phys.get_slice(addr, buf.len()) {
-                if slice.len() == buf.len() {
-                    slice.copy_to(buf);
-                    return Ok(());
-                }
+        // Fast path: see `single_slice`.
+        if self.len == buf.len() as u64 {
+            if let Some(slice) = self.single_slice(mem) {
+                slice.copy_to(buf);
+                return Ok(());
             }
         }
         let mut done = 0usize;
@@ -201,12 +215,10 @@ impl<'a> Region<'a> {
         data: &[u8],
     ) -> Result<(), GuestMemoryError> {
         // Fast path as in `read_into`.
-        if let (Some(addr), Some(phys)) = (self.single_piece(data.len()), mem.physical_memory()) {
-            if let Ok(slice) = phys.get_slice(addr, data.len()) {
-                if slice.len() == data.len() {
-                    slice.copy_from(data);
-                    return Ok(());
-                }
+        if self.len == data.len() as u64 {
+            if let Some(slice) = self.single_slice(mem) {
+                slice.copy_from(data);
+                return Ok(());
             }
         }
         let mut done = 0usize;

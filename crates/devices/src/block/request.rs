@@ -8,7 +8,8 @@
 
 use std::io;
 
-use vm_memory::{GuestAddress, GuestMemory, Permissions};
+use vm_memory::bitmap::BitmapSlice;
+use vm_memory::{GuestAddress, GuestMemory, Permissions, VolatileSlice};
 use vmmio_device::queue::Descriptor;
 use vmmio_spec::features::bit;
 
@@ -316,14 +317,14 @@ impl<B: Backend> Disk<B> {
             return Outcome::status(status::IOERR);
         };
         let mut done = 0u64;
-        let result = transfer(mem, data, Permissions::Write, |slice| {
-            // `done` counts bytes inside the checked range: no overflow.
-            let r = self.backend.read_at(offset + done, slice);
-            if r.is_ok() {
-                done += slice.len() as u64;
-            }
-            r
-        });
+        let result = transfer(
+            mem,
+            data,
+            &mut self.backend,
+            offset,
+            Direction::ToGuest,
+            &mut done,
+        );
         match result {
             Ok(()) => Outcome {
                 status: status::OK,
@@ -358,11 +359,14 @@ impl<B: Backend> Disk<B> {
             return Outcome::status(status::IOERR);
         };
         let mut done = 0u64;
-        let result = transfer(mem, data, Permissions::Read, |slice| {
-            let r = self.backend.write_at(offset + done, slice);
-            done += slice.len() as u64;
-            r
-        });
+        let result = transfer(
+            mem,
+            data,
+            &mut self.backend,
+            offset,
+            Direction::FromGuest,
+            &mut done,
+        );
         match result {
             Ok(()) => Outcome::status(status::OK),
             Err(e) => {
@@ -499,33 +503,73 @@ impl<B: Backend> Disk<B> {
     }
 }
 
-/// Calls `f` on each guest-memory slice of `data`, in order, checking the
-/// access permission `access`.
+/// Which way [`transfer`] moves the data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Direction {
+    /// Backend to guest memory (IN: `read_at`, device-writable buffers).
+    ToGuest,
+    /// Guest memory to backend (OUT: `write_at`, device-readable buffers).
+    FromGuest,
+}
+
+/// Moves the data of `data` between guest memory and the backend bytes
+/// starting at `offset` (a range the caller checked), slice by slice in
+/// order, and counts in `done` the bytes moved successfully.
+///
+/// A region inside one descriptor and one memory region (the common case)
+/// takes [`Region::single_slice`]'s single-lookup fast path.
 ///
 /// # Errors
 /// A guest address outside guest memory or a region shorter than its
-/// descriptors claim gives `InvalidInput`; `f`'s error is returned as is.
-fn transfer<M, F>(mem: &M, data: Region<'_>, access: Permissions, mut f: F) -> io::Result<()>
-where
-    M: GuestMemory,
-    F: FnMut(&vm_memory::VolatileSlice<'_, vm_memory::bitmap::BS<'_, M::Bitmap>>) -> io::Result<()>,
-{
-    let mut total = 0u64;
+/// descriptors claim gives `InvalidInput`; the backend's error is returned
+/// as is.
+fn transfer<M: GuestMemory, B: Backend>(
+    mem: &M,
+    data: Region<'_>,
+    backend: &mut B,
+    offset: u64,
+    dir: Direction,
+    done: &mut u64,
+) -> io::Result<()> {
+    if let Some(slice) = data.single_slice(mem) {
+        return move_slice(backend, dir, offset, &slice, done);
+    }
+    let access = match dir {
+        Direction::ToGuest => Permissions::Write,
+        Direction::FromGuest => Permissions::Read,
+    };
     for piece in data.pieces() {
         let (addr, len): (GuestAddress, usize) = piece.map_err(bad_guest)?;
         let slices = mem.get_slices(addr, len, access).map_err(bad_guest)?;
         for slice in slices {
             let slice = slice.map_err(bad_guest)?;
-            f(&slice)?;
-            total = total.saturating_add(slice.len() as u64);
+            // `done` counts bytes inside the checked range: no overflow.
+            move_slice(backend, dir, offset + *done, &slice, done)?;
         }
     }
-    if total != data.len() {
+    if *done != data.len() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "descriptor chain shorter than its data",
         ));
     }
+    Ok(())
+}
+
+/// Moves one slice between guest memory and the backend at `at`; on
+/// success adds its length to `done`.
+fn move_slice<B: Backend, S: BitmapSlice>(
+    backend: &mut B,
+    dir: Direction,
+    at: u64,
+    slice: &VolatileSlice<'_, S>,
+    done: &mut u64,
+) -> io::Result<()> {
+    match dir {
+        Direction::ToGuest => backend.read_at(at, slice)?,
+        Direction::FromGuest => backend.write_at(at, slice)?,
+    }
+    *done += slice.len() as u64;
     Ok(())
 }
 
