@@ -9,7 +9,8 @@
 
 use vm_memory::bitmap::MS;
 use vm_memory::{
-    Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryError, VolatileSlice,
+    ByteValued, Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryError,
+    VolatileMemory, VolatileSlice,
 };
 use vmmio_device::queue::Descriptor;
 use vmmio_device::{DescriptorChain, InterruptCause, InterruptStatus, Queue, QueueError};
@@ -144,10 +145,22 @@ impl<'a> Region<'a> {
         if len == 0 || self.len != len as u64 {
             return None;
         }
-        match self.pieces().next()? {
-            Ok((addr, n)) if n == len => Some(addr),
-            _ => None,
+        // As `pieces().next()`, without the iterator: the descriptor the
+        // region starts in must hold all of it, and must not wrap.
+        let mut skip = self.skip;
+        for d in self.descs {
+            let dlen = u64::from(d.len);
+            if skip < dlen {
+                if dlen - skip < self.len {
+                    return None;
+                }
+                let addr = d.addr.0.checked_add(skip)?;
+                addr.checked_add(self.len)?;
+                return Some(GuestAddress(addr));
+            }
+            skip -= dlen;
         }
+        None
     }
 
     /// The whole (non-empty) region as one slice, when it lies inside one
@@ -164,6 +177,53 @@ impl<'a> Region<'a> {
         let addr = self.single_piece(len)?;
         let slice = mem.physical_memory()?.get_slice(addr, len).ok()?;
         (slice.len() == len).then_some(slice)
+    }
+
+    /// Reads the region, which must be `N` bytes long, as an array (a
+    /// request header, a segment). In one descriptor and one memory region
+    /// that is one volatile load; otherwise as [`Region::read_into`].
+    ///
+    /// # Errors
+    /// As [`Region::read_into`].
+    pub(crate) fn read_array<const N: usize, M: GuestMemory>(
+        &self,
+        mem: &M,
+    ) -> Result<[u8; N], GuestMemoryError>
+    where
+        [u8; N]: ByteValued,
+    {
+        if self.len == N as u64 {
+            if let Some(slice) = self.single_slice(mem) {
+                if let Ok(r) = slice.get_ref::<[u8; N]>(0) {
+                    return Ok(r.load());
+                }
+            }
+        }
+        let mut buf = [0u8; N];
+        self.read_into(mem, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Writes `v` to the region, which must be one byte long (a status
+    /// byte): one volatile store in the common case, else as
+    /// [`Region::write_from`].
+    ///
+    /// # Errors
+    /// As [`Region::write_from`].
+    pub(crate) fn write_byte<M: GuestMemory>(
+        &self,
+        mem: &M,
+        v: u8,
+    ) -> Result<(), GuestMemoryError> {
+        if self.len == 1 {
+            if let Some(slice) = self.single_slice(mem) {
+                if let Ok(r) = slice.get_ref::<u8>(0) {
+                    r.store(v);
+                    return Ok(());
+                }
+            }
+        }
+        self.write_from(mem, &[v])
     }
 
     /// Reads the region into `buf` (whose length must equal the region's).

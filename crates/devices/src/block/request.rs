@@ -219,7 +219,7 @@ impl<B: Backend> Disk<B> {
             self.execute(mem, &layout, status_at, features)
         };
         let status_region = Region::new(layout.writable, status_at, 1);
-        if let Err(e) = status_region.write_from(mem, &[outcome.status]) {
+        if let Err(e) = status_region.write_byte(mem, outcome.status) {
             log::log!(
                 self.faults.malformed.level(),
                 "virtio-blk: cannot write the status byte: {e}"
@@ -237,14 +237,17 @@ impl<B: Backend> Disk<B> {
         status_at: u64,
         features: u64,
     ) -> Outcome {
-        let mut header = [0u8; HEADER_SIZE as usize];
-        if let Err(e) = Region::new(layout.readable, 0, HEADER_SIZE).read_into(mem, &mut header) {
-            log::log!(
-                self.faults.malformed.level(),
-                "virtio-blk: cannot read the request header: {e}"
-            );
-            return Outcome::status(status::IOERR);
-        }
+        let header: [u8; HEADER_SIZE as usize] =
+            match Region::new(layout.readable, 0, HEADER_SIZE).read_array(mem) {
+                Ok(header) => header,
+                Err(e) => {
+                    log::log!(
+                        self.faults.malformed.level(),
+                        "virtio-blk: cannot read the request header: {e}"
+                    );
+                    return Outcome::status(status::IOERR);
+                }
+            };
         let [t0, t1, t2, t3, _, _, _, _, s0, s1, s2, s3, s4, s5, s6, s7] = header;
         let req_type = u32::from_le_bytes([t0, t1, t2, t3]);
         let sector = u64::from_le_bytes([s0, s1, s2, s3, s4, s5, s6, s7]);
