@@ -46,29 +46,31 @@ impl<'a> ChainLayout<'a> {
     /// [`ReadableAfterWritable`] when a readable descriptor follows a
     /// writable one.
     pub(crate) fn split(descs: &'a [Descriptor]) -> Result<Self, ReadableAfterWritable> {
-        let first_writable = descs.iter().position(|d| d.writable).unwrap_or(descs.len());
-        let (readable, writable) = descs.split_at(first_writable);
-        if let Some(pos) = writable.iter().position(|d| !d.writable) {
-            return Err(ReadableAfterWritable {
-                index: first_writable + pos,
-            });
+        // One pass: the first writable descriptor and the lengths. The sums
+        // cannot overflow (at most `usize::MAX` descriptors of at most
+        // `u32::MAX` bytes each would need more than 2^96 bytes);
+        // saturating keeps them total anyway.
+        let mut first_writable = None;
+        let (mut readable_len, mut writable_len) = (0u64, 0u64);
+        for (index, d) in descs.iter().enumerate() {
+            let len = u64::from(d.len);
+            if d.writable {
+                first_writable.get_or_insert(index);
+                writable_len = writable_len.saturating_add(len);
+            } else if first_writable.is_some() {
+                return Err(ReadableAfterWritable { index });
+            } else {
+                readable_len = readable_len.saturating_add(len);
+            }
         }
+        let (readable, writable) = descs.split_at(first_writable.unwrap_or(descs.len()));
         Ok(Self {
             readable,
             writable,
-            readable_len: total_len(readable),
-            writable_len: total_len(writable),
+            readable_len,
+            writable_len,
         })
     }
-}
-
-/// Sum of the descriptor lengths in bytes. Cannot overflow: at most
-/// `usize::MAX` descriptors of at most `u32::MAX` bytes each would need more
-/// than 2^96 bytes; saturating keeps it total anyway.
-fn total_len(descs: &[Descriptor]) -> u64 {
-    descs
-        .iter()
-        .fold(0u64, |acc, d| acc.saturating_add(u64::from(d.len)))
 }
 
 /// Bytes `[skip, skip + len)` of the concatenated buffers of `descs`.
