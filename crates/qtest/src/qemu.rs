@@ -189,15 +189,17 @@ pub struct QemuBuilder {
 
 impl QemuBuilder {
     /// A machine in `mode` with no devices, 64 MiB of RAM, QEMU's default
-    /// ring features, 10 s to start and 10 s per qtest answer.
+    /// ring features, 60 s to start and 30 s per qtest answer (generous:
+    /// tests run QEMUs in parallel on small, shared CI machines; a healthy
+    /// QEMU starts in about 0.1 s).
     pub fn new(mode: Mode) -> Self {
         Self {
             mode,
             devices: Vec::new(),
             ring: RingFeatures::default(),
             ram_bytes: 64 << 20,
-            start_timeout: Duration::from_secs(10),
-            reply_timeout: Duration::from_secs(10),
+            start_timeout: Duration::from_secs(60),
+            reply_timeout: Duration::from_secs(30),
             binary: QEMU_BINARY.to_owned(),
         }
     }

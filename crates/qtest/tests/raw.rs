@@ -131,7 +131,7 @@ fn entropy_request_by_hand_completes() {
             .expect("avail idx");
         writel(&qemu, reg(mmio::QUEUE_NOTIFY), 0);
 
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(30);
         while ram.read_u16(used + 2).expect("used idx") != 1 {
             assert!(Instant::now() < deadline, "{mode:?}: no used buffer");
             std::thread::sleep(Duration::from_millis(1));
