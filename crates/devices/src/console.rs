@@ -39,17 +39,8 @@ use vmmio_spec::features::{bit, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRT
 
 use crate::chain::{ChainLayout, LogLimiter, Region, Served};
 
-/// `VIRTIO_CONSOLE_F_SIZE` (bit 0): `cols` and `rows` are valid.
-pub const F_SIZE: u32 = 0;
-/// `VIRTIO_CONSOLE_F_MULTIPORT` (bit 1): not offered by this device.
-pub const F_MULTIPORT: u32 = 1;
-/// `VIRTIO_CONSOLE_F_EMERG_WRITE` (bit 2): `emerg_wr` is valid.
-pub const F_EMERG_WRITE: u32 = 2;
+pub use vmmio_spec::console::{F_EMERG_WRITE, F_MULTIPORT, F_SIZE, RECEIVEQ, TRANSMITQ};
 
-/// Index of `receiveq0` (host to guest).
-pub const RECEIVEQ: u16 = 0;
-/// Index of `transmitq0` (guest to host).
-pub const TRANSMITQ: u16 = 1;
 /// `QueueSizeMax` of both queues, in descriptors.
 pub const QUEUE_SIZE: u16 = 256;
 

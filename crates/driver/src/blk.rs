@@ -16,34 +16,21 @@ use crate::transport::{Transport, Version};
 /// Sector size in bytes: the unit of `capacity` and of request positions,
 /// whatever `blk_size` says (virtio v1.4 §5.2.5).
 pub const SECTOR_SIZE: usize = 512;
-/// Length in bytes of a device ID string (`VIRTIO_BLK_T_GET_ID`).
-pub const ID_BYTES: usize = 20;
+pub use vmmio_spec::blk::ID_BYTES;
 /// Largest data transfer of one request, in bytes; longer reads and writes
 /// are split (128 KiB).
 pub const MAX_TRANSFER: usize = 128 * 1024;
 
-/// Feature bit: the device is read-only.
-pub const VIRTIO_BLK_F_RO: u32 = 5;
-/// Feature bit: `blk_size` is valid.
-pub const VIRTIO_BLK_F_BLK_SIZE: u32 = 6;
-/// Feature bit: the device supports `VIRTIO_BLK_T_FLUSH`.
-pub const VIRTIO_BLK_F_FLUSH: u32 = 9;
-
-/// Request type: read.
-pub const VIRTIO_BLK_T_IN: u32 = 0;
-/// Request type: write.
-pub const VIRTIO_BLK_T_OUT: u32 = 1;
-/// Request type: flush.
-pub const VIRTIO_BLK_T_FLUSH: u32 = 4;
-/// Request type: get the device ID string.
-pub const VIRTIO_BLK_T_GET_ID: u32 = 8;
-
-/// Request status: success.
-pub const VIRTIO_BLK_S_OK: u8 = 0;
-/// Request status: device or driver error.
-pub const VIRTIO_BLK_S_IOERR: u8 = 1;
-/// Request status: unsupported request.
-pub const VIRTIO_BLK_S_UNSUPP: u8 = 2;
+pub use vmmio_spec::blk::features::{
+    BLK_SIZE as VIRTIO_BLK_F_BLK_SIZE, FLUSH as VIRTIO_BLK_F_FLUSH, RO as VIRTIO_BLK_F_RO,
+};
+pub use vmmio_spec::blk::status::{
+    IOERR as VIRTIO_BLK_S_IOERR, OK as VIRTIO_BLK_S_OK, UNSUPP as VIRTIO_BLK_S_UNSUPP,
+};
+pub use vmmio_spec::blk::types::{
+    FLUSH as VIRTIO_BLK_T_FLUSH, GET_ID as VIRTIO_BLK_T_GET_ID, IN as VIRTIO_BLK_T_IN,
+    OUT as VIRTIO_BLK_T_OUT,
+};
 
 /// Config offset of `capacity` (le64, in 512-byte sectors).
 const CFG_CAPACITY: u64 = 0;

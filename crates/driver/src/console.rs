@@ -15,12 +15,7 @@ use crate::io::RegisterIo;
 use crate::queue::{Segment, VirtQueue};
 use crate::transport::{InterruptEvents, Transport};
 
-/// Feature bit: `cols` and `rows` are valid.
-pub const VIRTIO_CONSOLE_F_SIZE: u32 = 0;
-/// Queue index of receiveq(port0).
-pub const RECEIVEQ: u16 = 0;
-/// Queue index of transmitq(port0).
-pub const TRANSMITQ: u16 = 1;
+pub use vmmio_spec::console::{F_SIZE as VIRTIO_CONSOLE_F_SIZE, RECEIVEQ, TRANSMITQ};
 /// Receive buffers kept posted (at most the queue size).
 pub const RX_BUFFERS: usize = 8;
 /// Bytes per receive buffer.

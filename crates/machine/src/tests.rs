@@ -11,9 +11,9 @@ use crate::hart::{cause, csr, sstatus, Privilege, SEIP, SSIP, STIP};
 use crate::layout::RAM_BASE;
 use crate::{ExitReason, Machine, MachineConfig, MmioDevice};
 
-/// Console capture.
+/// Console capture (also used by the UART's tests).
 #[derive(Clone, Default)]
-struct Sink(Arc<Mutex<Vec<u8>>>);
+pub(crate) struct Sink(pub(crate) Arc<Mutex<Vec<u8>>>);
 impl Write for Sink {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.0.lock().unwrap().extend_from_slice(buf);

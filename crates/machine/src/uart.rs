@@ -244,17 +244,7 @@ mod tests {
     use super::*;
     use crate::plic::IrqShared;
 
-    #[derive(Clone, Default)]
-    struct Sink(Arc<Mutex<Vec<u8>>>);
-    impl Write for Sink {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::tests::Sink;
 
     fn uart() -> (Uart, Sink, IrqLine) {
         let sink = Sink::default();

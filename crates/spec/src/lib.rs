@@ -9,6 +9,8 @@
 //! - [`status`]: the device status bits of section 2.1;
 //! - [`features`]: the reserved (transport) feature bits of chapter 6;
 //! - [`device_id`]: the device IDs of chapter 5;
+//! - [`blk`]: block request layout, types, status values and feature bits
+//!   (§5.2); [`console`]: console feature bits and port-0 queues (§5.3);
 //! - [`split`] and [`packed`]: ring layouts of sections 2.7 and 2.8 as
 //!   `#[repr(C)]` little-endian types;
 //! - [`notification`]: the notification-data layout of section 2.9;
@@ -16,6 +18,8 @@
 #![no_std]
 #![deny(missing_docs)]
 
+pub mod blk;
+pub mod console;
 pub mod device_id;
 pub mod features;
 pub mod le;

@@ -16,95 +16,9 @@ use vmmio_spec::features::bit;
 use super::backend::Backend;
 use crate::chain::{ChainLayout, LogLimiter, Region};
 
-/// Sector size in bytes: the unit of `sector`, `capacity` and the data
-/// length of IN/OUT requests whatever `blk_size` says (virtio v1.4 §5.2.5).
-pub const SECTOR_SIZE: u64 = 512;
-
-/// Size of `struct virtio_blk_req`'s header (`type`, `reserved`, `sector`)
-/// in bytes.
-pub const HEADER_SIZE: u64 = 16;
-
-/// Length of the device ID string of `VIRTIO_BLK_T_GET_ID` in bytes.
-pub const ID_BYTES: usize = 20;
-
-/// Size of one `struct virtio_blk_discard_write_zeroes` segment in bytes.
-pub const SEGMENT_SIZE: u64 = 16;
-
-/// Request types (`type` field of the header, virtio v1.4 §5.2.6).
-pub mod types {
-    /// Read sectors into the writable data.
-    pub const IN: u32 = 0;
-    /// Write the readable data to sectors.
-    pub const OUT: u32 = 1;
-    /// Make completed writes durable.
-    pub const FLUSH: u32 = 4;
-    /// Fetch the 20-byte device ID string.
-    pub const GET_ID: u32 = 8;
-    /// Fetch storage lifetime metrics (not supported here).
-    pub const GET_LIFETIME: u32 = 10;
-    /// Discard sector ranges.
-    pub const DISCARD: u32 = 11;
-    /// Zero sector ranges.
-    pub const WRITE_ZEROES: u32 = 13;
-    /// Securely erase sector ranges (not supported here).
-    pub const SECURE_ERASE: u32 = 14;
-    /// Zoned: append (not supported here).
-    pub const ZONE_APPEND: u32 = 15;
-    /// Zoned: report zones (not supported here).
-    pub const ZONE_REPORT: u32 = 16;
-    /// Zoned: open a zone (not supported here).
-    pub const ZONE_OPEN: u32 = 18;
-    /// Zoned: close a zone (not supported here).
-    pub const ZONE_CLOSE: u32 = 20;
-    /// Zoned: finish a zone (not supported here).
-    pub const ZONE_FINISH: u32 = 22;
-    /// Zoned: reset a zone (not supported here).
-    pub const ZONE_RESET: u32 = 24;
-    /// Zoned: reset all zones (not supported here).
-    pub const ZONE_RESET_ALL: u32 = 26;
-}
-
-/// Status values (the last byte of every request, virtio v1.4 §5.2.6).
-pub mod status {
-    /// Success.
-    pub const OK: u8 = 0;
-    /// Device or driver error.
-    pub const IOERR: u8 = 1;
-    /// Request type (or flag) not supported.
-    pub const UNSUPP: u8 = 2;
-}
-
-/// Block feature bit numbers (virtio v1.4 §5.2.3).
-pub mod features {
-    /// `size_max` is valid.
-    pub const SIZE_MAX: u32 = 1;
-    /// `seg_max` is valid.
-    pub const SEG_MAX: u32 = 2;
-    /// `geometry` is valid.
-    pub const GEOMETRY: u32 = 4;
-    /// The device is read-only.
-    pub const RO: u32 = 5;
-    /// `blk_size` is valid.
-    pub const BLK_SIZE: u32 = 6;
-    /// `VIRTIO_BLK_T_FLUSH` is supported.
-    pub const FLUSH: u32 = 9;
-    /// `topology` is valid.
-    pub const TOPOLOGY: u32 = 10;
-    /// `writeback` can be toggled.
-    pub const CONFIG_WCE: u32 = 11;
-    /// Several request queues; `num_queues` is valid.
-    pub const MQ: u32 = 12;
-    /// `VIRTIO_BLK_T_DISCARD` is supported.
-    pub const DISCARD: u32 = 13;
-    /// `VIRTIO_BLK_T_WRITE_ZEROES` is supported.
-    pub const WRITE_ZEROES: u32 = 14;
-    /// `VIRTIO_BLK_T_GET_LIFETIME` is supported.
-    pub const LIFETIME: u32 = 15;
-    /// `VIRTIO_BLK_T_SECURE_ERASE` is supported.
-    pub const SECURE_ERASE: u32 = 16;
-    /// Zoned block device.
-    pub const ZONED: u32 = 17;
-}
+pub use vmmio_spec::blk::{
+    features, status, types, HEADER_SIZE, ID_BYTES, SECTOR_SIZE, SEGMENT_SIZE,
+};
 
 /// Bit 0 of a segment's `flags`: unmap (write zeroes only).
 const FLAG_UNMAP: u32 = 1;
