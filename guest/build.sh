@@ -11,6 +11,8 @@
 # Output: $cache/<key>/{Image,initramfs.cpio,init,config,build.log,inputs}
 # where <key> is the sha256 of every input (this script, kernel.config,
 # init.c, the linux-source-6.1 package version, the cross gcc version).
+# The kernel alone is cached in $cache/kernel-<kernel key> (every input but
+# init.c), so editing init.c rebuilds only the init and the initramfs.
 # Everything but the final path goes to stderr.
 set -euo pipefail
 
@@ -61,17 +63,25 @@ fi
 # ---------------------------------------------------------------------------
 KSRC_VERSION=$(dpkg-query -W -f='${Version}' linux-source-6.1)
 GCC_VERSION=$(${CROSS}gcc --version | head -n1)
-INPUTS=$(
+# The kernel is keyed by everything but init.c, so a change to the init
+# rebuilds only the initramfs (seconds), not the kernel (minutes).
+KERNEL_INPUTS=$(
 	printf 'build.sh %s\n' "$(sha256sum <"$SELF" | cut -d' ' -f1)"
 	printf 'kernel.config %s\n' "$(sha256sum <"$FRAGMENT" | cut -d' ' -f1)"
-	printf 'init.c %s\n' "$(sha256sum <"$INIT_C" | cut -d' ' -f1)"
 	printf 'linux-source-6.1 %s\n' "$KSRC_VERSION"
 	printf 'gcc %s\n' "$GCC_VERSION"
+)
+KERNEL_KEY=$(printf '%s\n' "$KERNEL_INPUTS" | sha256sum | cut -d' ' -f1)
+KOUT="$CACHE_ROOT/kernel-$KERNEL_KEY"
+INPUTS=$(
+	printf '%s\n' "$KERNEL_INPUTS"
+	printf 'init.c %s\n' "$(sha256sum <"$INIT_C" | cut -d' ' -f1)"
 )
 KEY=$(printf '%s\n' "$INPUTS" | sha256sum | cut -d' ' -f1)
 OUT="$CACHE_ROOT/$KEY"
 
 done_already() { [ -f "$OUT/Image" ] && [ -f "$OUT/initramfs.cpio" ]; }
+kernel_done() { [ -f "$KOUT/Image" ] && [ -d "$KOUT/nolibc" ]; }
 
 if done_already; then
 	log "cached: $OUT"
@@ -80,10 +90,11 @@ if done_already; then
 fi
 
 mkdir -p "$CACHE_ROOT"
-# One builder per key; a second caller waits here, then finds the result.
-exec 9>"$CACHE_ROOT/$KEY.lock"
+# One builder at a time (the kernel build is shared between keys); a second
+# caller waits here, then finds the result.
+exec 9>"$CACHE_ROOT/build.lock"
 if ! flock -n 9; then
-	log "another build of $KEY is running, waiting for its lock"
+	log "another guest build is running, waiting for its lock"
 	flock 9
 fi
 if done_already; then
@@ -150,9 +161,14 @@ check_isa() {
 # ---------------------------------------------------------------------------
 # 3. Kernel
 # ---------------------------------------------------------------------------
+if kernel_done; then
+	log "[1-3/5] kernel cached: $KOUT"
+else
+KWORK="$WORK/kernel"
+mkdir -p "$KWORK"
 log "[1/5] extracting $KSRC_TARBALL ($KSRC_VERSION)"
-tar -C "$WORK" -xf "$KSRC_TARBALL"
-KDIR="$WORK/linux-source-6.1"
+tar -C "$KWORK" -xf "$KSRC_TARBALL"
+KDIR="$KWORK/linux-source-6.1"
 [ -d "$KDIR" ] || die "unexpected tarball layout (no linux-source-6.1/)"
 KMAKE=(make -C "$KDIR" ARCH=riscv CROSS_COMPILE=$CROSS)
 
@@ -184,7 +200,7 @@ while IFS= read -r line; do
 	esac
 done <"$FRAGMENT"
 [ $bad -eq 0 ] || die "kernel config check failed (see above)"
-cp "$KDIR/.config" "$WORK/config"
+cp "$KDIR/.config" "$KWORK/config"
 log "config OK: $(grep -c '^CONFIG_.*=y' "$FRAGMENT") wanted options are =y"
 
 log "[3/5] building Image with -j$JOBS (a few minutes; log: build.log)"
@@ -199,15 +215,26 @@ elif ! "${KMAKE[@]}" -j"$JOBS" Image 2>&1 | tee -a "$BUILD_LOG" |
 	tail -n 40 "$BUILD_LOG" >&2
 	exit 1
 fi
-cp "$KDIR/arch/riscv/boot/Image" "$WORK/Image"
+cp "$KDIR/arch/riscv/boot/Image" "$KWORK/Image"
 check_isa "$KDIR/vmlinux" kernel || die "vmlinux contains compressed or floating-point instructions"
-log "Image: $(stat -c %s "$WORK/Image") bytes, built in $(($(date +%s) - KSTART)) s"
+log "Image: $(stat -c %s "$KWORK/Image") bytes, built in $(($(date +%s) - KSTART)) s"
+
+# init.c is compiled against the kernel tree's nolibc: keep it with the kernel.
+mkdir -p "$KWORK/nolibc"
+cp -a "$KDIR/tools/include/nolibc/." "$KWORK/nolibc/"
+cp "$BUILD_LOG" "$KWORK/build.log"
+printf '%s\n' "$KERNEL_INPUTS" >"$KWORK/inputs"
+rm -rf "$KDIR" "$KOUT"
+mv -T "$KWORK" "$KOUT"
+fi
+cp "$KOUT/Image" "$WORK/Image"
+cp "$KOUT/config" "$WORK/config"
 
 # ---------------------------------------------------------------------------
 # 4. init (nolibc, RV64IMA only)
 # ---------------------------------------------------------------------------
 log "[4/5] building init with nolibc"
-NOLIBC="$KDIR/tools/include/nolibc"
+NOLIBC="$KOUT/nolibc"
 run ${CROSS}gcc -static -nostdlib -ffreestanding -fno-stack-protector \
 	-fno-asynchronous-unwind-tables -fno-pic -no-pie \
 	-march=rv64ima -mabi=lp64 -Os -Wall -Wextra -Werror \
@@ -237,7 +264,7 @@ log "initramfs.cpio: $(stat -c %s "$WORK/initramfs.cpio") bytes"
 # ---------------------------------------------------------------------------
 # Publish atomically: only a complete directory ever appears at $OUT.
 # ---------------------------------------------------------------------------
-rm -rf "$KDIR" "$ROOT"
+rm -rf "$ROOT"
 rm -rf "$OUT" # a stale partial directory from an older script version
 chmod 0755 "$WORK"
 mv -T "$WORK" "$OUT"

@@ -22,6 +22,21 @@ if [ "${#missing[@]}" -eq 0 ]; then
     exit 0
 fi
 
+# archive_uri SUITE: the URI of the first enabled Debian source of the host
+# (deb822 .sources or one-line sources.list) that serves SUITE.
+archive_uri() {
+    local suite=$1
+    {
+        cat /etc/apt/sources.list.d/*.sources 2>/dev/null | awk -v want="$suite" '
+            /^[ \t]*$/ { if (uri != "" && hit) { print uri; exit } uri = ""; hit = 0; next }
+            /^URIs:/ { uri = $2 }
+            /^Suites:/ { for (i = 2; i <= NF; i++) if ($i == want) hit = 1 }
+            END { if (uri != "" && hit) print uri }'
+        cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null |
+            awk -v want="$suite" '$1 == "deb" { sub(/\[[^]]*\][ \t]*/, ""); if ($3 == want) print $2 }'
+    } | head -n 1
+}
+
 echo "install-deps: installing ${missing[*]}" >&2
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
@@ -33,10 +48,17 @@ $sudo apt-get update -q >&2
 # is a package source and take the emulators from there.
 if ! $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >&2; then
     if ! apt-cache policy 2>/dev/null | grep -q bookworm-backports; then
-        echo "install-deps: adding the bookworm-backports package source" >&2
+        # The archive is whatever the host already uses for bookworm: its
+        # URI is read from the host's own apt sources, never written here.
+        uri=$(archive_uri bookworm)
+        if [ -z "$uri" ]; then
+            echo "install-deps: no apt source for bookworm found to derive bookworm-backports from" >&2
+            exit 1
+        fi
+        echo "install-deps: adding bookworm-backports from the host's bookworm archive" >&2
         printf '%s\n' \
             'Types: deb' \
-            'URIs: http://deb.debian.org/debian' \
+            "URIs: $uri" \
             'Suites: bookworm-backports' \
             'Components: main' \
             'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' |
