@@ -7,6 +7,8 @@
 //! ([`VirtioDevice::activate`]); from then on the transport forwards queue
 //! notifications ([`VirtioDevice::queue_notify`]) until a reset.
 
+use std::os::fd::RawFd;
+
 use vm_memory::GuestMemory;
 use vmmio_spec::notification::NotificationData;
 
@@ -23,6 +25,28 @@ pub struct SharedMemoryRegion {
     pub base: u64,
     /// Length in bytes.
     pub len: u64,
+}
+
+/// A host-side file descriptor a device waits on besides its queue
+/// notifications: a TAP device, a Unix socket, a listening socket.
+///
+/// The platform (a worker thread's epoll set, or a synchronous embedder
+/// calling [`crate::MmioTransport::poll_backends`]) waits until the fd is
+/// ready for what the flags ask and then calls
+/// [`VirtioDevice::backend_event`] with `token`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendFd {
+    /// The file descriptor; owned by the device, which keeps it open at
+    /// least until it stops listing it.
+    pub fd: RawFd,
+    /// The device's own name for this source, handed back in
+    /// [`VirtioDevice::backend_event`].
+    pub token: u64,
+    /// Wake when the fd is readable (`EPOLLIN` / `POLLIN`).
+    pub readable: bool,
+    /// Wake when the fd is writable (`EPOLLOUT` / `POLLOUT`), e.g. while
+    /// bytes wait for room in a socket's send buffer.
+    pub writable: bool,
 }
 
 /// Why a device could not start at `DRIVER_OK`. The transport answers with
@@ -109,6 +133,24 @@ pub trait VirtioDevice<M: GuestMemory>: Send {
     /// device runs. Default: ignore the queue.
     fn queue_enable(&mut self, index: u16, queue: Queue) {
         let _ = (index, queue);
+    }
+
+    /// Host-side file descriptors the device wants to be woken on while it
+    /// runs (e.g. a network backend's socket). Asked after
+    /// [`VirtioDevice::activate`] and again after every
+    /// [`VirtioDevice::queue_notify`] and [`VirtioDevice::backend_event`]:
+    /// the set may change (a vsock device adds a connection's socket, asks
+    /// for writability while it has bytes queued). Default: none.
+    fn backend_fds(&self) -> Vec<BackendFd> {
+        Vec::new()
+    }
+
+    /// The fd listed with `token` by [`VirtioDevice::backend_fds`] is ready
+    /// (or may be: a spurious call must be harmless, so read and write
+    /// non-blocking). Runs on the thread that runs the device's queues,
+    /// only between a successful `activate` and `reset`. Default: nothing.
+    fn backend_event(&mut self, token: u64) {
+        let _ = token;
     }
 
     /// Shared memory regions the device declares. Default: none.

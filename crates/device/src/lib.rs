@@ -23,7 +23,7 @@ pub mod interrupt;
 pub mod queue;
 pub mod transport;
 
-pub use device::{ActivateError, SharedMemoryRegion, VirtioDevice};
+pub use device::{ActivateError, BackendFd, SharedMemoryRegion, VirtioDevice};
 pub use interrupt::{Interrupt, InterruptCause, InterruptStatus};
 pub use queue::{DescriptorChain, Queue, QueueError};
 pub use transport::{MmioTransport, TransportVersion};

@@ -15,7 +15,9 @@
 //! `docs/conformance.md` and on the items below.
 
 use std::fmt;
+use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use log::{debug, warn};
 use vm_memory::GuestMemory;
@@ -27,7 +29,7 @@ use vmmio_spec::status::{
     SUSPEND,
 };
 
-use crate::device::{SharedMemoryRegion, VirtioDevice};
+use crate::device::{BackendFd, SharedMemoryRegion, VirtioDevice};
 use crate::interrupt::{Interrupt, InterruptCause, InterruptStatus};
 
 mod queue_regs;
@@ -342,6 +344,71 @@ impl<M: GuestMemory + Clone + Send> MmioTransport<M> {
         if self.status & DRIVER_OK != 0 {
             self.interrupt.raise(InterruptCause::ConfigChange);
         }
+    }
+
+    /// The backend file descriptors of a running device
+    /// ([`VirtioDevice::backend_fds`]); empty unless
+    /// [`MmioTransport::is_activated`].
+    pub fn backend_fds(&self) -> Vec<BackendFd> {
+        if self.activated {
+            self.device.backend_fds()
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Hands a backend readiness event to a running device
+    /// ([`VirtioDevice::backend_event`]); ignored unless
+    /// [`MmioTransport::is_activated`].
+    pub fn backend_event(&mut self, token: u64) {
+        if self.activated {
+            self.device.backend_event(token);
+        }
+    }
+
+    /// For embedders that run devices synchronously (no worker thread):
+    /// waits up to `timeout` for any of the device's backend fds to be
+    /// ready (`poll(2)`), then calls [`VirtioDevice::backend_event`] for
+    /// each ready one. Returns how many were ready; `Ok(0)` at once when
+    /// the device is not running or lists no fd.
+    ///
+    /// # Errors
+    /// The `poll(2)` error, other than `EINTR` (reported as 0 ready).
+    pub fn poll_backends(&mut self, timeout: Duration) -> io::Result<usize> {
+        let fds = self.backend_fds();
+        if fds.is_empty() {
+            return Ok(0);
+        }
+        let mut pollfds: Vec<libc::pollfd> = fds
+            .iter()
+            .map(|b| libc::pollfd {
+                fd: b.fd,
+                events: (if b.readable { libc::POLLIN } else { 0 })
+                    | (if b.writable { libc::POLLOUT } else { 0 }),
+                revents: 0,
+            })
+            .collect();
+        let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        let nfds = libc::nfds_t::try_from(pollfds.len()).unwrap_or(libc::nfds_t::MAX);
+        // SAFETY: `pollfds` is a live, writable array of `nfds` pollfd
+        // structs for the duration of the call.
+        let rc = unsafe { libc::poll(pollfds.as_mut_ptr(), nfds, timeout_ms) };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            return if err.kind() == io::ErrorKind::Interrupted {
+                Ok(0)
+            } else {
+                Err(err)
+            };
+        }
+        let mut ready = 0;
+        for (b, p) in fds.iter().zip(&pollfds) {
+            if p.revents != 0 {
+                ready += 1;
+                self.backend_event(b.token);
+            }
+        }
+        Ok(ready)
     }
 
     /// The device behind the window.

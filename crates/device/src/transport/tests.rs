@@ -2,7 +2,9 @@
 //! the statement it checks; `docs/conformance.md` maps spec statements to
 //! these names.
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use proptest::prelude::*;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
@@ -14,7 +16,7 @@ use vmmio_spec::status::{
 };
 
 use super::{MmioTransport, TransportVersion, DEFAULT_GUEST_PAGE_SIZE};
-use crate::device::{ActivateError, SharedMemoryRegion, VirtioDevice};
+use crate::device::{ActivateError, BackendFd, SharedMemoryRegion, VirtioDevice};
 use crate::interrupt::{Interrupt, InterruptCause, InterruptStatus};
 use crate::queue::Queue;
 
@@ -55,6 +57,8 @@ struct Record {
     enabled_queues: Vec<QueueView>,
     /// The `InterruptStatus` handed over at activation.
     interrupt: Option<InterruptStatus>,
+    /// Tokens of each `backend_event`.
+    backend_events: Vec<u64>,
 }
 
 struct FakeDevice {
@@ -64,6 +68,8 @@ struct FakeDevice {
     config: [u8; 8],
     shm: Vec<SharedMemoryRegion>,
     fail_activate: bool,
+    /// A readable backend fd listed with token 7.
+    backend: Option<Arc<OwnedFd>>,
     record: Arc<Mutex<Record>>,
 }
 
@@ -75,6 +81,7 @@ impl FakeDevice {
             config: [0x11, 0x22, 0x33, 0x44, 0, 0, 0, 0],
             shm: Vec::new(),
             fail_activate: false,
+            backend: None,
             record,
         }
     }
@@ -137,6 +144,20 @@ impl VirtioDevice<Mem> for FakeDevice {
     }
     fn shm_regions(&self) -> &[SharedMemoryRegion] {
         &self.shm
+    }
+    fn backend_fds(&self) -> Vec<BackendFd> {
+        self.backend
+            .iter()
+            .map(|fd| BackendFd {
+                fd: fd.as_raw_fd(),
+                token: 7,
+                readable: true,
+                writable: false,
+            })
+            .collect()
+    }
+    fn backend_event(&mut self, token: u64) {
+        self.record.lock().unwrap().backend_events.push(token);
     }
 }
 
@@ -1607,4 +1628,27 @@ fn device_reported_needs_reset_shows_in_status_until_reset() {
     h.w(mmio::STATUS, 0);
     assert_eq!(h.r(mmio::STATUS), 0);
     assert!(!interrupt.needs_reset(), "a reset clears the flag");
+}
+
+#[test]
+fn backend_events_reach_only_a_running_device() {
+    let (rx, tx) = std::io::pipe().unwrap();
+    let rx = Arc::new(OwnedFd::from(rx));
+    let mut h = harness_with(TransportVersion::Modern, |d| d.backend = Some(rx.clone()));
+    std::io::Write::write_all(&mut &tx, b"x").unwrap();
+    // Before DRIVER_OK the device lists nothing and hears nothing.
+    assert!(h.t.backend_fds().is_empty());
+    assert_eq!(h.t.poll_backends(Duration::ZERO).unwrap(), 0);
+    h.t.backend_event(7);
+    assert!(h.rec().backend_events.is_empty());
+
+    h.linux_v2_probe(u64::MAX);
+    assert_eq!(h.t.backend_fds().len(), 1);
+    assert_eq!(h.t.poll_backends(Duration::from_secs(5)).unwrap(), 1);
+    assert_eq!(h.rec().backend_events, [7]);
+
+    // After a reset the device is stopped again.
+    h.w(mmio::STATUS, 0);
+    assert_eq!(h.t.poll_backends(Duration::ZERO).unwrap(), 0);
+    assert_eq!(h.rec().backend_events, [7]);
 }
