@@ -1,6 +1,6 @@
 //! The device-role split virtqueue (virtio v1.4 §2.7 "Split Virtqueues").
 //!
-//! [`Queue`] holds what the transport's queue registers configure (size,
+//! [`SplitQueue`] holds what the transport's queue registers configure (size,
 //! the three area addresses, ready) plus the device's ring state
 //! (`next_avail`, `next_used`), and works on guest memory through any
 //! [`vm_memory::GuestMemory`] passed to each call. No host pointer into
@@ -16,12 +16,6 @@
 //! computes their three addresses from `QueuePFN` and `QueueAlign` with
 //! [`vmmio_spec::split::legacy_layout`].
 
-mod chain;
-mod error;
-mod ring;
-#[cfg(test)]
-mod tests;
-
 use std::sync::atomic::{fence, Ordering};
 
 use vm_memory::{GuestAddress, GuestMemory, Permissions};
@@ -31,62 +25,20 @@ use vmmio_spec::split::{
     VIRTQ_AVAIL_F_NO_INTERRUPT,
 };
 
-pub use chain::{Descriptor, DescriptorChain, INLINE_DESCRIPTORS, MAX_INDIRECT_DESCRIPTORS};
-pub use error::{QueueError, RingArea};
+use super::chain::DescriptorChain;
+use super::error::{QueueError, RingArea};
 
 /// Largest guest range `pop_into` resolves at once to cover both the
-/// descriptor table and the available ring (see `Queue::pop_areas`).
+/// descriptor table and the available ring (see `SplitQueue::pop_areas`).
 const POP_SPAN_MAX: u64 = 4 << 20;
 
-use chain::{read_chain, WalkParams};
-use ring::Area;
+use super::chain::{read_chain, WalkParams};
+use super::ring::Area;
 
-/// A split virtqueue, device role (virtio v1.4 §2.7).
-///
-/// Configuration mirrors the MMIO queue registers (§4.2.2): `QueueSizeMax`
-/// (v1.0 name QueueNumMax) is fixed at [`Queue::new`], `QueueSize`
-/// (QueueNum) is [`Queue::set_size`], the three areas are
-/// [`Queue::set_addresses`], `QueueReady` is [`Queue::set_ready`].
-///
-/// Data path: [`Queue::pop`] / [`Queue::pop_into`] take descriptor chains
-/// from the available ring; [`Queue::add_used`] returns them through the
-/// used ring; [`Queue::needs_notification`] says whether the driver wants an
-/// interrupt for everything added since the previous call, so a device that
-/// processes a batch and then asks once sends one interrupt per batch.
-///
-/// # Example
-///
-/// Playing both sides: the driver part writes one descriptor and one
-/// available-ring entry, the device pops and completes it.
-///
-/// ```
-/// use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-/// use vmmio_device::Queue;
-///
-/// let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
-/// let (desc, avail, used) = (0x1000, 0x2000, 0x3000);
-/// // Driver: descriptor 0 = 512 writable bytes at 0x8000, then avail.ring[0] = 0, avail.idx = 1.
-/// mem.write_obj(0x8000u64, GuestAddress(desc)).unwrap();
-/// mem.write_obj(512u32, GuestAddress(desc + 8)).unwrap();
-/// mem.write_obj(2u16, GuestAddress(desc + 12)).unwrap(); // VIRTQ_DESC_F_WRITE
-/// mem.write_obj(0u16, GuestAddress(avail + 4)).unwrap();
-/// mem.write_obj(1u16, GuestAddress(avail + 2)).unwrap();
-///
-/// // Device.
-/// let mut queue = Queue::new(256);
-/// queue.set_size(16);
-/// queue.set_addresses(desc, avail, used);
-/// queue.validate(&mem).unwrap();
-/// queue.set_ready(true);
-/// let chain = queue.pop(&mem).unwrap().expect("one chain");
-/// assert_eq!(chain.descriptors()[0].len, 512);
-/// queue.add_used(&mem, chain.head_index(), 100).unwrap();
-/// assert!(queue.pop(&mem).unwrap().is_none());
-/// assert!(queue.needs_notification(&mem).unwrap());
-/// assert_eq!(mem.read_obj::<u16>(GuestAddress(used + 2)).unwrap(), 1);
-/// ```
+/// A split virtqueue, device role (virtio v1.4 §2.7): the split half of
+/// [`Queue`](super::Queue), which documents the API.
 #[derive(Clone, Debug)]
-pub struct Queue {
+pub(crate) struct SplitQueue {
     max_size: u16,
     size: u16,
     ready: bool,
@@ -130,7 +82,7 @@ struct Span {
     avail: usize,
 }
 
-impl Queue {
+impl SplitQueue {
     /// A queue whose `QueueSizeMax` (v1.0: QueueNumMax) is `max_size`
     /// elements, in its reset state: `QueueSize` = `max_size`, addresses 0,
     /// not ready, no features.
@@ -171,7 +123,7 @@ impl Queue {
     }
 
     /// Sets `QueueSize` (v1.0: QueueNum) in elements. Any value is stored;
-    /// [`Queue::validate`] (and every data-path call) rejects one that is 0,
+    /// [`SplitQueue::validate`] (and every data-path call) rejects one that is 0,
     /// not a power of two, or above `max_size`.
     pub fn set_size(&mut self, size: u16) {
         self.size = size;
@@ -184,7 +136,7 @@ impl Queue {
     /// Sets the guest-physical addresses of the descriptor table
     /// (`QueueDesc`), the driver area / available ring (`QueueDriver`,
     /// legacy QueueAvail) and the device area / used ring (`QueueDevice`,
-    /// legacy QueueUsed). Checked by [`Queue::validate`].
+    /// legacy QueueUsed). Checked by [`SplitQueue::validate`].
     pub fn set_addresses(&mut self, desc: u64, avail: u64, used: u64) {
         self.desc_table = desc;
         self.avail_ring = avail;
@@ -277,7 +229,7 @@ impl Queue {
     }
 
     /// Enables or disables the queue (`QueueReady`). Enabling does not
-    /// validate: the transport calls [`Queue::validate`] first, and every
+    /// validate: the transport calls [`SplitQueue::validate`] first, and every
     /// data-path call re-checks the layout anyway.
     pub fn set_ready(&mut self, ready: bool) {
         self.ready = ready;
@@ -446,7 +398,7 @@ impl Queue {
                 Permissions::Read,
                 RingArea::DescriptorTable,
             );
-            // Both areas lie inside the span (`Queue::span`).
+            // Both areas lie inside the span (`SplitQueue::span`).
             let ring = whole.sub_area(
                 span.avail,
                 avail::size(self.size) as usize,
@@ -579,33 +531,13 @@ impl Queue {
         Ok(true)
     }
 
-    /// Pops the next available descriptor chain, or `None` when the ring
-    /// is empty. Same as [`Queue::pop_into`] with a fresh chain (which
-    /// allocates only for chains of more than [`INLINE_DESCRIPTORS`]
-    /// descriptors).
-    ///
-    /// # Errors
-    ///
-    /// As [`Queue::pop_into`].
-    pub fn pop<M: GuestMemory + ?Sized>(
-        &mut self,
-        mem: &M,
-    ) -> Result<Option<DescriptorChain>, QueueError> {
-        let mut chain = DescriptorChain::new();
-        Ok(if self.pop_into(mem, &mut chain)? {
-            Some(chain)
-        } else {
-            None
-        })
-    }
-
     /// Gives back the most recently popped chain that has not been given
     /// back yet: the next pop returns it again. For a device that popped a
     /// chain it cannot process now (e.g. no room in the backend). The
     /// device must not have put that chain in the used ring.
     ///
     /// Returns `false` (and does nothing) when no pop can be undone: none
-    /// since the last [`Queue::set_next_avail`] / [`Queue::reset`], or all
+    /// since the last [`SplitQueue::set_next_avail`] / [`SplitQueue::reset`], or all
     /// already undone.
     pub fn undo_pop(&mut self) -> bool {
         if self.undoable == 0 {
@@ -660,11 +592,11 @@ impl Queue {
     /// Puts several chains in the used ring, in order, and publishes
     /// `used.idx` once at the end (release ordering): one index store per
     /// batch instead of one per chain. Each element is `(head, len)` as in
-    /// [`Queue::add_used`].
+    /// [`SplitQueue::add_used`].
     ///
     /// # Errors
     ///
-    /// As [`Queue::add_used`]; all heads are checked before anything is
+    /// As [`SplitQueue::add_used`]; all heads are checked before anything is
     /// written, and on error `used.idx` is not advanced.
     pub fn add_used_batch<M: GuestMemory + ?Sized>(
         &mut self,
@@ -700,7 +632,7 @@ impl Queue {
     /// `VIRTQ_AVAIL_F_NO_INTERRUPT` clear. `false` when nothing was added
     /// since the previous call.
     ///
-    /// Call it once after a batch of [`Queue::add_used`] to send one
+    /// Call it once after a batch of [`SplitQueue::add_used`] to send one
     /// interrupt per batch. A full fence orders the device's `used.idx`
     /// store before its read of the driver's field. More than 65535 chains
     /// added between two calls cannot be told apart from fewer (16-bit
@@ -744,7 +676,7 @@ impl Queue {
     ///
     /// # Errors
     ///
-    /// As [`Queue::available`].
+    /// As [`SplitQueue::available`].
     pub fn enable_notification<M: GuestMemory + ?Sized>(
         &mut self,
         mem: &M,
