@@ -1,5 +1,6 @@
 //! Fuzz target: the register file (`MmioTransport`, both versions) with a
-//! real device behind it (Block, Rng or Console), against a hostile driver.
+//! real device behind it (Block, Rng, Console or Net), against a hostile
+//! driver.
 //!
 //! The input is a script (see `crates/devices/tests/support/mmio_script.rs`
 //! for its layout): a device choice, guest memory contents and register

@@ -7,7 +7,9 @@
 //!   [`block::Backend`] (§5.2);
 //! - [`rng::Rng`]: an entropy source fed by the host OS RNG (§5.4);
 //! - [`console::Console`]: one console port over stdio, a Unix socket or an
-//!   in-memory capture (§5.3).
+//!   in-memory capture (§5.3);
+//! - [`net::Net`]: a network device over a Unix stream socket (QEMU's
+//!   `-netdev stream` framing) or a TAP device (§5.1).
 //!
 //! Everything the driver controls is hostile input: a malformed request is
 //! answered as the spec says (an error status, or a used length of 0 when no
@@ -19,6 +21,7 @@
 pub mod block;
 mod chain;
 pub mod console;
+pub mod net;
 pub mod rng;
 #[cfg(test)]
 mod test_util;
@@ -30,4 +33,5 @@ pub struct ReadmeDoctests;
 
 pub use block::{Backend, Block, BlockError, BlockOptions, FileBackend, MemoryBackend};
 pub use console::Console;
+pub use net::{Net, NetHandle};
 pub use rng::Rng;

@@ -11,6 +11,8 @@
 //! - [`device_id`]: the device IDs of chapter 5;
 //! - [`blk`]: block request layout, types, status values and feature bits
 //!   (§5.2); [`console`]: console feature bits and port-0 queues (§5.3);
+//!   [`net`]: network feature bits, configuration and `virtio_net_hdr`
+//!   (§5.1);
 //! - [`split`] and [`packed`]: ring layouts of sections 2.7 and 2.8 as
 //!   `#[repr(C)]` little-endian types;
 //! - [`notification`]: the notification-data layout of section 2.9;
@@ -24,6 +26,7 @@ pub mod device_id;
 pub mod features;
 pub mod le;
 pub mod mmio;
+pub mod net;
 pub mod notification;
 pub mod packed;
 pub mod split;

@@ -7,7 +7,8 @@
 //!
 //! Layout: byte 0 picks the window and device (bit 0: Legacy; bits 1-2:
 //! 0 Block, 1 read-only Block with two queues, 2 Rng, 3 Console; bit 3:
-//! small `QueueSizeMax` of 8; bit 4: two guest-memory regions), bytes 1-2
+//! small `QueueSizeMax` of 8; bit 4: two guest-memory regions; bit 5: a
+//! Net device over a `-netdev stream` socket pair instead), bytes 1-2
 //! (LE) how many of the following bytes fill guest memory (64 KiB at 0,
 //! the rest zero). Then 12-byte operations: `[kind, a0, a1, v0..v7, x]`,
 //! `a` = LE u16, `v` = LE u64. `kind % 8`:
@@ -20,7 +21,9 @@
 //!   Legacy: QueueAlign `1 << (x % 17)` and QueuePFN `v[0..4]`;
 //! - 5: `Status` |= DRIVER_OK (read-modify-write, as a driver does);
 //! - 6: notify queue `a` (Modern with `x & 1`: `v` as notification data);
-//! - 7: `x & 1`: host pushes `v` as console input; else 8 bytes `v` poked
+//! - 7: `x & 1`: host pushes `v` as console input (Net: a frame of
+//!   `v[0] % 200` bytes of `v` on the socket, then the backends are
+//!   polled); else 8 bytes `v` poked
 //!   into guest memory at `a` (rings change between notifies);
 //!   also acknowledges `InterruptStatus`.
 
@@ -28,6 +31,7 @@ use std::sync::Arc;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmmio_device::{Interrupt, InterruptCause, MmioTransport, TransportVersion, VirtioDevice};
+use vmmio_devices::net::{Net, Stream};
 use vmmio_devices::rng::EntropySource;
 use vmmio_devices::{Block, BlockOptions, Console, MemoryBackend, Rng};
 use vmmio_spec::mmio;
@@ -93,7 +97,14 @@ pub fn run(data: &[u8]) {
     };
     let qmax = if head & 0x08 != 0 { 8 } else { 256 };
     let mut console_input = None;
+    let mut net_peer = None;
     let device: Box<dyn VirtioDevice<Mem> + Send> = match (head >> 1) & 3 {
+        _ if head & 0x20 != 0 => {
+            let (a, b) = std::os::unix::net::UnixStream::pair().expect("socket pair");
+            b.set_nonblocking(true).expect("non-blocking peer");
+            net_peer = Some(b);
+            Box::new(Net::new(Box::new(Stream::new(a).expect("stream"))).with_queue_size(qmax))
+        }
         0 | 1 => {
             let two = (head >> 1) & 3 == 1;
             let options = BlockOptions {
@@ -204,6 +215,16 @@ pub fn run(data: &[u8]) {
                 if x & 1 != 0 {
                     if let Some(input) = &console_input {
                         input.push(&vb);
+                    }
+                    if let Some(peer) = net_peer.as_mut() {
+                        use std::io::Write;
+                        let len = usize::from(vb[0] % 200);
+                        let mut frame = (len as u32).to_be_bytes().to_vec();
+                        frame.extend(vb.iter().cycle().take(len));
+                        // A full socket just loses the frame's tail: the
+                        // device must cope with broken framing too.
+                        let _ = peer.write(&frame);
+                        let _ = window.poll_backends(std::time::Duration::ZERO);
                     }
                 } else {
                     // Two regions or one, every byte of 0..MEM is memory;
