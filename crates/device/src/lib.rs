@@ -21,6 +21,7 @@
 pub mod device;
 pub mod interrupt;
 pub mod queue;
+pub mod recording;
 pub mod transport;
 
 pub use device::{ActivateError, BackendFd, SharedMemoryRegion, VirtioDevice};

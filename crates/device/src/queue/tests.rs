@@ -12,6 +12,7 @@ use vmmio_spec::split::{
 };
 
 use super::*;
+use crate::recording::{last_write, recording_memory, Log, RecordingMemory, Write};
 
 mod model;
 
@@ -25,8 +26,11 @@ const INDIRECT: u64 = 0x2_0000;
 
 /// A model driver: owns guest memory and writes the driver's side of a
 /// split ring (descriptor table, available ring) as §2.7.13 describes.
+/// Every write to its memory, the driver's and the device's, is logged in
+/// order (`log`): the oracle for the ordering rules.
 pub(super) struct Driver {
-    pub mem: GuestMemoryMmap<()>,
+    pub mem: RecordingMemory,
+    pub log: Log,
     pub size: u16,
     /// Next free descriptor (allocated round-robin).
     next_desc: u16,
@@ -41,10 +45,11 @@ pub(super) type Buf = (u64, u32, bool);
 
 impl Driver {
     pub fn new(size: u16) -> Self {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)])
-            .expect("test memory");
+        let (mem, log) =
+            recording_memory(&[(GuestAddress(0), MEM_SIZE as usize)]).expect("test memory");
         Self {
             mem,
+            log,
             size,
             next_desc: 0,
             avail_idx: 0,
@@ -183,6 +188,60 @@ impl Driver {
         self.mem
             .write_obj(flags.to_le(), GuestAddress(AVAIL))
             .unwrap();
+    }
+
+    /// Bytes of the used ring: flags, idx, `size` elements, avail_event.
+    pub fn used_ring_len(&self) -> u64 {
+        6 + 8 * u64::from(self.size)
+    }
+
+    /// Address of `avail_event` (§2.7.10: after the used ring's elements).
+    pub fn avail_event_addr(&self) -> u64 {
+        USED + 4 + 8 * u64::from(self.size)
+    }
+
+    /// Takes every write since the previous call (or `log.clear()`):
+    /// after a device call, the device's writes.
+    pub fn writes(&self) -> Vec<Write> {
+        self.log.take()
+    }
+
+    /// Checks the writes of one `add_used`/`add_used_batch` that put
+    /// elements for free-running used indexes `from..from + n`: each
+    /// element is written (all 8 bytes, `id` and `len`), and written before
+    /// the one `used.idx` store, which comes last (§2.7.8.2); nothing is
+    /// written outside the used ring (§2.7.8: the device writes the used
+    /// ring only, never the descriptor table or the available ring).
+    pub fn check_used_writes(&self, writes: &[Write], from: u16, n: u16) -> Result<(), String> {
+        let outside: Vec<_> = writes
+            .iter()
+            .filter(|w| w.addr < USED || w.addr + w.len > USED + self.used_ring_len())
+            .collect();
+        if !outside.is_empty() {
+            return Err(format!("writes outside the used ring: {outside:x?}"));
+        }
+        let idx_writes: Vec<_> = (0..writes.len())
+            .filter(|&i| writes[i].overlaps(USED + 2, 2))
+            .collect();
+        if idx_writes != [writes.len() - 1] {
+            return Err(format!(
+                "used.idx must be written once, last; writes {writes:x?}"
+            ));
+        }
+        for k in 0..n {
+            let slot = from.wrapping_add(k) % self.size;
+            let elem = USED + 4 + 8 * u64::from(slot);
+            for (field, at) in [("id", elem), ("len", elem + 4)] {
+                match last_write(writes, at, 4) {
+                    Some(i) if i < idx_writes[0] => {}
+                    Some(_) => {
+                        return Err(format!("used.idx published before used[{slot}].{field}"))
+                    }
+                    None => return Err(format!("used[{slot}].{field} not written: {writes:x?}")),
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -761,6 +820,61 @@ fn add_used_writes_element_then_index() {
 }
 
 #[test]
+fn used_element_is_written_before_used_idx() {
+    // §2.7.8.2: the element (id and len) before the index, for one chain
+    // and for a batch, across the end of the ring.
+    let mut d = Driver::new(8);
+    let mut q = d.queue(0, 7);
+    d.add_chain(&[w(0x100, 64)]);
+    let c = q.pop(&d.mem).unwrap().unwrap();
+    d.log.clear();
+    q.add_used(&d.mem, c.head_index(), 42).unwrap();
+    d.check_used_writes(&d.writes(), 7, 1).unwrap();
+    q.add_used_batch(&d.mem, &[(1, 10), (2, 20), (3, 30)])
+        .unwrap();
+    d.check_used_writes(&d.writes(), 8, 3).unwrap();
+    assert_eq!(d.used_idx(), 11);
+}
+
+#[test]
+fn device_writes_only_the_used_ring_and_avail_event() {
+    // §2.7.5/§2.7.8: the device never writes the descriptor table (direct
+    // or indirect), the available ring or a device-readable buffer; with
+    // EVENT_IDX its only write outside the used elements and idx is
+    // avail_event, right after the ring (§2.7.10).
+    for features in [0, EVENT_IDX | INDIRECT_DESC] {
+        let mut d = Driver::new(8);
+        let mut q = d.queue(features, 0);
+        d.add_chain(&[r(0x100, 16), w(0x200, 16)]);
+        if features & INDIRECT_DESC != 0 {
+            d.add_indirect_chain(&[r(0x300, 8)], &[r(0x400, 8), w(0x500, 8)]);
+        }
+        d.log.clear();
+        let mut heads = Vec::new();
+        while let Some(c) = q.pop(&d.mem).unwrap() {
+            heads.push(c.head_index());
+        }
+        let writes = d.writes();
+        if features & EVENT_IDX != 0 {
+            assert!(!writes.is_empty(), "avail_event never published");
+            for w in &writes {
+                assert_eq!((w.addr, w.len), (d.avail_event_addr(), 2), "{writes:x?}");
+            }
+        } else {
+            assert_eq!(writes, [], "pop wrote guest memory");
+        }
+        let n = heads.len() as u16;
+        for (k, head) in heads.into_iter().enumerate() {
+            q.add_used(&d.mem, head, 8).unwrap();
+            d.check_used_writes(&d.writes(), k as u16, 1).unwrap();
+        }
+        assert!(q.needs_notification(&d.mem).unwrap());
+        assert_eq!(d.writes(), [], "needs_notification wrote guest memory");
+        assert_eq!(d.used_idx(), n);
+    }
+}
+
+#[test]
 fn add_used_rejects_a_head_outside_the_table() {
     let mut d = Driver::new(8);
     let mut q = d.queue(0, 0);
@@ -821,14 +935,14 @@ fn guest_memory_errors_carry_their_source() {
 fn rings_straddling_two_regions_take_the_slow_path() {
     // Two adjacent regions split at 0x9800, inside the available ring of a
     // 1024-entry queue (0x9000..0x9806) and inside the descriptor table.
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[
+    let (mem, log) = recording_memory(&[
         (GuestAddress(0), 0x1800),
         (GuestAddress(0x1800), 0x8000),
         (GuestAddress(0x9800), 0x10000),
     ])
     .unwrap();
     let mut d = Driver::new(1024);
-    d.mem = mem;
+    (d.mem, d.log) = (mem, log);
     let mut q = d.queue(0, 0x1fc);
     // Descriptor 0x7f..0x81 straddle 0x1800.
     d.next_desc = 0x7f;
@@ -836,7 +950,9 @@ fn rings_straddling_two_regions_take_the_slow_path() {
     let c = q.pop(&d.mem).unwrap().unwrap();
     assert_eq!(c.head_index(), h);
     assert_eq!(shape(&c), vec![r(0x100, 1), w(0x200, 2)]);
+    d.log.clear();
     q.add_used(&d.mem, h, 2).unwrap();
+    d.check_used_writes(&d.writes(), 0x1fc, 1).unwrap();
     assert_eq!(d.used_idx(), 0x1fd);
 }
 
@@ -901,6 +1017,34 @@ fn one_notification_per_batch_with_event_idx() {
     // The batch 65534 -> 3 crossed used_event across the wrap.
     assert!(q.needs_notification(&d.mem).unwrap());
     assert!(!q.needs_notification(&d.mem).unwrap());
+}
+
+#[test]
+fn event_idx_decisions_across_the_16_bit_wrap() {
+    // used.idx goes 65534 -> 1 in one batch of three: the driver wants an
+    // interrupt iff used_event is one of 65534, 65535, 0 (§2.7.10, the
+    // `(u16)(new - event - 1) < (u16)(new - old)` rule), written out.
+    for (used_event, want) in [
+        (65532, false),
+        (65533, false),
+        (65534, true),
+        (65535, true),
+        (0, true),
+        (1, false),
+        (2, false),
+        (32767, false),
+    ] {
+        let mut d = Driver::new(8);
+        let mut q = d.queue(EVENT_IDX, 65534);
+        d.set_used_event(used_event);
+        q.add_used_batch(&d.mem, &[(0, 0), (1, 0), (2, 0)]).unwrap();
+        assert_eq!(d.used_idx(), 1);
+        assert_eq!(
+            q.needs_notification(&d.mem).unwrap(),
+            want,
+            "used_event {used_event}"
+        );
+    }
 }
 
 #[test]

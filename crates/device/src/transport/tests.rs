@@ -199,12 +199,31 @@ fn mem() -> Mem {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap()
 }
 
+/// Guest-physical address of the test memory above 4 GiB
+/// ([`mem_with_high`]): its low 32 bits, 0x1_0000, also name a valid
+/// address in the low megabyte, so a transport that drops a high half
+/// still sees a valid ring, only the wrong one.
+const HIGH: u64 = 0x3_0001_0000;
+
+/// The test memory plus 1 MiB at [`HIGH`].
+fn mem_with_high() -> Mem {
+    GuestMemoryMmap::from_ranges(&[
+        (GuestAddress(0), MEM_SIZE as usize),
+        (GuestAddress(HIGH), MEM_SIZE as usize),
+    ])
+    .unwrap()
+}
+
 fn harness_with(version: TransportVersion, tweak: impl FnOnce(&mut FakeDevice)) -> Harness {
+    harness_on(version, mem(), tweak)
+}
+
+fn harness_on(version: TransportVersion, mem: Mem, tweak: impl FnOnce(&mut FakeDevice)) -> Harness {
     let record = Arc::new(Mutex::new(Record::default()));
     let mut device = FakeDevice::new(record.clone());
     tweak(&mut device);
     let line = Arc::new(RecordingLine::default());
-    let t = MmioTransport::new(version, Box::new(device), mem(), line.clone());
+    let t = MmioTransport::new(version, Box::new(device), mem, line.clone());
     Harness { t, record, line }
 }
 
@@ -1219,6 +1238,77 @@ fn legacy_queue_uses_the_legacy_ring_layout() {
     h.w(mmio::LEGACY_QUEUE_ALIGN, 16);
     h.w(mmio::LEGACY_QUEUE_PFN, pfn + 1);
     assert_eq!(h.r(mmio::LEGACY_QUEUE_PFN), 0);
+}
+
+#[test]
+fn queue_addresses_above_4_gib_use_the_high_halves() {
+    // §4.2.2: QueueDescHigh, QueueDriverHigh and QueueDeviceHigh are bits
+    // 32..63 of the three areas. Each area above 4 GiB in turn, then all
+    // three: the device gets the 64-bit addresses, the ring works there.
+    let low = HIGH & 0xffff_ffff;
+    let layouts = [
+        (HIGH, low + 0x1000, low + 0x2000),
+        (low, HIGH + 0x1000, low + 0x2000),
+        (low, low + 0x1000, HIGH + 0x2000),
+        (HIGH, HIGH + 0x1000, HIGH + 0x2000),
+    ];
+    for (desc, driver, device) in layouts {
+        let mut h = harness_on(TransportVersion::Modern, mem_with_high(), |_| {});
+        h.linux_v2_until_features_ok(all_modern_bits());
+        h.w(mmio::QUEUE_SEL, 0);
+        h.w(mmio::QUEUE_SIZE, 8);
+        for (reg_low, reg_high, addr) in [
+            (mmio::QUEUE_DESC_LOW, mmio::QUEUE_DESC_HIGH, desc),
+            (mmio::QUEUE_DRIVER_LOW, mmio::QUEUE_DRIVER_HIGH, driver),
+            (mmio::QUEUE_DEVICE_LOW, mmio::QUEUE_DEVICE_HIGH, device),
+        ] {
+            h.w(reg_high, (addr >> 32) as u32);
+            h.w(reg_low, addr as u32);
+        }
+        h.w(mmio::QUEUE_READY, 1);
+        assert_eq!(h.r(mmio::QUEUE_READY), 1);
+        h.add_status(DRIVER_OK);
+        let queue = h.rec().activated_queues[0];
+        assert_eq!(queue, (true, 8, (desc, driver, device)));
+    }
+    // A high half pointing at nothing: the ring is refused.
+    let mut h = harness_on(TransportVersion::Modern, mem_with_high(), |_| {});
+    h.program_queue(0, 8, 0x1_0000);
+    h.w(mmio::QUEUE_DEVICE_HIGH, 5);
+    h.w(mmio::QUEUE_READY, 1);
+    assert_eq!(h.r(mmio::QUEUE_READY), 0, "used ring at 0x5_0001_2000");
+}
+
+#[test]
+fn legacy_queue_pfn_above_4_gib() {
+    // §4.2.4: QueuePFN counts GuestPageSize pages; page 0x30001 of 4 KiB
+    // is HIGH. The multiplication must not be done in 32 bits.
+    let mut h = harness_on(TransportVersion::Legacy, mem_with_high(), |_| {});
+    h.w(mmio::LEGACY_GUEST_PAGE_SIZE, 4096);
+    h.w(mmio::STATUS, 0);
+    h.add_status(ACKNOWLEDGE | DRIVER);
+    let offered = h.read_device_features();
+    h.write_driver_features(offered);
+    h.w(mmio::QUEUE_SEL, 0);
+    h.w(mmio::QUEUE_SIZE, 8);
+    h.w(mmio::LEGACY_QUEUE_ALIGN, 4096);
+    let pfn = (HIGH / 4096) as u32;
+    h.w(mmio::LEGACY_QUEUE_PFN, pfn);
+    assert_eq!(h.r(mmio::LEGACY_QUEUE_PFN), pfn);
+    h.add_status(DRIVER_OK);
+    // 8 entries: descriptors 128 bytes, avail ring 20 bytes, used ring at
+    // the next 4 KiB boundary.
+    let queue = h.rec().activated_queues[0];
+    assert_eq!(queue, (true, 8, (HIGH, HIGH + 128, HIGH + 4096)));
+    // With 64 KiB pages the same page number is 16 times further: past
+    // the memory, refused.
+    let mut h = harness_on(TransportVersion::Legacy, mem_with_high(), |_| {});
+    h.w(mmio::LEGACY_GUEST_PAGE_SIZE, 0x1_0000);
+    h.w(mmio::QUEUE_SEL, 0);
+    h.w(mmio::LEGACY_QUEUE_PFN, pfn);
+    assert_eq!(h.r(mmio::LEGACY_QUEUE_PFN), 0);
+    h.w(mmio::LEGACY_QUEUE_PFN, (HIGH >> 16) as u32);
+    assert_eq!(h.r(mmio::LEGACY_QUEUE_PFN), (HIGH >> 16) as u32);
 }
 
 // ---- notifications ----------------------------------------------------

@@ -152,8 +152,14 @@ proptest! {
             }
             // Pop everything, in order.
             let mut popped = Vec::new();
+            d.log.clear();
             for (head, bufs, has_indirect) in &expected {
                 prop_assert!(q.pop_into(&d.mem, &mut chain).unwrap());
+                // Popping writes nothing but avail_event (§2.7.10).
+                for w in d.writes() {
+                    prop_assert!(event_idx, "pop wrote {:x?} without EVENT_IDX", w);
+                    prop_assert_eq!((w.addr, w.len), (d.avail_event_addr(), 2));
+                }
                 prop_assert_eq!(chain.head_index(), *head);
                 prop_assert_eq!(&shape(&chain), bufs);
                 prop_assert_eq!(chain.has_indirect(), *has_indirect);
@@ -179,7 +185,12 @@ proptest! {
                 let old = used_idx;
                 for (i, &(head, wlen)) in popped[k..k + n].iter().enumerate() {
                     let len = round.used_lens[(k + i) % round.used_lens.len()] % (wlen + 1);
+                    d.log.clear();
                     q.add_used(&d.mem, head, len).unwrap();
+                    let writes = d.writes();
+                    if let Err(e) = d.check_used_writes(&writes, used_idx, 1) {
+                        prop_assert!(false, "{}", e);
+                    }
                     prop_assert_eq!(d.used_elem(used_idx), (u32::from(head), len));
                     used_idx = used_idx.wrapping_add(1);
                     prop_assert_eq!(d.used_idx(), used_idx);
@@ -192,7 +203,9 @@ proptest! {
                 } else {
                     !round.no_interrupt
                 };
+                d.log.clear();
                 prop_assert_eq!(q.needs_notification(&d.mem).unwrap(), want);
+                prop_assert_eq!(d.writes(), []);
                 prop_assert!(!q.needs_notification(&d.mem).unwrap());
             }
             prop_assert_eq!(q.next_used(), used_idx);
