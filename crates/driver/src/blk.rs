@@ -46,10 +46,48 @@ const STATUS_UNSET: u8 = 0xff;
 /// Default request queue size asked for, in entries.
 pub const DEFAULT_QUEUE_SIZE: u16 = 128;
 
+/// The data part of a request: none, `n` device-written bytes, or bytes
+/// for the device.
 enum Data<'a> {
     None,
-    In(&'a mut [u8]),
+    In(usize),
     Out(&'a [u8]),
+}
+
+/// One request for the non-blocking interface ([`Block::start`],
+/// [`Block::poll`]): what an interrupt-driven kernel uses instead of the
+/// blocking calls. Data transfers are at most [`MAX_TRANSFER`] bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request<'a> {
+    /// Read `len` bytes (a multiple of 512) starting at `sector`
+    /// (`VIRTIO_BLK_T_IN`).
+    Read {
+        /// First sector (512-byte units).
+        sector: u64,
+        /// Bytes to read.
+        len: usize,
+    },
+    /// Write `data` (a multiple of 512 bytes) starting at `sector`
+    /// (`VIRTIO_BLK_T_OUT`).
+    Write {
+        /// First sector (512-byte units).
+        sector: u64,
+        /// The bytes to write; copied before [`Block::start`] returns.
+        data: &'a [u8],
+    },
+    /// Flush the write cache (`VIRTIO_BLK_T_FLUSH`).
+    Flush,
+    /// Fetch the 20-byte device ID string (`VIRTIO_BLK_T_GET_ID`).
+    GetId,
+}
+
+/// The request the device holds: its chain, type and device-written
+/// data length in bytes.
+#[derive(Clone, Copy, Debug)]
+struct InFlight {
+    token: u16,
+    kind: u32,
+    data_in: usize,
 }
 
 /// A virtio block device (device ID 2).
@@ -72,6 +110,7 @@ pub struct Block<R: RegisterIo, H: Hal + Clone> {
     queue: Option<VirtQueue<H>>,
     req: Option<Dma<H>>,
     data: Option<Dma<H>>,
+    in_flight: Option<InFlight>,
     capacity: u64,
     blk_size: Option<u32>,
     read_only: bool,
@@ -127,6 +166,7 @@ impl<R: RegisterIo, H: Hal + Clone> Block<R, H> {
             queue: None,
             req: None,
             data: None,
+            in_flight: None,
             capacity: 0,
             blk_size: None,
             read_only: false,
@@ -180,6 +220,7 @@ impl<R: RegisterIo, H: Hal + Clone> Block<R, H> {
     /// queue teardown does not complete (the device stays unusable).
     pub fn reinit(&mut self) -> Result<()> {
         self.broken = true;
+        self.in_flight = None;
         let q = self.queue.take();
         if !self.transport.shutdown(q, true) {
             for d in [self.req.take(), self.data.take()].into_iter().flatten() {
@@ -232,8 +273,9 @@ impl<R: RegisterIo, H: Hal + Clone> Block<R, H> {
     }
 
     /// Handles an interrupt: acknowledges it (see
-    /// [`Transport::ack_interrupt`]). Requests are completed by polling,
-    /// so nothing else is pending.
+    /// [`Transport::ack_interrupt`]). A request started with
+    /// [`start`](Self::start) is then completed by [`poll`](Self::poll);
+    /// the blocking calls complete their own.
     ///
     /// # Errors
     ///
@@ -268,7 +310,8 @@ impl<R: RegisterIo, H: Hal + Clone> Block<R, H> {
         self.check_range(sector, buf.len())?;
         let mut s = sector;
         for chunk in buf.chunks_mut(MAX_TRANSFER) {
-            self.request(VIRTIO_BLK_T_IN, s, Data::In(chunk))?;
+            let n = chunk.len();
+            self.request(VIRTIO_BLK_T_IN, s, Data::In(n), chunk)?;
             s += (chunk.len() / SECTOR_SIZE) as u64;
         }
         Ok(())
@@ -288,7 +331,7 @@ impl<R: RegisterIo, H: Hal + Clone> Block<R, H> {
         self.check_range(sector, buf.len())?;
         let mut s = sector;
         for chunk in buf.chunks(MAX_TRANSFER) {
-            self.request(VIRTIO_BLK_T_OUT, s, Data::Out(chunk))?;
+            self.request(VIRTIO_BLK_T_OUT, s, Data::Out(chunk), &mut [])?;
             s += (chunk.len() / SECTOR_SIZE) as u64;
         }
         Ok(())
@@ -305,7 +348,7 @@ impl<R: RegisterIo, H: Hal + Clone> Block<R, H> {
         if !self.flush {
             return Ok(());
         }
-        self.request(VIRTIO_BLK_T_FLUSH, 0, Data::None)
+        self.request(VIRTIO_BLK_T_FLUSH, 0, Data::None, &mut [])
     }
 
     /// Fetches the device ID string (`VIRTIO_BLK_T_GET_ID`, 20 bytes,
@@ -317,24 +360,122 @@ impl<R: RegisterIo, H: Hal + Clone> Block<R, H> {
     /// then as [`read_blocks`](Self::read_blocks).
     pub fn get_id(&mut self) -> Result<[u8; ID_BYTES]> {
         let mut id = [0u8; ID_BYTES];
-        self.request(VIRTIO_BLK_T_GET_ID, 0, Data::In(&mut id))?;
-        // Devices may write only up to the terminating NUL (QEMU writes
-        // strlen + 1 bytes), leaving the rest of the reused DMA buffer
-        // stale: pad after the first NUL ourselves.
-        if let Some(nul) = id.iter().position(|&b| b == 0) {
-            id.iter_mut().skip(nul).for_each(|b| *b = 0);
-        }
+        self.request(VIRTIO_BLK_T_GET_ID, 0, Data::In(ID_BYTES), &mut id)?;
         Ok(id)
     }
 
-    fn request(&mut self, kind: u32, sector: u64, mut data: Data<'_>) -> Result<()> {
+    /// Starts `req` without waiting for it: checks it, hands it to the
+    /// device and notifies. The device's used-buffer interrupt then says
+    /// it may be done; [`poll`](Self::poll) completes it. One request at a
+    /// time: the blocking calls and `start` refuse while one is in flight.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WrongPhase`] while a request is in flight,
+    /// [`Error::FeatureNotNegotiated`] for a flush without
+    /// VIRTIO_BLK_F_FLUSH, [`Error::UnalignedLength`],
+    /// [`Error::OutOfRange`], [`Error::ReadOnly`], [`Error::ChainTooLong`]
+    /// for more than [`MAX_TRANSFER`] bytes (nothing sent); then the
+    /// errors of [`VirtQueue::add_segments`] and [`Transport::notify`].
+    pub fn start(&mut self, req: Request<'_>) -> Result<()> {
+        let (kind, sector, data) = match req {
+            Request::Read { sector, len } => {
+                self.check_range(sector, len)?;
+                (VIRTIO_BLK_T_IN, sector, Data::In(len))
+            }
+            Request::Write { sector, data } => {
+                if self.read_only {
+                    return Err(Error::ReadOnly);
+                }
+                self.check_range(sector, data.len())?;
+                (VIRTIO_BLK_T_OUT, sector, Data::Out(data))
+            }
+            Request::Flush if !self.flush => {
+                return Err(Error::FeatureNotNegotiated(VIRTIO_BLK_F_FLUSH))
+            }
+            Request::Flush => (VIRTIO_BLK_T_FLUSH, 0, Data::None),
+            Request::GetId => (VIRTIO_BLK_T_GET_ID, 0, Data::In(ID_BYTES)),
+        };
+        let len = match &data {
+            Data::None => 0,
+            Data::In(n) => *n,
+            Data::Out(b) => b.len(),
+        };
+        if len > MAX_TRANSFER {
+            return Err(Error::ChainTooLong(len as u64));
+        }
+        self.submit(kind, sector, data)
+    }
+
+    /// Completes the request [`start`](Self::start)ed, if the device has
+    /// used it: `Ok(None)` while it is in flight (or none was started),
+    /// `Ok(Some(n))` once done, with the `n` bytes the device returned
+    /// (read data, or the ID string NUL-padded to 20 bytes; 0 for writes
+    /// and flushes) copied to the front of `out` (as many as fit). Never
+    /// waits: call it after [`handle_interrupt`](Self::handle_interrupt)
+    /// reported used buffers.
+    ///
+    /// # Errors
+    ///
+    /// As [`read_blocks`](Self::read_blocks), without the timeout.
+    pub fn poll(&mut self, out: &mut [u8]) -> Result<Option<usize>> {
         if self.broken {
             return Err(Error::Broken);
+        }
+        let (Some(f), Some(q)) = (self.in_flight, self.queue.as_mut()) else {
+            return Ok(None);
+        };
+        let used = match q.pop_used_token(f.token) {
+            Ok(Some(len)) => Ok(Some(len)),
+            Ok(None) => self.transport.check_status().map(|_| None),
+            Err(e) => Err(e),
+        };
+        match used {
+            Ok(Some(len)) => self.finish(len, out).map(Some),
+            Ok(None) => Ok(None),
+            Err(e) => {
+                // A device fault with the chain in flight, as in `request`.
+                self.broken = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether a request [`start`](Self::start)ed has not been completed
+    /// by [`poll`](Self::poll) yet.
+    pub fn in_flight(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// A blocking request: submit, wait for its used entry, finish.
+    fn request(&mut self, kind: u32, sector: u64, data: Data<'_>, out: &mut [u8]) -> Result<()> {
+        self.submit(kind, sector, data)?;
+        let (Some(f), Some(q)) = (self.in_flight, self.queue.as_mut()) else {
+            return Err(Error::Broken);
+        };
+        match self.transport.wait_used(q, f.token) {
+            Ok(len) => self.finish(len, out).map(|_| ()),
+            Err(e) => {
+                // The chain may still be in flight: never reuse its pages.
+                self.broken = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes the request into the driver's DMA pages, makes it available
+    /// and notifies; records it as in flight.
+    fn submit(&mut self, kind: u32, sector: u64, data: Data<'_>) -> Result<()> {
+        if self.broken {
+            return Err(Error::Broken);
+        }
+        if self.in_flight.is_some() {
+            return Err(Error::WrongPhase("a block request is already in flight"));
         }
         let legacy = self.transport.version() == Version::Legacy;
         let data_len = match &data {
             Data::None => 0,
-            Data::In(b) => b.len(),
+            Data::In(n) => *n,
             Data::Out(b) => b.len(),
         };
         // The header: le32 type, le32 reserved, le64 sector (guest-native
@@ -393,13 +534,25 @@ impl<R: RegisterIo, H: Hal + Clone> Block<R, H> {
         let token = unsafe { q.add_segments(readable.as_slice(), writable.as_slice())? };
         self.broken = true;
         self.transport.notify_if_needed(q)?;
-        let len = self.transport.wait_used(q, token)?;
         self.broken = false;
-        let needed = data_len as u64 + 1;
-        let writable_needed = match data {
-            Data::In(_) => needed,
-            _ => 1,
-        };
+        self.in_flight = Some(InFlight {
+            token,
+            kind,
+            data_in: match data {
+                Data::In(n) => n,
+                _ => 0,
+            },
+        });
+        Ok(())
+    }
+
+    /// Checks the used entry (`len` bytes written) and the status byte of
+    /// the request in flight, copies device-written data to `out`, and
+    /// returns its length.
+    fn finish(&mut self, len: u32, out: &mut [u8]) -> Result<usize> {
+        let f = self.in_flight.take().ok_or(Error::Broken)?;
+        let legacy = self.transport.version() == Version::Legacy;
+        let writable_needed = f.data_in as u64 + 1;
         let req = self.req.as_ref().ok_or(Error::Broken)?;
         let mut st = [0u8];
         req.read_bytes(STATUS_OFF, &mut st)?;
@@ -417,10 +570,19 @@ impl<R: RegisterIo, H: Hal + Clone> Block<R, H> {
                 needed: writable_needed,
             });
         }
-        if let (Data::In(out), Some(d)) = (&mut data, self.data.as_ref()) {
-            d.read_bytes(0, out)?;
+        let n = f.data_in.min(out.len());
+        if let Some(d) = self.data.as_ref().filter(|_| n > 0) {
+            d.read_bytes(0, &mut out[..n])?;
         }
-        Ok(())
+        if f.kind == VIRTIO_BLK_T_GET_ID {
+            // Devices may write only up to the terminating NUL (QEMU
+            // writes strlen + 1 bytes), leaving the rest of the reused DMA
+            // buffer stale: pad after the first NUL ourselves.
+            if let Some(nul) = out[..n].iter().position(|&b| b == 0) {
+                out[nul..n].iter_mut().for_each(|b| *b = 0);
+            }
+        }
+        Ok(f.data_in)
     }
 }
 
@@ -548,6 +710,106 @@ mod tests {
     fn block_legacy_read_write_flush_get_id() {
         let f = bit(VIRTIO_BLK_F_BLK_SIZE) | bit(VIRTIO_BLK_F_FLUSH) | bit(VIRTIO_F_INDIRECT_DESC);
         round_trip(&mut device(1, f, 300), ArenaHal);
+    }
+
+    fn park(_: &mut Scripted, _: u32, _: &crate::scripted::Chain) -> Option<u32> {
+        None
+    }
+
+    #[test]
+    fn block_start_then_poll_completes_only_after_the_device_used_it() {
+        for (version, hal_is_arena) in [(2, false), (1, true)] {
+            let mut s = device(version, bit(VIRTIO_BLK_F_FLUSH), 8);
+            s.config[..8].copy_from_slice(&8u64.to_le_bytes());
+            s.handler = Some(park);
+            let t = Transport::probe(&mut s).unwrap().unwrap();
+            fn run<H: Hal + Clone>(b: &mut Block<&mut Scripted, H>) {
+                let mut out = [0u8; 1024];
+                b.start(Request::Read {
+                    sector: 1,
+                    len: 1024,
+                })
+                .unwrap();
+                assert!(b.in_flight());
+                assert_eq!(
+                    b.start(Request::Flush),
+                    Err(Error::WrongPhase("a block request is already in flight"))
+                );
+                assert_eq!(
+                    b.read_blocks(0, &mut out[..512]).unwrap_err(),
+                    b.start(Request::GetId).unwrap_err()
+                );
+                assert_eq!(b.poll(&mut out), Ok(None));
+                let io = b.transport().io_mut();
+                io.handler = Some(blk_handler);
+                io.retry_parked();
+                assert_eq!(b.poll(&mut out), Ok(Some(1024)));
+                assert!(!b.in_flight());
+                assert!(out
+                    .iter()
+                    .enumerate()
+                    .all(|(i, &v)| v == ((512 + i) % 251) as u8));
+                // Nothing in flight: nothing to complete.
+                assert_eq!(b.poll(&mut out), Ok(None));
+                b.start(Request::Write {
+                    sector: 7,
+                    data: &[9; 512],
+                })
+                .unwrap();
+                assert_eq!(b.poll(&mut out), Ok(Some(0)));
+                b.start(Request::Flush).unwrap();
+                assert_eq!(b.poll(&mut out), Ok(Some(0)));
+                b.start(Request::GetId).unwrap();
+                assert_eq!(b.poll(&mut out), Ok(Some(ID_BYTES)));
+                assert_eq!(&out[..12], b"scripted-blk");
+                assert!(out[12..ID_BYTES].iter().all(|&c| c == 0));
+                assert_eq!(
+                    b.start(Request::Read {
+                        sector: 8,
+                        len: 512
+                    }),
+                    Err(Error::OutOfRange {
+                        sector: 8,
+                        sectors: 1,
+                        capacity: 8
+                    })
+                );
+            }
+            if hal_is_arena {
+                run(&mut Block::new(t, ArenaHal).unwrap());
+            } else {
+                run(&mut Block::new(t, IdentityHal).unwrap());
+            }
+            assert_eq!(s.disk[7 * 512..8 * 512], [9; 512]);
+        }
+    }
+
+    #[test]
+    fn block_start_checks_before_sending() {
+        let mut s = device(2, bit(VIRTIO_BLK_F_RO), 1024);
+        let t = Transport::probe(&mut s).unwrap().unwrap();
+        let mut b = Block::new(t, IdentityHal).unwrap();
+        assert_eq!(
+            b.start(Request::Flush),
+            Err(Error::FeatureNotNegotiated(VIRTIO_BLK_F_FLUSH))
+        );
+        assert_eq!(
+            b.start(Request::Write {
+                sector: 0,
+                data: &[0; 512]
+            }),
+            Err(Error::ReadOnly)
+        );
+        assert_eq!(
+            b.start(Request::Read {
+                sector: 0,
+                len: MAX_TRANSFER + 512
+            }),
+            Err(Error::ChainTooLong((MAX_TRANSFER + 512) as u64))
+        );
+        assert!(!b.in_flight());
+        drop(b);
+        assert!(s.notifications.is_empty());
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub struct Console<R: RegisterIo, H: Hal + Clone> {
     txq: Option<VirtQueue<H>>,
     rx_buf: Option<Dma<H>>,
     tx_buf: Option<Dma<H>>,
+    /// The transmit chain in flight.
+    tx_in_flight: Option<u16>,
     /// Receive buffer slot of each token in flight, by token.
     rx_slot: Vec<Option<usize>>,
     /// Slots not posted (back-pressure).
@@ -97,6 +99,7 @@ impl<R: RegisterIo, H: Hal + Clone> Console<R, H> {
             txq: None,
             rx_buf: None,
             tx_buf: None,
+            tx_in_flight: None,
             rx_slot: Vec::new(),
             idle_slots: Vec::new(),
             pending: VecDeque::new(),
@@ -184,6 +187,7 @@ impl<R: RegisterIo, H: Hal + Clone> Console<R, H> {
     /// As [`new`](Self::new), and [`Error::Timeout`] for the reset.
     pub fn reinit(&mut self) -> Result<()> {
         self.broken = true;
+        self.tx_in_flight = None;
         let queues = [self.rxq.take(), self.txq.take()].into_iter().flatten();
         if !self.transport.shutdown(queues, true) {
             for b in [self.rx_buf.take(), self.tx_buf.take()]
@@ -284,8 +288,39 @@ impl<R: RegisterIo, H: Hal + Clone> Console<R, H> {
     }
 
     fn write_chunk(&mut self, chunk: &[u8]) -> Result<()> {
+        self.start_write(chunk)?;
+        let (Some(token), Some(q)) = (self.tx_in_flight, self.txq.as_mut()) else {
+            return Err(Error::Broken);
+        };
+        match self.transport.wait_used(q, token) {
+            Ok(_) => {
+                self.tx_in_flight = None;
+                Ok(())
+            }
+            Err(e) => {
+                // The chain may still be in flight: never reuse the page.
+                self.broken = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts sending `chunk` (at most 4096 bytes) on port 0 without
+    /// waiting; [`poll_write`](Self::poll_write) completes it after the
+    /// device's used-buffer interrupt. One chunk at a time.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Broken`], [`Error::WrongPhase`] while a chunk is in
+    /// flight, [`Error::DmaOutOfBounds`] for more than 4096 bytes, and
+    /// the errors of [`VirtQueue::add_segments`] and
+    /// [`Transport::notify`].
+    pub fn start_write(&mut self, chunk: &[u8]) -> Result<()> {
         if self.broken {
             return Err(Error::Broken);
+        }
+        if self.tx_in_flight.is_some() {
+            return Err(Error::WrongPhase("a console write is already in flight"));
         }
         let (Some(q), Some(buf)) = (self.txq.as_mut(), self.tx_buf.as_mut()) else {
             return Err(Error::Broken);
@@ -293,7 +328,7 @@ impl<R: RegisterIo, H: Hal + Clone> Console<R, H> {
         buf.write_bytes(0, chunk)?;
         let seg = Segment {
             addr: buf.paddr(),
-            // chunk.len() <= 4096.
+            // chunk.len() <= 4096 (write_bytes checked it).
             len: u32::try_from(chunk.len()).unwrap_or(0),
         };
         // SAFETY: the transmit page is this driver's, untouched until the
@@ -301,9 +336,42 @@ impl<R: RegisterIo, H: Hal + Clone> Console<R, H> {
         let token = unsafe { q.add_segments(&[seg], &[])? };
         self.broken = true;
         self.transport.notify_if_needed(q)?;
-        self.transport.wait_used(q, token)?;
         self.broken = false;
+        self.tx_in_flight = Some(token);
         Ok(())
+    }
+
+    /// Completes the chunk [`start_write`](Self::start_write) sent, if the
+    /// device has used it: `Ok(true)` when done (or none was in flight),
+    /// `Ok(false)` while in flight. Never waits.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Broken`], the used-ring errors of
+    /// [`VirtQueue::pop_used`], [`Error::DeviceNeedsReset`].
+    pub fn poll_write(&mut self) -> Result<bool> {
+        if self.broken {
+            return Err(Error::Broken);
+        }
+        let (Some(token), Some(q)) = (self.tx_in_flight, self.txq.as_mut()) else {
+            return Ok(true);
+        };
+        let done = match q.pop_used_token(token) {
+            Ok(Some(_)) => Ok(true),
+            Ok(None) => self.transport.check_status().map(|_| false),
+            Err(e) => Err(e),
+        };
+        match done {
+            Ok(true) => {
+                self.tx_in_flight = None;
+                Ok(true)
+            }
+            Ok(false) => Ok(false),
+            Err(e) => {
+                self.broken = true;
+                Err(e)
+            }
+        }
     }
 }
 
@@ -368,6 +436,33 @@ mod tests {
         assert_eq!(s.console_out[6..], big[..]);
         // Receive buffers were notified only after DRIVER_OK.
         assert_eq!(s.notifications[0], u32::from(RECEIVEQ));
+    }
+
+    fn park(_: &mut Scripted, _: u32, _: &crate::scripted::Chain) -> Option<u32> {
+        None
+    }
+
+    #[test]
+    fn console_start_write_then_poll_completes_only_after_the_device_used_it() {
+        let mut s = Scripted::new(2, device_id::CONSOLE, 2, 16);
+        s.handler = Some(park);
+        let t = Transport::probe(&mut s).unwrap().unwrap();
+        let mut c = Console::new(t, IdentityHal).unwrap();
+        c.start_write(b"irq").unwrap();
+        assert!(matches!(c.start_write(b"x"), Err(Error::WrongPhase(_))));
+        assert_eq!(c.poll_write(), Ok(false));
+        let io = c.transport().io_mut();
+        io.handler = Some(console_handler);
+        io.retry_parked();
+        assert_eq!(c.poll_write(), Ok(true));
+        assert_eq!(c.poll_write(), Ok(true));
+        c.write(b"!").unwrap();
+        assert!(matches!(
+            c.start_write(&[0; PAGE_SIZE + 1]),
+            Err(Error::DmaOutOfBounds { .. })
+        ));
+        drop(c);
+        assert_eq!(s.console_out, b"irq!");
     }
 
     #[test]

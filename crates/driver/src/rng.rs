@@ -30,6 +30,8 @@ pub struct Entropy<R: RegisterIo, H: Hal + Clone> {
     hal: H,
     queue: Option<VirtQueue<H>>,
     buf: Option<Dma<H>>,
+    /// The chain in flight and the bytes it asked for.
+    in_flight: Option<(u16, usize)>,
     broken: bool,
     /// Initialisation failed and FAILED was set: keep it visible.
     failed: bool,
@@ -64,6 +66,7 @@ impl<R: RegisterIo, H: Hal + Clone> Entropy<R, H> {
             hal,
             queue: None,
             buf: None,
+            in_flight: None,
             broken: true,
             failed: false,
         };
@@ -99,6 +102,7 @@ impl<R: RegisterIo, H: Hal + Clone> Entropy<R, H> {
     /// As [`new`](Self::new), and [`Error::Timeout`] for the reset.
     pub fn reinit(&mut self) -> Result<()> {
         self.broken = true;
+        self.in_flight = None;
         let q = self.queue.take();
         if !self.transport.shutdown(q, true) {
             if let Some(b) = self.buf.take() {
@@ -141,7 +145,37 @@ impl<R: RegisterIo, H: Hal + Clone> Entropy<R, H> {
         if out.is_empty() {
             return Ok(0);
         }
-        let n = out.len().min(PAGE_SIZE);
+        self.start(out.len())?;
+        let (Some((token, _)), Some(q)) = (self.in_flight, self.queue.as_mut()) else {
+            return Err(Error::Broken);
+        };
+        match self.transport.wait_used(q, token) {
+            Ok(len) => self.finish(len, out),
+            Err(e) => {
+                // The chain may still be in flight: never reuse the page.
+                self.broken = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts a request for up to `min(len, 4096)` random bytes without
+    /// waiting (`len` 0 asks for 1); [`poll`](Self::poll) completes it
+    /// after the device's used-buffer interrupt. One request at a time.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Broken`], [`Error::WrongPhase`] while a request is in
+    /// flight, and the errors of [`VirtQueue::add_segments`] and
+    /// [`Transport::notify`].
+    pub fn start(&mut self, len: usize) -> Result<()> {
+        if self.broken {
+            return Err(Error::Broken);
+        }
+        if self.in_flight.is_some() {
+            return Err(Error::WrongPhase("an entropy request is already in flight"));
+        }
+        let n = len.clamp(1, PAGE_SIZE);
         let buf = self.buf.as_ref().ok_or(Error::Broken)?;
         let seg = Segment {
             addr: buf.paddr(),
@@ -155,10 +189,49 @@ impl<R: RegisterIo, H: Hal + Clone> Entropy<R, H> {
         let token = unsafe { q.add_segments(&[], &[seg])? };
         self.broken = true;
         self.transport.notify_if_needed(q)?;
-        let len = self.transport.wait_used(q, token)?;
         self.broken = false;
+        self.in_flight = Some((token, n));
+        Ok(())
+    }
+
+    /// Completes the request [`start`](Self::start)ed, if the device has
+    /// used it: `Ok(None)` while in flight (or none was started),
+    /// `Ok(Some(n))` with the `n` bytes the device wrote copied to the
+    /// front of `out` (as many as fit). Never waits.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Broken`], the used-ring errors of
+    /// [`VirtQueue::pop_used`], [`Error::DeviceNeedsReset`].
+    pub fn poll(&mut self, out: &mut [u8]) -> Result<Option<usize>> {
+        if self.broken {
+            return Err(Error::Broken);
+        }
+        let (Some((token, _)), Some(q)) = (self.in_flight, self.queue.as_mut()) else {
+            return Ok(None);
+        };
+        let used = match q.pop_used_token(token) {
+            Ok(Some(len)) => Ok(Some(len)),
+            Ok(None) => self.transport.check_status().map(|_| None),
+            Err(e) => Err(e),
+        };
+        match used {
+            Ok(Some(len)) => self.finish(len, out).map(Some),
+            Ok(None) => Ok(None),
+            Err(e) => {
+                self.broken = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// Copies what the device wrote (`len` bytes, clamped to the request)
+    /// to `out` and returns the count copied.
+    fn finish(&mut self, len: u32, out: &mut [u8]) -> Result<usize> {
+        let (_, n) = self.in_flight.take().ok_or(Error::Broken)?;
+        let buf = self.buf.as_ref().ok_or(Error::Broken)?;
         // `len <= n` was checked against the posted writable length.
-        let got = usize::try_from(len).unwrap_or(0).min(n);
+        let got = usize::try_from(len).unwrap_or(0).min(n).min(out.len());
         buf.read_bytes(0, &mut out[..got])?;
         Ok(got)
     }
@@ -225,6 +298,32 @@ mod tests {
             e.fill(&mut buf).unwrap();
             assert_eq!(e.read(&mut []).unwrap(), 0);
         }
+    }
+
+    fn park(_: &mut Scripted, _: u32, _: &crate::scripted::Chain) -> Option<u32> {
+        None
+    }
+
+    #[test]
+    fn entropy_start_then_poll_completes_only_after_the_device_used_it() {
+        let mut s = Scripted::new(2, device_id::ENTROPY, 1, 8);
+        s.handler = Some(park);
+        let t = Transport::probe(&mut s).unwrap().unwrap();
+        let mut e = Entropy::new(t, IdentityHal).unwrap();
+        let mut buf = [0u8; 8];
+        e.start(3).unwrap();
+        assert!(matches!(e.start(3), Err(Error::WrongPhase(_))));
+        assert!(matches!(e.read(&mut buf), Err(Error::WrongPhase(_))));
+        assert_eq!(e.poll(&mut buf), Ok(None));
+        let io = e.transport().io_mut();
+        io.handler = Some(rng_handler);
+        io.retry_parked();
+        assert_eq!(e.poll(&mut buf), Ok(Some(3)));
+        assert_eq!(buf[..3], [0x5a, 0x5b, 0x58]);
+        assert_eq!(e.poll(&mut buf), Ok(None));
+        // A short `out` gets what fits.
+        e.start(8).unwrap();
+        assert_eq!(e.poll(&mut buf[..2]), Ok(Some(2)));
     }
 
     #[test]
