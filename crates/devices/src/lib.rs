@@ -9,7 +9,9 @@
 //! - [`console::Console`]: one console port over stdio, a Unix socket or an
 //!   in-memory capture (§5.3);
 //! - [`net::Net`]: a network device over a Unix stream socket (QEMU's
-//!   `-netdev stream` framing) or a TAP device (§5.1).
+//!   `-netdev stream` framing) or a TAP device (§5.1);
+//! - [`vsock::Vsock`]: stream sockets between guest ports and host programs
+//!   on Unix sockets, Firecracker's hybrid convention (§5.10).
 //!
 //! Everything the driver controls is hostile input: a malformed request is
 //! answered as the spec says (an error status, or a used length of 0 when no
@@ -25,6 +27,7 @@ pub mod net;
 pub mod rng;
 #[cfg(test)]
 mod test_util;
+pub mod vsock;
 
 /// The repository README's examples, compiled and run as doctests.
 #[doc = include_str!("../../../README.md")]
@@ -35,3 +38,4 @@ pub use block::{Backend, Block, BlockError, BlockOptions, FileBackend, MemoryBac
 pub use console::Console;
 pub use net::{Net, NetHandle};
 pub use rng::Rng;
+pub use vsock::Vsock;

@@ -13,6 +13,8 @@
 //!   (§5.2); [`console`]: console feature bits and port-0 queues (§5.3);
 //!   [`net`]: network feature bits, configuration and `virtio_net_hdr`
 //!   (§5.1);
+//!   [`vsock`]: socket device header, ops, flags, config and events
+//!   (§5.10);
 //! - [`split`] and [`packed`]: ring layouts of sections 2.7 and 2.8 as
 //!   `#[repr(C)]` little-endian types;
 //! - [`notification`]: the notification-data layout of section 2.9;
@@ -31,5 +33,6 @@ pub mod notification;
 pub mod packed;
 pub mod split;
 pub mod status;
+pub mod vsock;
 
 pub use le::{Le16, Le32, Le64};

@@ -1,0 +1,183 @@
+//! The host side of the vsock device on Unix sockets, in Firecracker's
+//! "hybrid vsock" convention:
+//!
+//! - the device listens on `PATH`; a host program connects, writes
+//!   `CONNECT <port>\n` and, once the guest accepted, reads
+//!   `OK <host_port>\n`; from then on the stream is the guest's `port`;
+//! - a guest connecting to the host (CID 2) port `P` reaches the host
+//!   program listening on `PATH_P`.
+//!
+//! Every socket is non-blocking: nothing here waits for a host program.
+
+use std::io::{self, Read};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use socket2::{Domain, SockAddr, Socket, Type};
+
+/// Longest `CONNECT <port>\n` line accepted, in bytes ("CONNECT " plus
+/// ten digits plus a newline fits with room to spare).
+pub(crate) const MAX_LINE: usize = 32;
+
+/// The listening socket at `PATH`.
+#[derive(Debug)]
+pub(crate) struct Listener {
+    pub(crate) listener: UnixListener,
+    pub(crate) path: PathBuf,
+}
+
+impl Listener {
+    /// Binds a non-blocking listener at `path`.
+    pub(crate) fn bind(path: &Path) -> io::Result<Self> {
+        let listener = UnixListener::bind(path)?;
+        listener.set_nonblocking(true)?;
+        Ok(Self {
+            listener,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Accepts one waiting host program, non-blocking; `None` when none
+    /// waits.
+    pub(crate) fn accept(&self) -> io::Result<Option<UnixStream>> {
+        match self.listener.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(true)?;
+                Ok(Some(s))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `PATH_<port>`, where a host program serving host port `port`
+    /// listens.
+    pub(crate) fn port_path(&self, port: u32) -> PathBuf {
+        let mut p = self.path.clone().into_os_string();
+        p.push(format!("_{port}"));
+        PathBuf::from(p)
+    }
+
+    /// Connects to the host program serving `port` without waiting: a
+    /// listener whose backlog is full refuses (`WouldBlock`) instead of
+    /// stalling the guest.
+    pub(crate) fn connect_port(&self, port: u32) -> io::Result<UnixStream> {
+        let socket = Socket::new(Domain::UNIX, Type::STREAM.nonblocking().cloexec(), None)?;
+        socket.connect(&SockAddr::unix(self.port_path(port))?)?;
+        Ok(UnixStream::from(socket))
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        // The path was created by `bind`; a host program must not find a
+        // dead socket there next time.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// What a host program's first line asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Handshake {
+    /// No complete line yet.
+    Incomplete,
+    /// `CONNECT <port>\n`.
+    Connect(u32),
+    /// End of file, a read error, an over-long or malformed line: close.
+    Failed,
+}
+
+/// A host program accepted on `PATH` that has not finished its
+/// `CONNECT <port>\n` line.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub(crate) stream: UnixStream,
+    line: Vec<u8>,
+}
+
+impl Pending {
+    pub(crate) fn new(stream: UnixStream) -> Self {
+        Self {
+            stream,
+            line: Vec::with_capacity(MAX_LINE),
+        }
+    }
+
+    /// Reads the line byte by byte (so no byte after the newline, which
+    /// belongs to the guest, is taken), at most [`MAX_LINE`] bytes.
+    pub(crate) fn read_line(&mut self) -> Handshake {
+        let mut b = [0u8; 1];
+        while self.line.len() < MAX_LINE {
+            match self.stream.read(&mut b) {
+                Ok(0) => return Handshake::Failed,
+                Ok(_) if b[0] == b'\n' => return parse_connect(&self.line),
+                Ok(_) => self.line.push(b[0]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Handshake::Incomplete,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Handshake::Failed,
+            }
+        }
+        Handshake::Failed
+    }
+}
+
+/// Parses `CONNECT <port>` (without the newline): decimal port, one
+/// space, nothing else.
+pub(crate) fn parse_connect(line: &[u8]) -> Handshake {
+    let Some(digits) = line.strip_prefix(b"CONNECT ") else {
+        return Handshake::Failed;
+    };
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return Handshake::Failed;
+    }
+    match std::str::from_utf8(digits)
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        Some(port) => Handshake::Connect(port),
+        None => Handshake::Failed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_lines_are_parsed_strictly() {
+        assert_eq!(parse_connect(b"CONNECT 5000"), Handshake::Connect(5000));
+        assert_eq!(
+            parse_connect(b"CONNECT 4294967295"),
+            Handshake::Connect(u32::MAX)
+        );
+        for bad in [
+            &b"CONNECT 4294967296"[..],
+            b"CONNECT ",
+            b"CONNECT -1",
+            b"CONNECT 12 ",
+            b"connect 12",
+            b"CONNECT+12",
+            b"",
+        ] {
+            assert_eq!(parse_connect(bad), Handshake::Failed, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_line_is_bounded_and_bytes_after_it_stay_in_the_stream() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let mut p = Pending::new(a);
+        assert_eq!(p.read_line(), Handshake::Incomplete);
+        std::io::Write::write_all(&mut b, b"CONNECT 7\nhello").unwrap();
+        assert_eq!(p.read_line(), Handshake::Connect(7));
+        let mut rest = [0u8; 5];
+        p.stream.read_exact(&mut rest).unwrap();
+        assert_eq!(&rest, b"hello");
+
+        let (a, mut b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        std::io::Write::write_all(&mut b, &[b'C'; MAX_LINE + 1]).unwrap();
+        assert_eq!(Pending::new(a).read_line(), Handshake::Failed);
+    }
+}
