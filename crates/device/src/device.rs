@@ -93,6 +93,18 @@ pub trait VirtioDevice<M: GuestMemory>: Send {
     /// Read-only or out-of-range bytes are ignored.
     fn write_config(&mut self, offset: u64, data: &[u8]);
 
+    /// How many times the host changed the configuration space so far
+    /// (wrapping): the transport adds it into `ConfigGeneration` (virtio
+    /// v1.4 §4.2.2), so a driver re-reads fields that changed under it. A
+    /// device whose configuration the host changes at run time keeps it in
+    /// a [`crate::LiveConfig`] and returns [`crate::LiveConfig::generation`];
+    /// the counter must be incremented in the same critical section as the
+    /// change, before the new bytes can be read. Default: 0 (the
+    /// configuration never changes on the host side).
+    fn config_generation(&self) -> u32 {
+        0
+    }
+
     /// Starts the device after `DRIVER_OK`: `queues[i]` is queue `i` (not
     /// ready ones included, with `ready() == false`), `features` the
     /// negotiated feature bits, `mem` the guest memory and `interrupt` the

@@ -10,6 +10,8 @@
 //! - [`Queue`]: the device-role split virtqueue over [`vm_memory::GuestMemory`].
 //! - [`VirtioDevice`]: what a device backend implements (device type, queues,
 //!   features, config space, activation, notifications).
+//! - [`LiveConfig`]: a configuration space the host changes while the
+//!   driver runs (ConfigGeneration and the config-change interrupt).
 //! - [`Interrupt`]: what the platform implements to deliver the window's
 //!   interrupt line (edge or level).
 //!
@@ -18,12 +20,14 @@
 
 #![deny(missing_docs)]
 
+pub mod config;
 pub mod device;
 pub mod interrupt;
 pub mod queue;
 pub mod recording;
 pub mod transport;
 
+pub use config::LiveConfig;
 pub use device::{ActivateError, BackendFd, SharedMemoryRegion, VirtioDevice};
 pub use interrupt::{Interrupt, InterruptCause, InterruptStatus};
 pub use queue::{DescriptorChain, Queue, QueueError};

@@ -161,8 +161,9 @@ macro_rules! fault {
 ///   and for an enabled queue; legacy drivers that notify before DRIVER_OK
 ///   are not served.
 /// - A driver store to the configuration space that changes what the
-///   device reads back increments `ConfigGeneration`; the host reports its
-///   own changes with [`MmioTransport::config_changed`].
+///   device reads back increments `ConfigGeneration`; so does each host
+///   change, reported by the device ([`VirtioDevice::config_generation`],
+///   see [`crate::LiveConfig`]) or with [`MmioTransport::config_changed`].
 /// - 64-bit accesses are invalid everywhere (§4.2.2.2 allows the driver
 ///   8/16/32-bit accesses to the configuration space only).
 ///
@@ -328,6 +329,13 @@ impl<M: GuestMemory + Clone + Send> MmioTransport<M> {
     /// and, once the driver has set DRIVER_OK, raises a configuration
     /// change notification (`InterruptStatus` bit 1, §4.2.3.4). Call it
     /// after the change is visible through `read_config`.
+    ///
+    /// This is for devices without host-side handles, changed through
+    /// [`MmioTransport::device_mut`] on the thread that owns the window.
+    /// The devices of `vmmio-devices` change their configuration through
+    /// handles usable from any thread while the window runs (a
+    /// [`crate::LiveConfig`] underneath), which do all of this themselves
+    /// and do not need the transport.
     pub fn config_changed(&mut self) {
         self.config_generation = self.config_generation.wrapping_add(1);
         if self.status & DRIVER_OK != 0 {
@@ -443,9 +451,13 @@ impl<M: GuestMemory + Clone + Send> MmioTransport<M> {
     }
 
     /// The current `ConfigGeneration` value (also kept, though not
-    /// readable, in legacy windows).
+    /// readable, in legacy windows): the driver stores that changed the
+    /// configuration, plus [`MmioTransport::config_changed`] calls, plus the
+    /// device's own count of host changes
+    /// ([`VirtioDevice::config_generation`]), wrapping.
     pub fn config_generation(&self) -> u32 {
         self.config_generation
+            .wrapping_add(self.device.config_generation())
     }
 
     /// The feature bits the window offers in `DeviceFeatures` (after the
@@ -511,7 +523,7 @@ impl<M: GuestMemory + Clone + Send> MmioTransport<M> {
             // Our queue reset completes before the write returns (§4.2.2.1:
             // 1 only "as long as the queue reset is ongoing").
             mmio::QUEUE_RESET if modern => 0,
-            mmio::CONFIG_GENERATION if modern => self.config_generation,
+            mmio::CONFIG_GENERATION if modern => self.config_generation(),
             _ => {
                 match mmio::register(offset) {
                     Some(r) if self.has_layout(r.layout) && r.direction == Direction::W => {

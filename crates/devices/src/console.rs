@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use vm_memory::GuestMemory;
 use vmmio_device::queue::Descriptor;
 use vmmio_device::{
-    ActivateError, DescriptorChain, InterruptCause, InterruptStatus, Queue, VirtioDevice,
+    ActivateError, DescriptorChain, InterruptStatus, LiveConfig, Queue, VirtioDevice,
 };
 use vmmio_spec::device_id;
 use vmmio_spec::features::{bit, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_RING_RESET};
@@ -78,8 +78,6 @@ struct Active<M> {
 struct Inner<M> {
     output: Output,
     pending: VecDeque<u8>,
-    cols: u16,
-    rows: u16,
     tx_buf: Box<[u8; TX_CHUNK]>,
     active: Option<Active<M>>,
     /// Chain storage reused by every pop.
@@ -94,7 +92,66 @@ struct Inner<M> {
 /// A virtio console device (device ID 3) with one port.
 pub struct Console<M> {
     inner: Arc<Mutex<Inner<M>>>,
+    /// `struct virtio_console_config`, shared with [`ConsoleConfigHandle`]s.
+    config: LiveConfig,
     queue_max_sizes: [u16; 2],
+}
+
+/// Changes a [`Console`]'s size (`cols`, `rows`) from the host, e.g. when
+/// the host terminal is resized (`SIGWINCH`).
+///
+/// Cloneable, `Send` and `Sync`; works before, while and after the console
+/// sits in a transport, from any thread. A change updates both fields as
+/// one atomic step with respect to driver reads, increments
+/// `ConfigGeneration` (Version 2 windows; the driver reads `cols` and
+/// `rows` separately) and, while the device runs, raises the configuration
+/// change notification (virtio v1.4 §2.5, §5.3.6 item 3).
+#[derive(Clone, Debug)]
+pub struct ConsoleConfigHandle {
+    config: LiveConfig,
+}
+
+impl ConsoleConfigHandle {
+    /// Sets `cols` and `rows` (character cells). The current size changes
+    /// nothing.
+    pub fn set_size(&self, cols: u16, rows: u16) {
+        self.config.change(|bytes| put_size(bytes, cols, rows));
+    }
+
+    /// The current `(cols, rows)`.
+    pub fn size(&self) -> (u16, u16) {
+        size_of(&self.config)
+    }
+}
+
+/// Writes `cols` and `rows` into a console configuration space.
+fn put_size(bytes: &mut [u8], cols: u16, rows: u16) {
+    if let Some(field) = bytes.get_mut(0..2) {
+        field.copy_from_slice(&cols.to_le_bytes());
+    }
+    if let Some(field) = bytes.get_mut(2..4) {
+        field.copy_from_slice(&rows.to_le_bytes());
+    }
+}
+
+/// `(cols, rows)` of a console configuration space.
+fn size_of(config: &LiveConfig) -> (u16, u16) {
+    let mut size = [0u8; 4];
+    config.read(0, &mut size);
+    (
+        u16::from_le_bytes([size[0], size[1]]),
+        u16::from_le_bytes([size[2], size[3]]),
+    )
+}
+
+/// The initial configuration space: `cols` x `rows`, one port.
+fn initial_config(cols: u16, rows: u16) -> Vec<u8> {
+    let mut c = vec![0u8; CONFIG_SIZE];
+    put_size(&mut c, cols, rows);
+    // max_nr_ports: only meaningful with MULTIPORT; one port here.
+    c[4..8].copy_from_slice(&1u32.to_le_bytes());
+    // emerg_wr (8..12) is write-only and reads 0.
+    c
 }
 
 /// A handle that pushes input into a [`Console`] from any thread. Cheap to
@@ -120,9 +177,10 @@ impl<M> fmt::Debug for ConsoleInput<M> {
 impl<M> fmt::Debug for Console<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let inner = lock(&self.inner);
+        let (cols, rows) = size_of(&self.config);
         f.debug_struct("Console")
-            .field("cols", &inner.cols)
-            .field("rows", &inner.rows)
+            .field("cols", &cols)
+            .field("rows", &rows)
             .field("pending_input", &inner.pending.len())
             .field("active", &inner.active.is_some())
             .finish()
@@ -143,8 +201,6 @@ impl<M> Console<M> {
             inner: Arc::new(Mutex::new(Inner {
                 output,
                 pending: VecDeque::new(),
-                cols: 80,
-                rows: 25,
                 tx_buf: Box::new([0; TX_CHUNK]),
                 active: None,
                 chain: DescriptorChain::new(),
@@ -153,6 +209,7 @@ impl<M> Console<M> {
                 host_errors: LogLimiter::default(),
                 broken_log: LogLimiter::default(),
             })),
+            config: LiveConfig::new(initial_config(80, 25)),
             queue_max_sizes: [QUEUE_SIZE; 2],
         }
     }
@@ -170,13 +227,17 @@ impl<M> Console<M> {
 
     /// Sets `cols` and `rows` (character cells) before the device runs;
     /// see [`Console::set_size`] for a running device.
-    pub fn with_size(self, cols: u16, rows: u16) -> Self {
-        {
-            let mut inner = lock(&self.inner);
-            inner.cols = cols;
-            inner.rows = rows;
-        }
+    pub fn with_size(mut self, cols: u16, rows: u16) -> Self {
+        self.config = LiveConfig::new(initial_config(cols, rows));
         self
+    }
+
+    /// A handle that changes the size from any thread while the console
+    /// runs; see [`ConsoleConfigHandle`].
+    pub fn config_handle(&self) -> ConsoleConfigHandle {
+        ConsoleConfigHandle {
+            config: self.config.clone(),
+        }
     }
 
     /// Sets `QueueSizeMax` of both queues to `size` descriptors (default
@@ -272,15 +333,11 @@ impl<M: GuestMemory> Console<M> {
         lock(&self.inner).push(data);
     }
 
-    /// Changes `cols` and `rows`; a running device sends a configuration
-    /// change notification (§5.3.6 item 3).
+    /// Changes `cols` and `rows` as [`ConsoleConfigHandle::set_size`]
+    /// does (`ConfigGeneration` changes; a running device sends a
+    /// configuration change notification, §5.3.6 item 3).
     pub fn set_size(&self, cols: u16, rows: u16) {
-        let mut inner = lock(&self.inner);
-        inner.cols = cols;
-        inner.rows = rows;
-        if let Some(active) = &inner.active {
-            active.interrupt.raise(InterruptCause::ConfigChange);
-        }
+        self.config_handle().set_size(cols, rows);
     }
 }
 
@@ -404,16 +461,6 @@ impl<M: GuestMemory> Inner<M> {
                 "virtio-console: emergency write failed: {e}"
             );
         }
-    }
-
-    fn config(&self) -> [u8; CONFIG_SIZE] {
-        let mut c = [0u8; CONFIG_SIZE];
-        c[0..2].copy_from_slice(&self.cols.to_le_bytes());
-        c[2..4].copy_from_slice(&self.rows.to_le_bytes());
-        // max_nr_ports: only meaningful with MULTIPORT; one port here.
-        c[4..8].copy_from_slice(&1u32.to_le_bytes());
-        // emerg_wr (8..12) is write-only and reads 0.
-        c
     }
 }
 
@@ -576,8 +623,11 @@ impl<M: GuestMemory + Send> VirtioDevice<M> for Console<M> {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let config = lock(&self.inner).config();
-        crate::block::read_config_bytes(&config, offset, data);
+        self.config.read(offset, data);
+    }
+
+    fn config_generation(&self) -> u32 {
+        self.config.generation()
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -594,6 +644,7 @@ impl<M: GuestMemory + Send> VirtioDevice<M> for Console<M> {
         let mut it = queues.into_iter().map(|q| q.ready().then_some(q));
         let rx = it.next().flatten();
         let tx = it.next().flatten();
+        self.config.activate(interrupt.clone());
         let mut inner = lock(&self.inner);
         inner.active = Some(Active {
             mem,
@@ -620,6 +671,7 @@ impl<M: GuestMemory + Send> VirtioDevice<M> for Console<M> {
     }
 
     fn reset(&mut self) {
+        self.config.deactivate();
         // Pending input stays for the next driver.
         lock(&self.inner).active = None;
     }

@@ -34,8 +34,10 @@ pub mod vsock;
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
-pub use block::{Backend, Block, BlockError, BlockOptions, FileBackend, MemoryBackend};
-pub use console::Console;
+pub use block::{
+    Backend, Block, BlockConfigHandle, BlockError, BlockOptions, FileBackend, MemoryBackend,
+};
+pub use console::{Console, ConsoleConfigHandle};
 pub use net::{Net, NetHandle};
 pub use rng::Rng;
 pub use vsock::Vsock;

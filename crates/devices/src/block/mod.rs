@@ -42,13 +42,15 @@ use std::io;
 use std::path::Path;
 
 use vm_memory::GuestMemory;
-use vmmio_device::{ActivateError, DescriptorChain, InterruptStatus, Queue, VirtioDevice};
+use vmmio_device::{
+    ActivateError, DescriptorChain, InterruptStatus, LiveConfig, Queue, VirtioDevice,
+};
 use vmmio_spec::device_id;
 use vmmio_spec::features::{bit, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_RING_RESET};
 
 use crate::chain::{LogLimiter, Served};
 pub use backend::{Backend, FileBackend, MemoryBackend};
-use request::{features as blk, Disk, Limits, ID_BYTES, SECTOR_SIZE};
+use request::{features as blk, Capacity, Disk, Limits, ID_BYTES, SECTOR_SIZE};
 
 /// Size of the configuration space this device exposes, in bytes: `struct
 /// virtio_blk_config` up to and including `unused1` (virtio v1.4 §5.2.4).
@@ -73,6 +75,10 @@ pub enum BlockError {
     /// An option is out of range (the text says which).
     #[error("invalid block device option: {0}")]
     InvalidOption(&'static str),
+    /// A capacity beyond `u64::MAX / 512` sectors (its size in bytes
+    /// would not fit 64 bits).
+    #[error("capacity of {0} sectors is too large")]
+    CapacityTooLarge(u64),
 }
 
 /// Options of a [`Block`] device. `Default` gives one queue of 256 entries,
@@ -150,7 +156,8 @@ struct Active<M> {
 /// `MmioTransport`.
 pub struct Block<M, B = FileBackend> {
     disk: Disk<B>,
-    config: [u8; CONFIG_SIZE],
+    /// `struct virtio_blk_config`, shared with [`BlockConfigHandle`]s.
+    config: LiveConfig,
     features: u64,
     queue_max_sizes: Vec<u16>,
     active: Option<Active<M>>,
@@ -244,7 +251,7 @@ impl<M, B: Backend> Block<M, B> {
                 "blk_size must be a power of two >= 512",
             ));
         }
-        let capacity = backend.len() / SECTOR_SIZE;
+        let capacity = Capacity::new(backend.len() / SECTOR_SIZE);
         let discard = options.discard && backend.supports_discard();
         let write_zeroes = options.write_zeroes && backend.supports_write_zeroes();
         let seg_max = options
@@ -279,7 +286,7 @@ impl<M, B: Backend> Block<M, B> {
         // writeback (32) and unused0 (33), and unused1 (57..60), which
         // must be 0 (§5.2.5.1); write_zeroes_may_unmap (56): zeroes are
         // written, never unmapped.
-        put(0, &capacity.to_le_bytes());
+        put(0, &capacity.get().to_le_bytes());
         put(8, &options.size_max.to_le_bytes());
         put(12, &seg_max.to_le_bytes());
         put(20, &options.blk_size.to_le_bytes());
@@ -304,7 +311,7 @@ impl<M, B: Backend> Block<M, B> {
         };
         Ok(Self {
             disk: Disk::new(backend, limits, id),
-            config,
+            config: LiveConfig::new(config.to_vec()),
             features,
             queue_max_sizes: vec![options.queue_size; usize::from(options.num_queues)],
             active: None,
@@ -313,9 +320,19 @@ impl<M, B: Backend> Block<M, B> {
         })
     }
 
-    /// Capacity in 512-byte sectors (the backend's length rounded down).
+    /// Capacity in 512-byte sectors: the backend's length rounded down
+    /// when the device was made, or what a [`BlockConfigHandle`] set since.
     pub fn capacity(&self) -> u64 {
-        self.disk.limits.capacity
+        self.disk.limits.capacity.get()
+    }
+
+    /// A host-side handle that changes the capacity while the device runs
+    /// (the backing file grew or shrank); see [`BlockConfigHandle`].
+    pub fn config_handle(&self) -> BlockConfigHandle {
+        BlockConfigHandle {
+            config: self.config.clone(),
+            capacity: self.disk.limits.capacity.clone(),
+        }
     }
 
     /// Whether the device is read-only.
@@ -385,7 +402,11 @@ where
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        read_config_bytes(&self.config, offset, data);
+        self.config.read(offset, data);
+    }
+
+    fn config_generation(&self) -> u32 {
+        self.config.generation()
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -412,6 +433,7 @@ where
                 })
             })
             .collect();
+        self.config.activate(interrupt.clone());
         self.active = Some(Active {
             mem,
             interrupt,
@@ -434,6 +456,7 @@ where
     }
 
     fn reset(&mut self) {
+        self.config.deactivate();
         self.active = None;
     }
 
@@ -462,16 +485,70 @@ where
     }
 }
 
-/// Copies `data.len()` bytes of `config` from byte `offset`; bytes past the
-/// end read as 0 (any offset, any length, no panic).
-pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
-    data.fill(0);
-    let Ok(start) = usize::try_from(offset) else {
-        return;
-    };
-    if let Some(src) = config.get(start..) {
-        let n = src.len().min(data.len());
-        data[..n].copy_from_slice(&src[..n]);
+/// Changes a running [`Block`] device's capacity from the host: after the
+/// backing file grew or shrank, or to expose more or less of it.
+///
+/// Cloneable, `Send` and `Sync`; works before, while and after the device
+/// sits in a transport, from any thread. A change updates `capacity` in the
+/// configuration space as one atomic step with respect to driver reads,
+/// increments `ConfigGeneration` (Version 2 windows) and, while the device
+/// runs, raises the configuration change interrupt (virtio v1.4 §2.5,
+/// §5.2.4). Requests are checked against the new capacity from the moment
+/// the driver can read it; requests past the end of a shrunk disk get
+/// `VIRTIO_BLK_S_IOERR`.
+///
+/// The handle does not look at the backend: sectors beyond the backend's
+/// end fail with `VIRTIO_BLK_S_IOERR` when accessed, so grow the file first
+/// (as with QEMU's `block_resize` or a Firecracker drive PATCH).
+///
+/// ```
+/// use vm_memory::GuestMemoryMmap;
+/// use vmmio_devices::{Block, BlockOptions, MemoryBackend};
+///
+/// let disk: Block<GuestMemoryMmap, _> =
+///     Block::with_backend(MemoryBackend::new(4096), BlockOptions::default()).unwrap();
+/// let handle = disk.config_handle();
+/// std::thread::spawn(move || handle.set_capacity(4)).join().unwrap().unwrap();
+/// assert_eq!(disk.capacity(), 4);
+/// ```
+#[derive(Clone, Debug)]
+pub struct BlockConfigHandle {
+    config: LiveConfig,
+    capacity: Capacity,
+}
+
+impl BlockConfigHandle {
+    /// The current capacity in 512-byte sectors.
+    pub fn capacity(&self) -> u64 {
+        self.capacity.get()
+    }
+
+    /// Sets the capacity to `sectors` 512-byte sectors. Setting the current
+    /// value changes nothing (no generation change, no interrupt).
+    ///
+    /// # Errors
+    /// [`BlockError::CapacityTooLarge`] above `u64::MAX / 512` sectors.
+    pub fn set_capacity(&self, sectors: u64) -> Result<(), BlockError> {
+        if sectors > Capacity::MAX {
+            return Err(BlockError::CapacityTooLarge(sectors));
+        }
+        self.config.change(|bytes| {
+            self.capacity.set(sectors);
+            if let Some(field) = bytes.get_mut(..8) {
+                field.copy_from_slice(&sectors.to_le_bytes());
+            }
+        });
+        Ok(())
+    }
+
+    /// Sets the capacity from a backing size of `len` bytes (rounded down
+    /// to whole sectors), e.g. the new length of the image file.
+    ///
+    /// # Errors
+    /// None in practice (`len / 512` always fits); as
+    /// [`BlockConfigHandle::set_capacity`].
+    pub fn set_len(&self, len: u64) -> Result<(), BlockError> {
+        self.set_capacity(len / SECTOR_SIZE)
     }
 }
 
@@ -479,7 +556,7 @@ impl<M, B: std::fmt::Debug> std::fmt::Debug for Block<M, B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Block")
             .field("backend", &self.disk.backend)
-            .field("capacity", &self.disk.limits.capacity)
+            .field("capacity", &self.disk.limits.capacity.get())
             .field("read_only", &self.disk.limits.read_only)
             .field("active", &self.active.is_some())
             .finish()

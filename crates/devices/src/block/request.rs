@@ -7,6 +7,8 @@
 //! with length 0.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use vm_memory::bitmap::BitmapSlice;
 use vm_memory::{GuestAddress, GuestMemory, Permissions, VolatileSlice};
@@ -23,11 +25,36 @@ pub use vmmio_spec::blk::{
 /// Bit 0 of a segment's `flags`: unmap (write zeroes only).
 const FLAG_UNMAP: u32 = 1;
 
+/// The disk's capacity in 512-byte sectors, shared between the request
+/// path and the host-side handle that resizes the disk while it runs.
+/// Always at most `u64::MAX / 512`, so `capacity * 512` does not overflow.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Capacity(Arc<AtomicU64>);
+
+impl Capacity {
+    /// The most sectors a capacity may hold.
+    pub(crate) const MAX: u64 = u64::MAX / SECTOR_SIZE;
+
+    pub(crate) fn new(sectors: u64) -> Self {
+        Self(Arc::new(AtomicU64::new(sectors.min(Self::MAX))))
+    }
+
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Sets the capacity, clamped to [`Capacity::MAX`].
+    pub(crate) fn set(&self, sectors: u64) {
+        self.0.store(sectors.min(Self::MAX), Ordering::Release);
+    }
+}
+
 /// The limits a [`Disk`] enforces, derived from the device options.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Limits {
-    /// Capacity in 512-byte sectors.
-    pub(crate) capacity: u64,
+    /// Capacity in 512-byte sectors (changes when the host resizes the
+    /// disk).
+    pub(crate) capacity: Capacity,
     /// Read-only disk (`VIRTIO_BLK_F_RO` offered).
     pub(crate) read_only: bool,
     /// Most segments in a discard request.
@@ -202,12 +229,12 @@ impl<B: Backend> Disk<B> {
     fn check_range(&mut self, sector: u64, len: u64) -> Option<u64> {
         let offset = sector.checked_mul(SECTOR_SIZE)?;
         let end = offset.checked_add(len)?;
-        // capacity * 512 <= backend.len(), so it does not overflow.
-        if end > self.limits.capacity * SECTOR_SIZE {
+        let capacity = self.limits.capacity.get();
+        // capacity <= Capacity::MAX, so this does not overflow.
+        if end > capacity * SECTOR_SIZE {
             log::log!(
                 self.faults.bad_request.level(),
-                "virtio-blk: sectors {sector}+{len}B beyond capacity {}",
-                self.limits.capacity
+                "virtio-blk: sectors {sector}+{len}B beyond capacity {capacity}"
             );
             return None;
         }

@@ -10,7 +10,7 @@ use vmmio_device::queue::Descriptor;
 use vmmio_device::VirtioDevice;
 use vmmio_spec::features::{bit, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_RING_RESET};
 
-use super::request::{features as blk, status, types, Disk, Limits};
+use super::request::{features as blk, status, types, Capacity, Disk, Limits};
 use super::*;
 use crate::test_util::{desc, interrupt, mem, CountingLine, Mem, TestRing, F_NEXT, F_WRITE};
 
@@ -563,7 +563,7 @@ fn readable_after_writable_completes_with_zero() {
     let mut disk = Disk::new(
         MemoryBackend::from_vec(image(2)),
         Limits {
-            capacity: 2,
+            capacity: Capacity::new(2),
             read_only: false,
             max_discard_seg: 1,
             max_discard_sectors: 1,
