@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmmio_device::{Interrupt, InterruptCause, MmioTransport, TransportVersion, VirtioDevice};
-use vmmio_devices::{Block, BlockOptions, Console, MemoryBackend};
+use vmmio_devices::net::backend::Stream;
+use vmmio_devices::{Block, BlockOptions, Console, MemoryBackend, Net};
 use vmmio_spec::features::VIRTIO_F_VERSION_1;
 use vmmio_spec::mmio;
 use vmmio_spec::status::{ACKNOWLEDGE, DRIVER, DRIVER_OK, FEATURES_OK};
@@ -255,4 +256,35 @@ fn requests_follow_the_new_capacity() {
     assert_eq!(block.capacity(), 2, "a refused change changes nothing");
     handle.set_len(8 * 512 + 100).expect("capacity");
     assert_eq!(block.capacity(), 8);
+}
+
+/// A network device's MAC (6 bytes, read byte by byte) changed from another
+/// thread is never seen half old, half new; link changes notify.
+#[test]
+fn net_mac_changes_are_never_torn_on_version_2() {
+    let (ours, _peer) = std::os::unix::net::UnixStream::pair().expect("socket pair");
+    let net = Net::<Mem>::new(Box::new(Stream::new(ours).expect("stream backend")));
+    let handle = net.handle();
+    let (mut t, line) = window(TransportVersion::Modern, Box::new(net));
+    handshake(&mut t);
+    let mac_handle = handle.clone();
+    stream_of_changes(
+        &mut t,
+        move |k| {
+            let b = (k % 251) as u8;
+            mac_handle.set_mac([0x02, b, b, b, b, b]);
+        },
+        |t| {
+            let mut first = [0u8; 1];
+            t.read(mmio::CONFIG + 1, &mut first);
+            std::thread::yield_now();
+            let mut last = [0u8; 1];
+            t.read(mmio::CONFIG + 5, &mut last);
+            (u32::from(first[0]), u32::from(last[0]))
+        },
+    );
+    let before = line.config.load(Ordering::SeqCst);
+    handle.set_link_up(false);
+    assert_eq!(line.config.load(Ordering::SeqCst), before + 1);
+    assert!(!handle.link_up());
 }

@@ -41,13 +41,13 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use vm_memory::GuestMemory;
 use vmmio_device::queue::Descriptor;
 use vmmio_device::{
-    ActivateError, BackendFd, DescriptorChain, InterruptCause, InterruptStatus, Queue, VirtioDevice,
+    ActivateError, BackendFd, DescriptorChain, InterruptStatus, LiveConfig, Queue, VirtioDevice,
 };
 use vmmio_spec::device_id;
 use vmmio_spec::features::{bit, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_RING_RESET};
@@ -121,14 +121,18 @@ impl Counters {
 
 /// What the device shares with [`NetHandle`]s.
 struct Shared {
-    link_up: AtomicBool,
-    /// The running device's interrupt status, for link changes.
-    interrupt: Mutex<Option<InterruptStatus>>,
+    /// `struct virtio_net_config`: MAC, link status, MTU.
+    config: LiveConfig,
     counters: Counters,
 }
 
-/// A handle on a [`Net`] device's link state and counters, usable from any
-/// thread. Cheap to clone.
+/// A handle on a [`Net`] device's link state, MAC and counters, usable from
+/// any thread while the device runs. Cheap to clone.
+///
+/// A change updates the configuration space as one atomic step with respect
+/// to driver reads, increments `ConfigGeneration` (Version 2 windows) and,
+/// while the device runs, raises the configuration change notification
+/// (virtio v1.4 §2.5, §5.1.4; see [`vmmio_device::LiveConfig`]).
 #[derive(Clone)]
 pub struct NetHandle(Arc<Shared>);
 
@@ -145,22 +149,28 @@ impl NetHandle {
     /// a change on a running device raises a configuration change
     /// notification (§5.1.4). Frames still flow either way.
     pub fn set_link_up(&self, up: bool) {
-        let was = self.0.link_up.swap(up, Ordering::SeqCst);
-        if was != up {
-            let interrupt = self
-                .0
-                .interrupt
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if let Some(i) = interrupt.as_ref() {
-                i.raise(InterruptCause::ConfigChange);
-            }
-        }
+        self.0.config.change(|b| put_status(b, up));
     }
 
     /// The link state reported to the driver.
     pub fn link_up(&self) -> bool {
-        self.0.link_up.load(Ordering::SeqCst)
+        let mut status = [0u8; 2];
+        self.0.config.read(STATUS_OFFSET, &mut status);
+        u16::from_le_bytes(status) & S_LINK_UP != 0
+    }
+
+    /// Sets the MAC address reported in `mac`. A Linux driver reads it when
+    /// it probes the device (inside a `ConfigGeneration` check, so a change
+    /// while it reads is caught) and ignores later changes.
+    pub fn set_mac(&self, mac: [u8; 6]) {
+        self.0.config.change(|b| put_mac(b, mac));
+    }
+
+    /// The MAC address reported to the driver.
+    pub fn mac(&self) -> [u8; 6] {
+        let mut mac = [0u8; 6];
+        self.0.config.read(0, &mut mac);
+        mac
     }
 
     /// The counters so far.
@@ -175,6 +185,41 @@ impl NetHandle {
             rx_bytes: g(&c.rx_bytes),
             rx_dropped: g(&c.rx_dropped),
         }
+    }
+}
+
+/// Byte offset of `status` in the configuration space.
+const STATUS_OFFSET: u64 = 6;
+/// Byte offset of `mtu` in the configuration space.
+const MTU_OFFSET: usize = 10;
+
+/// The configuration space of a new device: `mac`, link up, one queue
+/// pair, `mtu`.
+fn initial_config(mac: [u8; 6], mtu: u16) -> Vec<u8> {
+    let c = Config {
+        mac,
+        status: Le16::new(S_LINK_UP),
+        max_virtqueue_pairs: Le16::new(1),
+        mtu: Le16::new(mtu),
+    };
+    let mut b = vec![0u8; CONFIG_SIZE];
+    b[0..6].copy_from_slice(&c.mac);
+    b[6..8].copy_from_slice(&c.status.to_bytes());
+    b[8..10].copy_from_slice(&c.max_virtqueue_pairs.to_bytes());
+    b[10..12].copy_from_slice(&c.mtu.to_bytes());
+    b
+}
+
+fn put_mac(b: &mut [u8], mac: [u8; 6]) {
+    if let Some(field) = b.get_mut(0..6) {
+        field.copy_from_slice(&mac);
+    }
+}
+
+fn put_status(b: &mut [u8], up: bool) {
+    let status = if up { S_LINK_UP } else { 0 };
+    if let Some(field) = b.get_mut(6..8) {
+        field.copy_from_slice(&status.to_le_bytes());
     }
 }
 
@@ -207,7 +252,6 @@ struct Logs {
 /// [`Backend`].
 pub struct Net<M> {
     backend: Box<dyn Backend>,
-    mac: [u8; 6],
     mtu: u16,
     queue_max_sizes: [u16; 2],
     shared: Arc<Shared>,
@@ -232,7 +276,7 @@ pub struct Net<M> {
 impl<M> fmt::Debug for Net<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Net")
-            .field("mac", &self.mac)
+            .field("mac", &self.handle().mac())
             .field("mtu", &self.mtu)
             .field("backlog", &self.backlog.len())
             .field("active", &self.active.is_some())
@@ -246,12 +290,10 @@ impl<M> Net<M> {
     pub fn new(backend: Box<dyn Backend>) -> Self {
         Self {
             backend,
-            mac: DEFAULT_MAC,
             mtu: DEFAULT_MTU,
             queue_max_sizes: [QUEUE_SIZE; 2],
             shared: Arc::new(Shared {
-                link_up: AtomicBool::new(true),
-                interrupt: Mutex::new(None),
+                config: LiveConfig::new(initial_config(DEFAULT_MAC, DEFAULT_MTU)),
                 counters: Counters::default(),
             }),
             active: None,
@@ -269,8 +311,8 @@ impl<M> Net<M> {
     }
 
     /// Sets the MAC address reported in the configuration space.
-    pub fn with_mac(mut self, mac: [u8; 6]) -> Self {
-        self.mac = mac;
+    pub fn with_mac(self, mac: [u8; 6]) -> Self {
+        self.handle().set_mac(mac);
         self
     }
 
@@ -279,6 +321,12 @@ impl<M> Net<M> {
     /// driver reads it; the device never changes it afterwards.
     pub fn with_mtu(mut self, mtu: u16) -> Self {
         self.mtu = mtu.clamp(68, MAX_MTU);
+        let mtu = self.mtu;
+        self.shared.config.change(|b| {
+            if let Some(field) = b.get_mut(MTU_OFFSET..MTU_OFFSET + 2) {
+                field.copy_from_slice(&mtu.to_le_bytes());
+            }
+        });
         self
     }
 
@@ -303,26 +351,6 @@ impl<M> Net<M> {
     /// Ethernet header with one VLAN tag.
     pub fn max_frame_len(&self) -> usize {
         usize::from(self.mtu) + ETH_HLEN + VLAN_HLEN
-    }
-
-    fn config(&self) -> [u8; CONFIG_SIZE] {
-        let status = if self.shared.link_up.load(Ordering::SeqCst) {
-            S_LINK_UP
-        } else {
-            0
-        };
-        let c = Config {
-            mac: self.mac,
-            status: Le16::new(status),
-            max_virtqueue_pairs: Le16::new(1),
-            mtu: Le16::new(self.mtu),
-        };
-        let mut b = [0u8; CONFIG_SIZE];
-        b[0..6].copy_from_slice(&c.mac);
-        b[6..8].copy_from_slice(&c.status.to_bytes());
-        b[8..10].copy_from_slice(&c.max_virtqueue_pairs.to_bytes());
-        b[10..12].copy_from_slice(&c.mtu.to_bytes());
-        b
     }
 }
 
@@ -426,7 +454,11 @@ impl<M: GuestMemory + Send> VirtioDevice<M> for Net<M> {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        crate::block::read_config_bytes(&self.config(), offset, data);
+        self.shared.config.read(offset, data);
+    }
+
+    fn config_generation(&self) -> u32 {
+        self.shared.config.generation()
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {
@@ -445,11 +477,7 @@ impl<M: GuestMemory + Send> VirtioDevice<M> for Net<M> {
         let mut it = queues.into_iter().map(|q| q.ready().then_some(q));
         let rx = it.next().flatten();
         let tx = it.next().flatten();
-        *self
-            .shared
-            .interrupt
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(interrupt.clone());
+        self.shared.config.activate(interrupt.clone());
         self.backend
             .set_guest_csum(features & bit(F_GUEST_CSUM) != 0);
         self.active = Some(Active {
@@ -482,11 +510,7 @@ impl<M: GuestMemory + Send> VirtioDevice<M> for Net<M> {
 
     fn reset(&mut self) {
         self.active = None;
-        *self
-            .shared
-            .interrupt
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = None;
+        self.shared.config.deactivate();
         // Frames for the old driver are stale; the backend (and a stream's
         // partly written frame) stays.
         self.backlog.clear();
