@@ -202,7 +202,11 @@ fn kernel_drives_blk_rng_console_with_interrupts(mode: Mode) {
         "the image is not the original plus the written sector"
     );
     assert!(s.contains("blk: flushed"), "flush");
-    assert!(s.contains("rng: 32 bytes "), "entropy");
+    let rng_bytes: usize = s
+        .lines()
+        .find_map(|l| l.strip_prefix("rng: ")?.split(' ').next()?.parse().ok())
+        .expect("an rng line");
+    assert!(rng_bytes > 0, "entropy: no bytes");
     assert_eq!(run.console, CONSOLE_MESSAGE, "console chardev file");
     let (handled, requests, by_irq) = interrupt_counts(s);
     assert!(handled > 0, "no interrupt handled");

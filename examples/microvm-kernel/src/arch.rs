@@ -283,8 +283,9 @@ const IOAPIC: usize = 0xfec0_0000;
 
 /// Vector of the spurious interrupt (the local APIC's SVR).
 pub const SPURIOUS_VECTOR: u8 = 0xff;
-/// Vector of the local APIC timer, the watchdog of every wait.
-pub const TIMER_VECTOR: u8 = 0x20;
+/// Vector of the local APIC timer, the watchdog of every wait (above the
+/// masked PICs' 0x20..0x30, below the devices' 0x40..).
+pub const TIMER_VECTOR: u8 = 0x30;
 
 fn lapic_write(reg: usize, value: u32) {
     // SAFETY: the local APIC's registers are at their reset address,
@@ -307,8 +308,8 @@ pub fn lapic_eoi() {
     lapic_write(LAPIC_EOI, 0);
 }
 
-/// Arms the local APIC timer once: about `ticks` / 62.5 microseconds on
-/// QEMU (1 GHz APIC clock divided by 16).
+/// Arms the local APIC timer once: it fires after `ticks` × 16 ns on QEMU
+/// (a 1 GHz APIC timer clock divided by 16).
 pub fn arm_watchdog(ticks: u32) {
     lapic_write(LAPIC_TIMER_DIVIDE, 0x3); // divide by 16
     lapic_write(LAPIC_LVT_TIMER, u32::from(TIMER_VECTOR)); // one-shot

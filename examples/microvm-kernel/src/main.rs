@@ -38,7 +38,7 @@ const EXIT_SUCCESS: u32 = 0x2a;
 /// The first vector given to a device; device `i` gets `DEVICE_VECTOR + i`.
 const DEVICE_VECTOR: u8 = 0x40;
 /// The watchdog of one request: about 30 s (see `arch::arm_watchdog`).
-const WATCHDOG_TICKS: u32 = 480_000_000;
+const WATCHDOG_TICKS: u32 = 1_875_000_000;
 /// Bytes per block request this kernel makes.
 const CHUNK: usize = 4096;
 /// More device interrupts than this run could ever need: a storm.
