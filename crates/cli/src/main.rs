@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use vmmio_devices::{Block, BlockOptions, Console, Rng};
-use vmmio_machine::{layout, ExitReason, Machine, MachineConfig, TransportVersion, VirtioHandle};
+use vmmio_machine::{
+    layout, ExecMode, ExitReason, Machine, MachineConfig, TransportVersion, VirtioHandle,
+};
 
 use output::{FailWatch, LinePrefixer};
 
@@ -117,6 +119,11 @@ struct BootArgs {
     /// Guest RAM in MiB.
     #[arg(long, default_value_t = 256)]
     mem: u64,
+    /// Where the virtio devices run their queues: "worker" (one thread per device, woken by
+    /// an eventfd at each QueueNotify; the hart keeps running guest code meanwhile) or
+    /// "sync" (inside the guest's QueueNotify store, on the hart's thread).
+    #[arg(long, value_name = "MODE", default_value = "worker")]
+    exec: ExecMode,
     /// Write one line per executed instruction (and per trap) to this file, or to stderr
     /// when no file is given. Very slow.
     #[arg(long, num_args = 0..=1, default_missing_value = "-")]
@@ -347,6 +354,7 @@ fn boot(args: &BootArgs) -> Result<(ExitReason, bool), BoxError> {
         trace,
         instruction_limit: args.max_instructions,
         timeout,
+        exec: args.exec,
     })?;
     let (handles, tests) = attach_devices(&mut machine, args)?;
     let mut cmdline = match &args.cmdline {

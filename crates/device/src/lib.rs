@@ -26,9 +26,11 @@ pub mod interrupt;
 pub mod queue;
 pub mod recording;
 pub mod transport;
+pub mod worker;
 
 pub use config::LiveConfig;
 pub use device::{ActivateError, BackendFd, SharedMemoryRegion, VirtioDevice};
 pub use interrupt::{Interrupt, InterruptCause, InterruptStatus};
 pub use queue::{DescriptorChain, Queue, QueueError};
 pub use transport::{MmioTransport, TransportVersion};
+pub use worker::{ExecMode, WorkerDevice};

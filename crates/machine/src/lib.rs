@@ -61,7 +61,7 @@ pub use uart::ConsoleInput;
 pub use virtio::{
     BoxedVirtioDevice, LevelIrq, VirtioHandle, VirtioSlot, VirtioStats, VirtioWindow,
 };
-pub use vmmio_device::TransportVersion;
+pub use vmmio_device::{ExecMode, TransportVersion};
 
 /// Why [`Machine::run`] returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,6 +84,9 @@ pub enum Error {
     /// The RAM size is zero, not a multiple of 4 KiB, or above [`layout::MAX_RAM_SIZE`].
     #[error("RAM size {0:#x} bytes is not a non-zero multiple of 4 KiB up to 16 GiB")]
     RamSize(u64),
+    /// A device's worker thread (or its eventfds) could not be created.
+    #[error("cannot start a device worker")]
+    Worker(#[source] std::io::Error),
     /// The host could not map guest RAM.
     #[error("cannot map guest RAM")]
     Memory(#[source] vm_memory::mmap::FromRangesError),

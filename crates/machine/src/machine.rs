@@ -15,12 +15,17 @@ use crate::layout::{
 };
 use crate::plic::{IrqLine, IrqShared, Plic};
 use crate::uart::{ConsoleInput, Uart};
+use crate::virtio::VirtioHandle;
 use crate::{Error, ExitReason};
+use vmmio_device::ExecMode;
 
 /// Instructions run between two interrupt/timer checks (at 50 MIPS: about 80 µs).
 const BATCH: u64 = 4096;
 /// Longest single sleep in WFI, so that timeouts and exits are noticed.
 const MAX_WFI_SLEEP: Duration = Duration::from_millis(10);
+/// Longest single sleep in WFI while synchronous devices' backend fds are polled: bounds
+/// the latency a packet waits in a socket before the device sees it.
+const SYNC_POLL_SLEEP: Duration = Duration::from_millis(1);
 
 /// How to build a [`Machine`].
 pub struct MachineConfig {
@@ -40,6 +45,11 @@ pub struct MachineConfig {
     /// Stop with [`ExitReason::Timeout`] after this much host wall-clock time in
     /// [`Machine::run`].
     pub timeout: Option<Duration>,
+    /// Where devices added with [`Machine::add_virtio_device`] run their queues. Default
+    /// [`ExecMode::Worker`]: one thread per device, so the hart keeps running guest code
+    /// while the host does I/O. [`ExecMode::Sync`] runs a device inside the guest's
+    /// `QueueNotify` store and polls its backend fds between instruction batches.
+    pub exec: ExecMode,
 }
 
 impl Default for MachineConfig {
@@ -51,6 +61,7 @@ impl Default for MachineConfig {
             trace: None,
             instruction_limit: None,
             timeout: None,
+            exec: ExecMode::Worker,
         }
     }
 }
@@ -63,6 +74,7 @@ impl std::fmt::Debug for MachineConfig {
             .field("trace", &self.trace.is_some())
             .field("instruction_limit", &self.instruction_limit)
             .field("timeout", &self.timeout)
+            .field("exec", &self.exec)
             .finish_non_exhaustive()
     }
 }
@@ -132,6 +144,11 @@ pub struct Machine {
     executed: u64,
     run_time: Duration,
     idle_time: Duration,
+    /// Where [`Machine::add_virtio_device`] runs devices.
+    pub(crate) exec: ExecMode,
+    /// Windows whose devices run synchronously: their backend fds are polled between
+    /// batches.
+    pub(crate) polled: Vec<VirtioHandle>,
 }
 
 impl std::fmt::Debug for Machine {
@@ -171,6 +188,8 @@ impl Machine {
             executed: 0,
             run_time: Duration::ZERO,
             idle_time: Duration::ZERO,
+            exec: config.exec,
+            polled: Vec::new(),
         })
     }
 
@@ -400,6 +419,9 @@ impl Machine {
                     break ExitReason::Timeout;
                 }
             }
+            for window in &self.polled {
+                window.poll_backends();
+            }
             self.hart.poll_interrupts();
             if self.hart.wfi {
                 self.sleep_in_wfi(deadline);
@@ -432,6 +454,10 @@ impl Machine {
         // ticks * (1e9 / TIMEBASE_HZ) ns, saturating; capped below anyway.
         let nanos = ticks.saturating_mul(1_000_000_000 / TIMEBASE_HZ);
         let mut sleep = Duration::from_nanos(nanos).min(MAX_WFI_SLEEP);
+        if !self.polled.is_empty() {
+            // Synchronous devices' backend fds are polled between sleeps.
+            sleep = sleep.min(SYNC_POLL_SLEEP);
+        }
         if let Some(d) = deadline {
             sleep = sleep.min(d.saturating_duration_since(Instant::now()));
         }

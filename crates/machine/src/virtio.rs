@@ -11,14 +11,24 @@
 //! - [`Machine::add_virtio_device`] does all of it for the next free reserved slot
 //!   ([`crate::layout::virtio_mmio_slot`]): window, PLIC line and device-tree node.
 //!
-//! The transport runs on the hart's thread: a device's `queue_notify` (block I/O included)
-//! runs synchronously inside the guest's store to `QueueNotify`.
+//! Execution ([`crate::MachineConfig::exec`]): in the default [`ExecMode::Worker`] the
+//! device is wrapped in a [`WorkerDevice`]: the guest's `QueueNotify` store only signals an
+//! eventfd, the device's worker thread does the I/O and raises the level line, which wakes
+//! the hart from WFI; the worker also waits on the device's backend fds (network sockets).
+//! In [`ExecMode::Sync`] the device's `queue_notify` (block I/O included) runs inside the
+//! guest's store on the hart thread, and the run loop polls the device's backend fds
+//! ([`MmioTransport::poll_backends`], zero timeout) between instruction batches and at
+//! least every millisecond while the hart sleeps in WFI, so net and vsock devices work in
+//! both modes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use vm_memory::GuestMemoryMmap;
-use vmmio_device::{Interrupt, InterruptCause, MmioTransport, TransportVersion, VirtioDevice};
+use vmmio_device::{
+    ExecMode, Interrupt, InterruptCause, MmioTransport, TransportVersion, VirtioDevice,
+    WorkerDevice,
+};
 use vmmio_spec::mmio;
 
 use crate::bus::MmioDevice;
@@ -185,6 +195,17 @@ impl VirtioHandle {
         }
     }
 
+    /// Hands the backend fds of a synchronously run device that are ready to it
+    /// ([`MmioTransport::poll_backends`] with a zero timeout). Skipped when the window is
+    /// locked elsewhere (the next batch polls again).
+    pub(crate) fn poll_backends(&self) {
+        if let Ok(mut t) = self.shared.transport.try_lock() {
+            if let Err(e) = t.poll_backends(std::time::Duration::ZERO) {
+                log::debug!("virtio-mmio backend poll failed: {e}");
+            }
+        }
+    }
+
     /// Runs `f` on the transport (e.g. to change the device's configuration and call
     /// [`MmioTransport::config_changed`]). The window is locked meanwhile: a guest access
     /// from the hart waits.
@@ -259,9 +280,12 @@ impl Machine {
     /// in order (0, 1, ...); Linux numbers the devices `virtio0`, `virtio1`, ... in the
     /// order it probes them.
     ///
+    /// The device runs as [`crate::MachineConfig::exec`] says (see the [module docs](self)).
+    ///
     /// # Errors
     /// [`Error::NoVirtioSlot`] when all [`VIRTIO_MMIO_SLOTS`] slots are taken (by earlier
-    /// calls or by windows added with [`Machine::add_mmio_device`]).
+    /// calls or by windows added with [`Machine::add_mmio_device`]); [`Error::Worker`] when
+    /// the device's worker thread cannot be started.
     pub fn add_virtio_device(
         &mut self,
         version: TransportVersion,
@@ -276,6 +300,10 @@ impl Machine {
             return Err(Error::NoVirtioSlot);
         };
         let line = LevelIrq::new(self.irq_line(at.irq)?);
+        let device: BoxedVirtioDevice = match self.exec {
+            ExecMode::Sync => device,
+            ExecMode::Worker => Box::new(WorkerDevice::new(device).map_err(Error::Worker)?),
+        };
         let rises = line.rises.clone();
         let transport = MmioTransport::new(version, device, self.memory().clone(), Arc::new(line));
         let window = VirtioWindow::with_interrupt_counter(transport, rises);
@@ -283,7 +311,13 @@ impl Machine {
         handle.slot = Some(at);
         self.add_mmio_device(at.base, VIRTIO_MMIO_SIZE, Box::new(window))?;
         self.add_device_node(DeviceNode::virtio_mmio(at.base, at.irq));
-        log::debug!("virtio-mmio {version:?} window at {at:x?}");
+        if self.exec == ExecMode::Sync {
+            self.polled.push(handle.clone());
+        }
+        log::debug!(
+            "virtio-mmio {version:?} window at {at:x?}, {} execution",
+            self.exec
+        );
         Ok(handle)
     }
 }
@@ -413,5 +447,113 @@ mod tests {
             .filter(|w| w == b"virtio,mmio")
             .count();
         assert_eq!(count, 7, "one node per add_virtio_device");
+    }
+
+    /// A device with a backend fd, counting its events.
+    struct Listening {
+        sock: std::os::unix::net::UnixStream,
+        events: Arc<AtomicU64>,
+    }
+
+    impl VirtioDevice<GuestMemoryMmap> for Listening {
+        fn device_type(&self) -> u32 {
+            1
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[8]
+        }
+        fn device_features(&self) -> u64 {
+            0
+        }
+        fn read_config(&self, _offset: u64, data: &mut [u8]) {
+            data.fill(0);
+        }
+        fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+        fn activate(
+            &mut self,
+            _mem: GuestMemoryMmap,
+            _interrupt: InterruptStatus,
+            _queues: Vec<Queue>,
+            _features: u64,
+        ) -> Result<(), ActivateError> {
+            Ok(())
+        }
+        fn queue_notify(&mut self, _index: u16, _data: Option<NotificationData>) {}
+        fn reset(&mut self) {}
+        fn backend_fds(&self) -> Vec<vmmio_device::BackendFd> {
+            use std::os::fd::AsRawFd;
+            vec![vmmio_device::BackendFd {
+                fd: self.sock.as_raw_fd(),
+                token: 3,
+                readable: true,
+                writable: false,
+            }]
+        }
+        fn backend_event(&mut self, token: u64) {
+            use std::io::Read;
+            assert_eq!(token, 3);
+            let mut b = [0u8; 16];
+            let _ = self.sock.read(&mut b);
+            self.events.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Drives a Version 2 window to DRIVER_OK from the host side.
+    fn start(h: &VirtioHandle) {
+        h.with_transport(|t| {
+            for (off, v) in [
+                (mmio::STATUS, 1u32),
+                (mmio::STATUS, 3),
+                (mmio::DRIVER_FEATURES_SEL, 1),
+                (mmio::DRIVER_FEATURES, 1),
+                (mmio::STATUS, 11),
+                (mmio::STATUS, 15),
+            ] {
+                t.write(off, &v.to_le_bytes());
+            }
+            assert!(t.is_activated());
+        });
+    }
+
+    /// In sync mode nobody but the run loop waits on a device's backend fds: it must poll
+    /// them between instruction batches. (Removing the poll from `Machine::run` fails this.)
+    #[test]
+    fn sync_mode_run_loop_serves_backend_fds() {
+        use std::io::Write;
+        for exec in [ExecMode::Sync, ExecMode::Worker] {
+            let mut m = Machine::new(MachineConfig {
+                ram_size: 1 << 20,
+                console: Box::new(std::io::sink()),
+                instruction_limit: Some(1 << 16),
+                exec,
+                ..Default::default()
+            })
+            .unwrap();
+            let (sock, mut peer) = std::os::unix::net::UnixStream::pair().unwrap();
+            sock.set_nonblocking(true).unwrap();
+            let events = Arc::new(AtomicU64::new(0));
+            let h = m
+                .add_virtio_device(
+                    TransportVersion::Modern,
+                    Box::new(Listening {
+                        sock,
+                        events: events.clone(),
+                    }),
+                )
+                .unwrap();
+            start(&h);
+            peer.write_all(b"ping").unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while events.load(Ordering::SeqCst) == 0 && std::time::Instant::now() < deadline {
+                m.run().unwrap();
+                if exec == ExecMode::Worker {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }
+            assert!(
+                events.load(Ordering::SeqCst) > 0,
+                "{exec}: no backend event"
+            );
+        }
     }
 }
