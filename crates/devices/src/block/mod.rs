@@ -552,6 +552,21 @@ impl BlockConfigHandle {
     }
 }
 
+/// Copies `data.len()` bytes of `config` from byte `offset`; bytes past the
+/// end read as 0 (any offset, any length, no panic). For configuration
+/// spaces the host never changes (devices with live changes keep theirs in a
+/// [`LiveConfig`]).
+pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if let Some(src) = config.get(start..) {
+        let n = src.len().min(data.len());
+        data[..n].copy_from_slice(&src[..n]);
+    }
+}
+
 impl<M, B: std::fmt::Debug> std::fmt::Debug for Block<M, B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Block")
