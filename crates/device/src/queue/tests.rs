@@ -220,6 +220,11 @@ impl Driver {
         if !outside.is_empty() {
             return Err(format!("writes outside the used ring: {outside:x?}"));
         }
+        // §2.7.10: used.flags is the device's, and it keeps it 0 by never
+        // writing it.
+        if let Some(w) = writes.iter().find(|w| w.overlaps(USED, 2)) {
+            return Err(format!("used.flags written: {w:x?}"));
+        }
         let idx_writes: Vec<_> = (0..writes.len())
             .filter(|&i| writes[i].overlaps(USED + 2, 2))
             .collect();

@@ -323,6 +323,14 @@ impl Harness {
         self.add_status(DRIVER_OK);
     }
 
+    /// Linux's probe for a window of `version`, through DRIVER_OK.
+    fn linux_probe(&mut self, version: TransportVersion) {
+        match version {
+            TransportVersion::Modern => self.linux_v2_probe(all_modern_bits()),
+            TransportVersion::Legacy => self.linux_legacy_probe(),
+        }
+    }
+
     /// Linux's legacy probe: GuestPageSize at probe, reset, then each
     /// queue with QueueNum, QueueAlign, QueuePFN.
     fn linux_legacy_probe(&mut self) {
@@ -466,27 +474,29 @@ fn registers_of_the_other_version_behave_as_unknown() {
 
 #[test]
 fn control_register_bad_width_reads_zero_and_drops_write() {
-    let mut h = modern();
-    for width in [0usize, 1, 2, 3, 5, 8] {
-        let mut data = vec![0xaa; width];
-        h.t.read(mmio::MAGIC, &mut data);
-        assert!(data.iter().all(|&b| b == 0), "width {width}: {data:?}");
-        // A narrow or wide store to Status does nothing.
-        h.t.write(mmio::STATUS, &vec![ACKNOWLEDGE as u8; width]);
-        assert_eq!(h.t.status(), 0, "width {width}");
+    for mut h in [modern(), legacy()] {
+        for width in [0usize, 1, 2, 3, 5, 8] {
+            let mut data = vec![0xaa; width];
+            h.t.read(mmio::MAGIC, &mut data);
+            assert!(data.iter().all(|&b| b == 0), "width {width}: {data:?}");
+            // A narrow or wide store to Status does nothing.
+            h.t.write(mmio::STATUS, &vec![ACKNOWLEDGE as u8; width]);
+            assert_eq!(h.t.status(), 0, "width {width}");
+        }
     }
 }
 
 #[test]
 fn control_register_misaligned_reads_zero_and_drops_write() {
-    let mut h = modern();
-    for offset in [0x001u64, 0x002, 0x003, 0x071, 0x072] {
-        let mut data = [0xaa; 4];
-        h.t.read(offset, &mut data);
-        assert_eq!(data, [0; 4], "{offset:#x}");
-        h.t.write(offset, &ACKNOWLEDGE.to_le_bytes());
+    for mut h in [modern(), legacy()] {
+        for offset in [0x001u64, 0x002, 0x003, 0x071, 0x072] {
+            let mut data = [0xaa; 4];
+            h.t.read(offset, &mut data);
+            assert_eq!(data, [0; 4], "{offset:#x}");
+            h.t.write(offset, &ACKNOWLEDGE.to_le_bytes());
+        }
+        assert_eq!(h.t.status(), 0);
     }
-    assert_eq!(h.t.status(), 0);
 }
 
 #[test]
@@ -1315,11 +1325,13 @@ fn legacy_queue_pfn_above_4_gib() {
 
 #[test]
 fn queue_notify_forwards_the_queue_index() {
-    let mut h = modern();
-    h.linux_v2_probe(all_modern_bits());
-    h.w(mmio::QUEUE_NOTIFY, 1);
-    h.w(mmio::QUEUE_NOTIFY, 0);
-    assert_eq!(h.rec().notifies, vec![(1, None), (0, None)]);
+    for version in [TransportVersion::Modern, TransportVersion::Legacy] {
+        let mut h = harness_with(version, |_| {});
+        h.linux_probe(version);
+        h.w(mmio::QUEUE_NOTIFY, 1);
+        h.w(mmio::QUEUE_NOTIFY, 0);
+        assert_eq!(h.rec().notifies, vec![(1, None), (0, None)], "{version:?}");
+    }
 }
 
 #[test]
@@ -1391,28 +1403,30 @@ fn notification_data_is_not_decoded_unless_negotiated() {
 
 #[test]
 fn interrupt_status_holds_events_until_acknowledged() {
-    let mut h = modern();
-    h.linux_v2_probe(all_modern_bits());
-    assert_eq!(h.r(mmio::INTERRUPT_STATUS), 0);
-    let status = h.rec().interrupt.clone().unwrap();
-    status.raise(InterruptCause::UsedBuffer);
-    assert_eq!(h.r(mmio::INTERRUPT_STATUS), mmio::INT_VRING);
-    h.t.config_changed();
-    assert_eq!(
-        h.r(mmio::INTERRUPT_STATUS),
-        mmio::INT_VRING | mmio::INT_CONFIG
-    );
-    // InterruptACK clears exactly the written bits.
-    h.w(mmio::INTERRUPT_ACK, mmio::INT_CONFIG);
-    assert_eq!(h.r(mmio::INTERRUPT_STATUS), mmio::INT_VRING);
-    h.w(mmio::INTERRUPT_ACK, 0);
-    assert_eq!(h.r(mmio::INTERRUPT_STATUS), mmio::INT_VRING);
-    h.w(mmio::INTERRUPT_ACK, 0xffff_fffc); // undefined bits only
-    assert_eq!(h.r(mmio::INTERRUPT_STATUS), mmio::INT_VRING);
-    // Linux: read, write back the same value.
-    let pending = h.r(mmio::INTERRUPT_STATUS);
-    h.w(mmio::INTERRUPT_ACK, pending);
-    assert_eq!(h.r(mmio::INTERRUPT_STATUS), 0);
+    for version in [TransportVersion::Modern, TransportVersion::Legacy] {
+        let mut h = harness_with(version, |_| {});
+        h.linux_probe(version);
+        assert_eq!(h.r(mmio::INTERRUPT_STATUS), 0);
+        let status = h.rec().interrupt.clone().unwrap();
+        status.raise(InterruptCause::UsedBuffer);
+        assert_eq!(h.r(mmio::INTERRUPT_STATUS), mmio::INT_VRING);
+        h.t.config_changed();
+        assert_eq!(
+            h.r(mmio::INTERRUPT_STATUS),
+            mmio::INT_VRING | mmio::INT_CONFIG
+        );
+        // InterruptACK clears exactly the written bits.
+        h.w(mmio::INTERRUPT_ACK, mmio::INT_CONFIG);
+        assert_eq!(h.r(mmio::INTERRUPT_STATUS), mmio::INT_VRING);
+        h.w(mmio::INTERRUPT_ACK, 0);
+        assert_eq!(h.r(mmio::INTERRUPT_STATUS), mmio::INT_VRING);
+        h.w(mmio::INTERRUPT_ACK, 0xffff_fffc); // undefined bits only
+        assert_eq!(h.r(mmio::INTERRUPT_STATUS), mmio::INT_VRING);
+        // Linux: read, write back the same value.
+        let pending = h.r(mmio::INTERRUPT_STATUS);
+        h.w(mmio::INTERRUPT_ACK, pending);
+        assert_eq!(h.r(mmio::INTERRUPT_STATUS), 0);
+    }
 }
 
 #[test]
