@@ -785,6 +785,29 @@ mod tests {
     }
 
     #[test]
+    fn block_poll_sees_device_needs_reset_and_then_refuses() {
+        let mut s = device(2, 0, 8);
+        let t = Transport::probe(&mut s).unwrap().unwrap();
+        let mut b = Block::new(t, IdentityHal).unwrap();
+        b.transport().io_mut().needs_reset_on_notify = true;
+        let mut out = [0u8; 512];
+        b.start(Request::Read {
+            sector: 0,
+            len: 512,
+        })
+        .unwrap();
+        assert_eq!(b.poll(&mut out), Err(Error::DeviceNeedsReset));
+        // The chain may still be in flight: nothing is reused until reinit.
+        assert_eq!(b.poll(&mut out), Err(Error::Broken));
+        assert_eq!(b.start(Request::GetId), Err(Error::Broken));
+        b.transport().io_mut().needs_reset_on_notify = false;
+        b.reinit().unwrap();
+        assert!(!b.in_flight());
+        b.start(Request::GetId).unwrap();
+        assert_eq!(b.poll(&mut out), Ok(Some(ID_BYTES)));
+    }
+
+    #[test]
     fn block_start_checks_before_sending() {
         let mut s = device(2, bit(VIRTIO_BLK_F_RO), 1024);
         let t = Transport::probe(&mut s).unwrap().unwrap();

@@ -124,11 +124,14 @@ fn run(cmdline: &str) -> Result<(), alloc::string::String> {
     use alloc::format;
     for dev in cmdline_devices(cmdline) {
         let dev = dev.map_err(|e| format!("bad command line entry: {e}"))?;
-        let base = NonNull::new(dev.base as usize as *mut u8).ok_or("window at 0")?;
-        // SAFETY: QEMU maps a virtio-mmio window of `dev.size` bytes at
-        // `dev.base` (identity-mapped, uncached), and this kernel makes
-        // one `MmioWindow` per window.
-        let window = unsafe { MmioWindow::new(base, dev.size as usize) };
+        let (Ok(addr), Ok(size)) = (usize::try_from(dev.base), usize::try_from(dev.size)) else {
+            return Err(format!("window {:#x} not addressable", dev.base));
+        };
+        let base = NonNull::new(addr as *mut u8).ok_or("window at 0")?;
+        // SAFETY: QEMU maps a virtio-mmio window of `size` bytes at `base`
+        // (identity-mapped, uncached by boot.rs), and this kernel makes one
+        // `MmioWindow` per window.
+        let window = unsafe { MmioWindow::new(base, size) };
         let Some(t) = Transport::probe(window).map_err(|e| format!("probe: {e}"))? else {
             continue;
         };
