@@ -253,6 +253,9 @@ impl<M: GuestMemory + Send + 'static> Drop for WorkerDevice<M> {
     }
 }
 
+// Every provided method of `VirtioDevice` is forwarded (or deliberately
+// answered here): a new one added to the trait must be added here too, or
+// worker-mode devices silently get its default.
 impl<M: GuestMemory + Send + 'static> VirtioDevice<M> for WorkerDevice<M> {
     fn device_type(&self) -> u32 {
         self.device_type
@@ -274,6 +277,10 @@ impl<M: GuestMemory + Send + 'static> VirtioDevice<M> for WorkerDevice<M> {
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         self.shared.lock().device.write_config(offset, data);
+    }
+
+    fn config_generation(&self) -> u32 {
+        self.shared.lock().device.config_generation()
     }
 
     fn activate(
