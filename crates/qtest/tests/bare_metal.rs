@@ -50,6 +50,11 @@ fn kernel() -> &'static Path {
         let target_dir = root.join("target/microvm-kernel");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
+            // Flags meant for host code (coverage, sanitizers, target-cpu)
+            // do not belong in a freestanding kernel.
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env_remove("CARGO_BUILD_RUSTFLAGS")
             .args(["build", "--release", "--locked", "--manifest-path"])
             .arg(root.join("examples/microvm-kernel/Cargo.toml"))
             .arg("--target-dir")
