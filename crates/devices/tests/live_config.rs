@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use vm_memory::{GuestAddress, GuestMemoryMmap};
-use vmmio_device::{Interrupt, InterruptCause, MmioTransport, TransportVersion, VirtioDevice};
+use vmmio_device::{
+    Interrupt, InterruptCause, MmioTransport, TransportVersion, VirtioDevice, WorkerDevice,
+};
 use vmmio_devices::net::backend::Stream;
 use vmmio_devices::{Block, BlockOptions, Console, MemoryBackend, Net};
 use vmmio_spec::features::VIRTIO_F_VERSION_1;
@@ -174,6 +176,31 @@ fn block_capacity_changes_are_never_torn_on_version_2() {
     assert!(line.config.load(Ordering::SeqCst) > 0);
     assert_ne!(read32(&mut t, mmio::CONFIG_GENERATION), 0);
     eprintln!("retried reads: {retried}");
+}
+
+/// The same with the device on a worker thread (`WorkerDevice`, the
+/// machine's default): the wrapper passes the device's generation through.
+#[test]
+fn block_capacity_changes_are_never_torn_behind_a_worker() {
+    let block = Block::<Mem, _>::with_backend(MemoryBackend::new(4096), BlockOptions::default())
+        .expect("block device");
+    let handle = block.config_handle();
+    let worker = WorkerDevice::new(Box::new(block)).expect("worker");
+    let (mut t, line) = window(TransportVersion::Modern, Box::new(worker));
+    handshake(&mut t);
+    stream_of_changes(
+        &mut t,
+        move |k| {
+            let k = u64::from(k & 0x7f_ffff);
+            handle.set_capacity(k << 32 | k).expect("capacity in range");
+        },
+        |t| {
+            let low = read32(t, mmio::CONFIG);
+            std::thread::yield_now();
+            (low, read32(t, mmio::CONFIG + 4))
+        },
+    );
+    assert!(line.config.load(Ordering::SeqCst) > 0);
 }
 
 /// The same for a console's `cols` and `rows` (two 16-bit fields).
