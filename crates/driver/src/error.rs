@@ -237,6 +237,20 @@ pub enum Error {
     /// a request in flight; reset and re-create the driver.
     #[error("driver is unusable after an earlier fault; reset the device")]
     Broken,
+    /// A vsock connection id that names no open connection (closed, reset
+    /// by the peer, or never opened).
+    #[error("no such vsock connection")]
+    NoSuchConnection,
+    /// A vsock operation that needs an established connection (send on a
+    /// connection still connecting, or after shutting down sending).
+    #[error("vsock connection is not established or cannot send")]
+    NotConnected,
+    /// A vsock port is already listened on, or no free local port is left.
+    #[error("vsock port {0} is in use")]
+    PortInUse(u32),
+    /// The vsock driver's connection limit (given) is reached.
+    #[error("vsock connection limit {0} reached")]
+    ConnectionLimit(usize),
 }
 
 /// The driver's result type.

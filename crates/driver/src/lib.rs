@@ -11,7 +11,7 @@
 //! - [`VirtQueue`]: the driver-role split virtqueue (§2.7) with indirect
 //!   descriptors and EVENT_IDX.
 //! - Class drivers: [`blk::Block`], [`rng::Entropy`],
-//!   [`console::Console`].
+//!   [`console::Console`], [`vsock::Vsock`].
 //! - [`discovery`]: `virtio_mmio.device=` command-line parameters and
 //!   device-tree nodes.
 //!
@@ -56,6 +56,7 @@ pub mod io;
 pub mod queue;
 pub mod rng;
 pub mod transport;
+pub mod vsock;
 
 #[cfg(test)]
 #[path = "../tests/common/scripted.rs"]
