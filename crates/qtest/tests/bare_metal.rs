@@ -49,13 +49,21 @@ fn kernel() -> &'static Path {
         let root = workspace_root();
         let target_dir = root.join("target/microvm-kernel");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        // The kernel is its own workspace but takes the host workspace's
+        // pinned versions: cargo keeps the entries it needs from this copy
+        // and resolves nothing new.
+        fs::copy(
+            root.join("Cargo.lock"),
+            root.join("examples/microvm-kernel/Cargo.lock"),
+        )
+        .expect("copy Cargo.lock");
         let status = Command::new(cargo)
             // Flags meant for host code (coverage, sanitizers, target-cpu)
             // do not belong in a freestanding kernel.
             .env_remove("RUSTFLAGS")
             .env_remove("CARGO_ENCODED_RUSTFLAGS")
             .env_remove("CARGO_BUILD_RUSTFLAGS")
-            .args(["build", "--release", "--locked", "--manifest-path"])
+            .args(["build", "--release", "--manifest-path"])
             .arg(root.join("examples/microvm-kernel/Cargo.toml"))
             .arg("--target-dir")
             .arg(&target_dir)
