@@ -31,6 +31,7 @@ use vmmio_spec::status::{
 
 use crate::device::{BackendFd, SharedMemoryRegion, VirtioDevice};
 use crate::interrupt::{Interrupt, InterruptCause, InterruptStatus};
+use crate::queue::Queue;
 
 mod queue_regs;
 #[cfg(test)]
@@ -471,6 +472,17 @@ impl<M: GuestMemory + Clone + Send> MmioTransport<M> {
     /// FEATURES_OK (Modern) or DRIVER_OK (Legacy) is set; 0 after reset.
     pub fn negotiated_features(&self) -> u64 {
         self.driver_features & self.offered
+    }
+
+    /// The window's copy of queue `index`'s registers as a [`Queue`]
+    /// (ready, size, the three guest-physical area addresses; legacy: as
+    /// computed from `QueuePFN`), with the negotiated features; `None` for
+    /// a queue the device does not have. For inspection (tests, oracles,
+    /// snapshots): the device works on its own copy, handed over at
+    /// activation.
+    pub fn queue(&self, index: u16) -> Option<Queue> {
+        let regs = self.queues.get(usize::from(index))?;
+        Some(regs.to_queue(self.negotiated_features()))
     }
 
     /// Whether the device runs: DRIVER_OK was set and

@@ -26,18 +26,31 @@
 //!   polled); else 8 bytes `v` poked
 //!   into guest memory at `a` (rings change between notifies);
 //!   also acknowledges `InterruptStatus`.
+//!
+//! After each operation an oracle checks what the device did (a failed
+//! check panics, like a crash): `InterruptStatus` holds only the two
+//! defined bits, none before DRIVER_OK and no used-buffer bit before the
+//! device was activated (§4.2.2.1, §2.1.2); and every byte of guest memory
+//! the device wrote (logged in order by a
+//! [`vmmio_device::recording::RecordingMemory`]) lies in a used ring or in
+//! a buffer that a descriptor of a queue's table (direct or indirect)
+//! marks device-writable (§2.7.5: never the descriptor tables, the
+//! available rings or a device-readable buffer).
 
 use std::sync::Arc;
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use vmmio_device::{Interrupt, InterruptCause, MmioTransport, TransportVersion, VirtioDevice};
+use vm_memory::{Bytes, GuestAddress};
+use vmmio_device::recording::{recording_memory, Log, RecordingMemory, Write};
+use vmmio_device::{
+    Interrupt, InterruptCause, MmioTransport, Queue, TransportVersion, VirtioDevice,
+};
 use vmmio_devices::net::{Net, Stream};
 use vmmio_devices::rng::EntropySource;
 use vmmio_devices::{Block, BlockOptions, Console, MemoryBackend, Rng};
 use vmmio_spec::mmio;
 use vmmio_spec::status::{ACKNOWLEDGE, DRIVER, DRIVER_OK, FEATURES_OK};
 
-type Mem = GuestMemoryMmap<()>;
+type Mem = RecordingMemory;
 
 /// Guest memory size in bytes.
 const MEM: usize = 0x1_0000;
@@ -78,13 +91,13 @@ pub fn run(data: &[u8]) {
     };
     let (contents, ops) = rest.split_at(mem_len.min(rest.len()));
 
-    let mem = if head & 0x10 != 0 {
-        Mem::from_ranges(&[
+    let (mem, log) = if head & 0x10 != 0 {
+        recording_memory(&[
             (GuestAddress(0), 0x7ff0),
             (GuestAddress(0x7ff0), MEM - 0x7ff0),
         ])
     } else {
-        Mem::from_ranges(&[(GuestAddress(0), MEM)])
+        recording_memory(&[(GuestAddress(0), MEM)])
     }
     .expect("script memory");
     mem.write_slice(contents, GuestAddress(0))
@@ -139,6 +152,8 @@ pub fn run(data: &[u8]) {
     };
 
     for op in ops.chunks_exact(OP).take(MAX_OPS) {
+        let queues_before = queues(&window);
+        log.clear();
         let kind = op[0];
         let a = u16::from_le_bytes([op[1], op[2]]);
         let mut vb = [0u8; 8];
@@ -230,10 +245,121 @@ pub fn run(data: &[u8]) {
                     // Two regions or one, every byte of 0..MEM is memory;
                     // a poke that runs past the end is cut short.
                     let _ = mem.write(&vb, GuestAddress(u64::from(a)));
+                    // The driver's own write, not the device's.
+                    log.clear();
                 }
                 let status = r32(&mut window, mmio::INTERRUPT_STATUS);
                 w32(&mut window, mmio::INTERRUPT_ACK, status);
             }
         }
+        check_interrupt_status(&window);
+        check_device_writes(&log, &mem, &queues_before, &queues(&window));
     }
+}
+
+/// The window's queues (the transport's copy of their registers).
+fn queues(window: &MmioTransport<Mem>) -> Vec<Queue> {
+    (0..8).map_while(|i| window.queue(i)).collect()
+}
+
+/// `InterruptStatus` holds only defined bits; nothing before DRIVER_OK,
+/// no used-buffer bit before activation.
+fn check_interrupt_status(window: &MmioTransport<Mem>) {
+    let bits = window.interrupt_status().get();
+    let status = window.status();
+    assert_eq!(
+        bits & !(mmio::INT_VRING | mmio::INT_CONFIG),
+        0,
+        "undefined InterruptStatus bits {bits:#x}"
+    );
+    if status & DRIVER_OK == 0 {
+        assert_eq!(
+            bits, 0,
+            "InterruptStatus {bits:#x} before DRIVER_OK (Status {status:#x})"
+        );
+    }
+    if !window.is_activated() {
+        assert_eq!(
+            bits & mmio::INT_VRING,
+            0,
+            "used-buffer interrupt from a device that is not running"
+        );
+    }
+}
+
+/// Every write the device made lies in a used ring or a device-writable
+/// buffer of one of `before` or `after` (the queues at the start and end
+/// of the operation).
+fn check_device_writes(log: &Log, mem: &Mem, before: &[Queue], after: &[Queue]) {
+    let writes = log.take();
+    if writes.is_empty() {
+        return;
+    }
+    let all: Vec<&Queue> = before.iter().chain(after).collect();
+    let used_rings: Vec<(u64, u64)> = all
+        .iter()
+        .map(|q| {
+            let used = q.addresses().2;
+            (used, used.saturating_add(6 + 8 * u64::from(q.size())))
+        })
+        .collect();
+    let outside: Vec<Write> = writes
+        .into_iter()
+        .filter(|w| !covered(&used_rings, w))
+        .collect();
+    if outside.is_empty() {
+        return;
+    }
+    let buffers = writable_buffers(mem, &all);
+    for w in outside {
+        assert!(
+            covered(&buffers, &w),
+            "the device wrote {} bytes at {:#x}: not a used ring, not a device-writable buffer",
+            w.len,
+            w.addr
+        );
+    }
+}
+
+/// Whether `[w.addr, w.addr + w.len)` lies inside one of `ranges`.
+fn covered(ranges: &[(u64, u64)], w: &Write) -> bool {
+    let end = w.addr.saturating_add(w.len);
+    ranges.iter().any(|&(s, e)| s <= w.addr && end <= e)
+}
+
+/// `[start, end)` of every buffer a descriptor of a queue's table marks
+/// device-writable, directly or in an indirect table it points to.
+fn writable_buffers(mem: &Mem, queues: &[&Queue]) -> Vec<(u64, u64)> {
+    const F_WRITE: u16 = 2;
+    const F_INDIRECT: u16 = 4;
+    let desc = |at: u64| -> Option<(u64, u64, u16)> {
+        let raw: [u8; 16] = mem.read_obj(GuestAddress(at)).ok()?;
+        let addr = u64::from_le_bytes(raw[0..8].try_into().ok()?);
+        let len = u64::from(u32::from_le_bytes(raw[8..12].try_into().ok()?));
+        let flags = u16::from_le_bytes([raw[12], raw[13]]);
+        Some((addr, len, flags))
+    };
+    let mut out = Vec::new();
+    for q in queues {
+        let table = q.addresses().0;
+        for i in 0..u64::from(q.size()) {
+            let Some((addr, len, flags)) = desc(table.wrapping_add(16 * i)) else {
+                continue;
+            };
+            if flags & F_WRITE != 0 {
+                out.push((addr, addr.saturating_add(len)));
+            }
+            if flags & F_INDIRECT != 0 {
+                // The memory is 64 KiB: no table holds more entries.
+                for k in 0..(len / 16).min((MEM / 16) as u64) {
+                    if let Some((a, l, f)) = desc(addr.wrapping_add(16 * k)) {
+                        if f & F_WRITE != 0 {
+                            out.push((a, a.saturating_add(l)));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
 }
