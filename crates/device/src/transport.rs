@@ -1066,7 +1066,7 @@ impl<M: GuestMemory + Clone + Send> MmioTransport<M> {
         let width = u64::try_from(len).ok().filter(|w| matches!(w, 1 | 2 | 4));
         let valid = width.and_then(|w| {
             let end = offset.checked_add(w)?;
-            (offset % w == 0 && end <= mmio::WINDOW_SIZE).then_some(())
+            (offset.is_multiple_of(w) && end <= mmio::WINDOW_SIZE).then_some(())
         });
         if valid.is_none() {
             fault!(
@@ -1128,13 +1128,13 @@ fn offer(version: TransportVersion, device_features: u64) -> u64 {
 /// The 4 bytes of an aligned 32-bit control-register access, if it is one.
 fn control_access(offset: u64, data: &mut [u8]) -> Option<&mut [u8; 4]> {
     let bytes = <&mut [u8; 4]>::try_from(data).ok()?;
-    (offset % 4 == 0).then_some(bytes)
+    offset.is_multiple_of(4).then_some(bytes)
 }
 
 /// The value of an aligned 32-bit control-register store, if it is one.
 fn control_value(offset: u64, data: &[u8]) -> Option<u32> {
     let bytes = <[u8; 4]>::try_from(data).ok()?;
-    (offset % 4 == 0).then(|| u32::from_le_bytes(bytes))
+    offset.is_multiple_of(4).then(|| u32::from_le_bytes(bytes))
 }
 
 /// Bits 0..32 of `value`.

@@ -285,7 +285,7 @@ impl<R: RegisterIo, H: Hal + Clone> Block<R, H> {
     }
 
     fn check_range(&self, sector: u64, len: usize) -> Result<()> {
-        if len % SECTOR_SIZE != 0 {
+        if !len.is_multiple_of(SECTOR_SIZE) {
             return Err(Error::UnalignedLength(len));
         }
         let sectors = (len / SECTOR_SIZE) as u64;

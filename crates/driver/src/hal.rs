@@ -242,7 +242,7 @@ impl<H: Hal> Dma<H> {
         let size = core::mem::size_of::<T>();
         // `len() >= PAGE_SIZE > size`: no underflow; `offset <= len - size`
         // is `offset + size <= len` without the overflow check.
-        if offset > self.len() - size || offset % size != 0 {
+        if offset > self.len() - size || !offset.is_multiple_of(size) {
             bad_access(size, offset, self.len());
         }
         // SAFETY: in bounds (checked above).

@@ -399,14 +399,14 @@ impl RegisterIo for Chaos {
             mmio::DEVICE_ID => [BLOCK, ENTROPY, CONSOLE][(r % 3) as usize],
             // Mostly small values, so that init gets far.
             mmio::STATUS | mmio::QUEUE_READY | mmio::LEGACY_QUEUE_PFN | mmio::QUEUE_RESET => {
-                if r % 4 == 0 {
+                if r.is_multiple_of(4) {
                     r
                 } else {
                     0
                 }
             }
             _ => {
-                if r % 2 == 0 {
+                if r.is_multiple_of(2) {
                     r & 0xff
                 } else {
                     r

@@ -70,7 +70,7 @@ impl Ram {
     /// Allocates `size` bytes of zeroed RAM at [`RAM_BASE`].
     pub(crate) fn new(size: u64) -> Result<Self, Error> {
         let len = usize::try_from(size).map_err(|_| Error::RamSize(size))?;
-        if size == 0 || size % 4096 != 0 || size > crate::layout::MAX_RAM_SIZE {
+        if size == 0 || !size.is_multiple_of(4096) || size > crate::layout::MAX_RAM_SIZE {
             return Err(Error::RamSize(size));
         }
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(RAM_BASE), len)])
@@ -111,7 +111,7 @@ impl Ram {
     /// The caller guarantees `off + N <= len` (from [`Ram::offset`]) and `off % N == 0`.
     #[inline(always)]
     pub(crate) fn load<const N: usize>(&self, off: usize) -> u64 {
-        debug_assert!(off % N == 0 && (off + N) as u64 <= self.len);
+        debug_assert!(off.is_multiple_of(N) && (off + N) as u64 <= self.len);
         // SAFETY:
         // - validity: `off + N <= len` (caller, from `offset`), so `ptr + off .. + N` lies in
         //   the mapping, which `self.mem` keeps alive as long as `self`;
@@ -135,7 +135,7 @@ impl Ram {
     /// The caller guarantees `off + N <= len` and `off % N == 0`.
     #[inline(always)]
     pub(crate) fn store<const N: usize>(&self, off: usize, v: u64) {
-        debug_assert!(off % N == 0 && (off + N) as u64 <= self.len);
+        debug_assert!(off.is_multiple_of(N) && (off + N) as u64 <= self.len);
         // SAFETY: as in `load`: in bounds and aligned by the caller's guarantee, the mapping
         // is alive while `self` is, and every hart access is atomic.
         unsafe {
@@ -152,7 +152,7 @@ impl Ram {
     /// Atomically replaces the 8 bytes at `off` if they still hold `old` (for PTE A/D
     /// updates). Same caller guarantees as [`Ram::load`].
     pub(crate) fn compare_exchange_u64(&self, off: usize, old: u64, new: u64) -> bool {
-        debug_assert!(off % 8 == 0 && (off + 8) as u64 <= self.len);
+        debug_assert!(off.is_multiple_of(8) && (off + 8) as u64 <= self.len);
         // SAFETY: as in `load`.
         unsafe {
             AtomicU64::from_ptr(self.ptr.add(off).cast())

@@ -549,7 +549,10 @@ mod tests {
         assert_eq!(info.kernel_addr, 0x8020_0000);
         assert_eq!(info.kernel_end, 0x8050_0000);
         assert_eq!(info.initrd, Some((0x8050_0000, 0x8050_0000 + 5000)));
-        assert!(info.dtb_addr % 8 == 0 && info.dtb_addr + info.dtb_len <= RAM_BASE + (64 << 20));
+        assert!(
+            info.dtb_addr.is_multiple_of(8)
+                && info.dtb_addr + info.dtb_len <= RAM_BASE + (64 << 20)
+        );
         assert_eq!(m.pc(), 0x8020_0000);
         assert_eq!((m.reg(10), m.reg(11)), (0, info.dtb_addr));
         let mut magic = [0u8; 4];

@@ -344,7 +344,7 @@ fn read_indirect<M: GuestMemory + ?Sized>(
     len: u32,
     chain: &mut DescriptorChain,
 ) -> Result<(), QueueError> {
-    if len == 0 || len % 16 != 0 {
+    if len == 0 || !len.is_multiple_of(16) {
         return Err(QueueError::InvalidIndirectLength { head, len });
     }
     let entries = len / 16;

@@ -243,7 +243,7 @@ impl<B: Backend> Disk<B> {
 
     /// Checks an IN/OUT data length: a multiple of 512 bytes (§5.2.6.1).
     fn check_data_len(&mut self, len: u64) -> bool {
-        if len % SECTOR_SIZE != 0 {
+        if !len.is_multiple_of(SECTOR_SIZE) {
             log::log!(
                 self.faults.bad_request.level(),
                 "virtio-blk: data length {len} not a multiple of 512"
@@ -383,7 +383,7 @@ impl<B: Backend> Disk<B> {
             ),
         };
         let count = data.len() / SEGMENT_SIZE;
-        if data.len() % SEGMENT_SIZE != 0 || count > u64::from(max_seg) {
+        if !data.len().is_multiple_of(SEGMENT_SIZE) || count > u64::from(max_seg) {
             log::log!(
                 self.faults.bad_request.level(),
                 "virtio-blk: {op:?} data of {} bytes (max {max_seg} segments)",
