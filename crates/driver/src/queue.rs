@@ -295,7 +295,7 @@ impl<H: Hal + Clone> VirtQueue<H> {
     /// # Safety
     ///
     /// The device will read and write the memory at those addresses: it
-    /// must be DMA memory (see [`Dma`]) the caller keeps allocated, and
+    /// must be DMA memory (see [`Dma`](crate::Dma)) the caller keeps allocated, and
     /// does not touch through Rust references, until the chain is returned
     /// by [`pop_used`](Self::pop_used) or the queue is stopped.
     pub unsafe fn add_segments(
