@@ -13,7 +13,8 @@
  *   1. mounts devtmpfs on /dev, proc on /proc, sysfs on /sys, makes sure
  *      fds 0/1/2 are the console and prints "vmmio-init: started";
  *   2. reads /proc/cmdline and runs the tests named in vmmio.tests=LIST
- *      (virtio, blk, rng, hvc, blkreqs, dd), in the order given, each
+ *      (virtio, blk, rng, hvc, blkreqs, dd, vsock, vsockbw), in the order
+ *      given, each
  *      printing one "vmmio-init: <test> OK ..." or "... FAIL <reason>" line;
  *   3. prints a summary and "vmmio-init: done", syncs and powers off.
  *
@@ -615,6 +616,226 @@ out_fail:
 
 /* mkdir (ignore EEXIST) + mount; returns 0, or errno. EBUSY counts as
  * success (already mounted, e.g. by CONFIG_DEVTMPFS_MOUNT). */
+/* ------------------------------------------------------------------------ */
+/* vsock: AF_VSOCK stream sockets to the host through virtio-vsock.          */
+/* nolibc 6.1 has no socket calls: raw system calls and the uapi layout of   */
+/* struct sockaddr_vm (linux/vm_sockets.h).                                   */
+/* ------------------------------------------------------------------------ */
+
+#define AF_VSOCK_ 40
+#define SOCK_STREAM_ 1
+#define VMADDR_CID_ANY_ 0xffffffffU
+#define VMADDR_CID_HOST_ 2U
+#define SHUT_WR_ 1
+/* Host port the test connects to (the host echoes), guest port it listens
+ * on, bytes echoed, chunk per round trip. */
+#define VSOCK_ECHO_PORT 1234
+#define VSOCK_LISTEN_PORT 5000
+#define VSOCK_ECHO_BYTES (1024UL * 1024UL)
+#define VSOCK_CHUNK (64UL * 1024UL)
+/* vsockbw: bytes sent to the host's sink port. */
+#define VSOCK_BW_PORT 1235
+#define VSOCK_BW_BYTES (16UL * 1024UL * 1024UL)
+
+struct sockaddr_vm_ {
+	unsigned short svm_family;
+	unsigned short svm_reserved1;
+	unsigned int svm_port;
+	unsigned int svm_cid;
+	unsigned char svm_flags;
+	unsigned char svm_zero[3];
+};
+
+static long vsock_socket(void)
+{
+	return my_syscall3(__NR_socket, AF_VSOCK_, SOCK_STREAM_, 0);
+}
+
+static long vsock_addr_call(long nr, int fd, unsigned int cid, unsigned int port)
+{
+	struct sockaddr_vm_ a;
+
+	memset(&a, 0, sizeof(a));
+	a.svm_family = AF_VSOCK_;
+	a.svm_cid = cid;
+	a.svm_port = port;
+	return my_syscall3(nr, fd, &a, sizeof(a));
+}
+
+/* Connects a new socket to the host's port; fd or -errno. */
+static long vsock_connect_host(unsigned int port)
+{
+	long fd = vsock_socket(), r;
+
+	if (fd < 0)
+		return fd;
+	r = vsock_addr_call(__NR_connect, fd, VMADDR_CID_HOST_, port);
+	if (r < 0) {
+		close(fd);
+		return r;
+	}
+	return fd;
+}
+
+/* write(2)/read(2) of exactly len bytes on a socket; 0 or -errno
+ * (-EIO for an early end of stream). */
+static long sock_write_all(int fd, const unsigned char *buf, unsigned long len)
+{
+	while (len) {
+		long n = my_syscall3(__NR_write, fd, buf, len);
+
+		if (n < 0)
+			return n;
+		if (n == 0)
+			return -EIO;
+		buf += n;
+		len -= n;
+	}
+	return 0;
+}
+
+static long sock_read_all(int fd, unsigned char *buf, unsigned long len)
+{
+	while (len) {
+		long n = my_syscall3(__NR_read, fd, buf, len);
+
+		if (n < 0)
+			return n;
+		if (n == 0)
+			return -EIO;
+		buf += n;
+		len -= n;
+	}
+	return 0;
+}
+
+/* (a) 1 MiB of pattern to host port 1234, read back echoed, 64 KiB per
+ * round trip; then a clean close. Returns 0 or prints why and returns -1. */
+static int vsock_echo(void)
+{
+	unsigned long off;
+	long fd = vsock_connect_host(VSOCK_ECHO_PORT), r;
+
+	if (fd < 0) {
+		printf(PREFIX "vsock FAIL connect to host port %u errno=%ld\n",
+		       VSOCK_ECHO_PORT, -fd);
+		return -1;
+	}
+	fill_pattern(buf_a, VSOCK_ECHO_BYTES, opt_seed ^ 0x76736f636bUL, 0);
+	for (off = 0; off < VSOCK_ECHO_BYTES; off += VSOCK_CHUNK) {
+		r = sock_write_all(fd, buf_a + off, VSOCK_CHUNK);
+		if (!r)
+			r = sock_read_all(fd, buf_b + off, VSOCK_CHUNK);
+		if (r < 0) {
+			printf(PREFIX "vsock FAIL echo at %lu errno=%ld\n", off, -r);
+			close(fd);
+			return -1;
+		}
+	}
+	close(fd);
+	r = first_diff(buf_a, buf_b, VSOCK_ECHO_BYTES);
+	if (r >= 0) {
+		printf(PREFIX "vsock FAIL echo differs at byte %ld\n", r);
+		return -1;
+	}
+	return 0;
+}
+
+/* (b) listen on guest port 5000; the host connects through the device's
+ * socket with "CONNECT 5000"; it sends a line, gets one back, shuts down
+ * its side; (c) the guest reads end of stream and closes. */
+static int vsock_listen(void)
+{
+	static const char want[] = "hello guest\n", reply[] = "hello host\n";
+	char got[sizeof(want)];
+	long lfd = vsock_socket(), fd, r, n;
+
+	if (lfd < 0) {
+		printf(PREFIX "vsock FAIL socket errno=%ld\n", -lfd);
+		return -1;
+	}
+	r = vsock_addr_call(__NR_bind, lfd, VMADDR_CID_ANY_, VSOCK_LISTEN_PORT);
+	if (!r)
+		r = my_syscall2(__NR_listen, lfd, 1);
+	if (r < 0) {
+		printf(PREFIX "vsock FAIL listen on %u errno=%ld\n", VSOCK_LISTEN_PORT, -r);
+		close(lfd);
+		return -1;
+	}
+	printf(PREFIX "vsock listening port=%u\n", VSOCK_LISTEN_PORT);
+	fd = my_syscall3(__NR_accept, lfd, 0, 0);
+	close(lfd);
+	if (fd < 0) {
+		printf(PREFIX "vsock FAIL accept errno=%ld\n", -fd);
+		return -1;
+	}
+	r = sock_read_all(fd, (unsigned char *)got, sizeof(want) - 1);
+	if (!r && memcmp(got, want, sizeof(want) - 1))
+		r = -EINVAL;
+	if (!r)
+		r = sock_write_all(fd, (const unsigned char *)reply, sizeof(reply) - 1);
+	if (r < 0) {
+		printf(PREFIX "vsock FAIL exchange on port %u errno=%ld\n", VSOCK_LISTEN_PORT, -r);
+		close(fd);
+		return -1;
+	}
+	/* Clean close: the host shuts down first, the guest sees end of
+	 * stream, then closes. */
+	n = my_syscall3(__NR_read, fd, got, 1);
+	close(fd);
+	if (n != 0) {
+		printf(PREFIX "vsock FAIL expected end of stream, read returned %ld\n", n);
+		return -1;
+	}
+	return 0;
+}
+
+static void test_vsock(void)
+{
+	if (vsock_echo() || vsock_listen()) {
+		fail();
+		return;
+	}
+	printf(PREFIX "vsock OK echoed=%lu\n", VSOCK_ECHO_BYTES);
+	ok();
+}
+
+/* vsockbw: 16 MiB guest -> host (port 1235, the host discards), timed;
+ * prints the rate in MB/s. */
+static void test_vsockbw(void)
+{
+	unsigned long long t0, t1;
+	unsigned long off;
+	long fd = vsock_connect_host(VSOCK_BW_PORT), r = 0;
+
+	if (fd < 0) {
+		printf(PREFIX "vsockbw FAIL connect to host port %u errno=%ld\n",
+		       VSOCK_BW_PORT, -fd);
+		fail();
+		return;
+	}
+	fill_pattern(buf_a, VSOCK_CHUNK, opt_seed, 0);
+	t0 = now_ns();
+	for (off = 0; off < VSOCK_BW_BYTES && !r; off += VSOCK_CHUNK)
+		r = sock_write_all(fd, buf_a, VSOCK_CHUNK);
+	my_syscall2(__NR_shutdown, fd, SHUT_WR_);
+	/* The host closes after reading everything: wait for it. */
+	if (!r)
+		r = my_syscall3(__NR_read, fd, buf_b, 1);
+	t1 = now_ns();
+	close(fd);
+	if (r != 0) {
+		printf(PREFIX "vsockbw FAIL at %lu returned %ld\n", off, r);
+		fail();
+		return;
+	}
+	printf(PREFIX "vsockbw OK bytes=%lu MB/s=", VSOCK_BW_BYTES);
+	/* MB/s * 100 = bytes * 1e5 / ns, as dd. */
+	print_fixed2(t1 > t0 ? (unsigned long long)VSOCK_BW_BYTES * 100000ULL / (t1 - t0) : 0);
+	printf("\n");
+	ok();
+}
+
 static int mount_fs(const char *fstype, const char *dir, unsigned long flags)
 {
 	mkdir(dir, 0755);
@@ -722,6 +943,10 @@ static void run_test(const char *name)
 		test_blkreqs();
 	else if (!strcmp(name, "dd"))
 		test_dd();
+	else if (!strcmp(name, "vsock"))
+		test_vsock();
+	else if (!strcmp(name, "vsockbw"))
+		test_vsockbw();
 	else if (name[0]) {
 		printf(PREFIX "%s FAIL unknown test\n", name);
 		fail();

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use vmmio_devices::vsock::{Vsock, VsockOptions};
 use vmmio_devices::{Block, BlockOptions, Console, Rng};
 use vmmio_machine::{
     layout, ExecMode, ExitReason, Machine, MachineConfig, TransportVersion, VirtioHandle,
@@ -108,6 +109,17 @@ struct BootArgs {
     /// Write the console device's output to this file, unprefixed, instead of stdout.
     #[arg(long, value_name = "PATH")]
     console_out: Option<PathBuf>,
+    /// Attach a virtio-vsock device whose host side is Unix sockets, Firecracker's "hybrid
+    /// vsock" convention: the device listens on PATH; a host program connects to PATH,
+    /// writes "CONNECT <port>\n" and, once the guest listening on <port> accepted, reads
+    /// "OK <host_port>\n", after which the stream is the connection. A guest connecting
+    /// to CID 2 port P reaches the host program listening on "PATH_P". PATH must not exist;
+    /// it is removed at exit.
+    #[arg(long, value_name = "PATH")]
+    vsock: Option<PathBuf>,
+    /// The guest's vsock context ID (3..=4294967294).
+    #[arg(long, value_name = "CID", default_value_t = 3, requires = "vsock")]
+    vsock_cid: u64,
     /// Present legacy virtio-mmio windows (Version 1: GuestPageSize, QueueAlign, QueuePFN)
     /// instead of Version 2.
     #[arg(long)]
@@ -310,6 +322,17 @@ fn attach_devices(
         }
         handles.push(machine.add_virtio_device(version, Box::new(console))?);
         tests.push("hvc");
+    }
+    if let Some(path) = &args.vsock {
+        let opts = VsockOptions {
+            queue_size: args
+                .queue_size
+                .unwrap_or(VsockOptions::default().queue_size),
+            ..VsockOptions::default()
+        };
+        let vsock = Vsock::with_options(args.vsock_cid, path, opts)?;
+        handles.push(machine.add_virtio_device(version, Box::new(vsock))?);
+        // The init's vsock test needs host programs on PATH_1234 and PATH: not a default.
     }
     Ok((handles, tests))
 }
