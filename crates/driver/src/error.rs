@@ -233,6 +233,15 @@ pub enum Error {
         /// Bytes the driver needs written.
         needed: u64,
     },
+    /// A network frame is empty or longer than the device's limit (the MTU
+    /// plus an Ethernet header with a VLAN tag, virtio v1.4 §5.1.4).
+    #[error("frame of {len} bytes; 1 to {max} allowed")]
+    FrameTooLong {
+        /// The frame's length in bytes.
+        len: usize,
+        /// The longest frame allowed, in bytes.
+        max: usize,
+    },
     /// A class driver gave up after an earlier device fault or timeout left
     /// a request in flight; reset and re-create the driver.
     #[error("driver is unusable after an earlier fault; reset the device")]

@@ -11,7 +11,7 @@
 //! - [`VirtQueue`]: the driver-role split virtqueue (§2.7) with indirect
 //!   descriptors and EVENT_IDX.
 //! - Class drivers: [`blk::Block`], [`rng::Entropy`],
-//!   [`console::Console`], [`vsock::Vsock`].
+//!   [`console::Console`], [`net::Net`], [`vsock::Vsock`].
 //! - [`discovery`]: `virtio_mmio.device=` command-line parameters and
 //!   device-tree nodes.
 //!
@@ -33,6 +33,8 @@
 //! - `std` (default): `std::io::Read` for [`rng::Entropy`] and
 //!   `std::io::Write` for [`console::Console`]. Without it the crate needs
 //!   only `alloc`.
+//! - `smoltcp`: `smoltcp::phy::Device` for [`net::Net`], so a no_std OS
+//!   gets TCP/IP from smoltcp in a few lines.
 #![no_std]
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -53,6 +55,7 @@ pub mod discovery;
 pub mod error;
 pub mod hal;
 pub mod io;
+pub mod net;
 pub mod queue;
 pub mod rng;
 pub mod transport;
