@@ -127,6 +127,16 @@ pub enum Device {
     /// `virtio-serial-device` with one `virtconsole` (port 0) whose chardev
     /// writes to a file the test can read: [`Qemu::console_output`].
     Console,
+    /// `virtio-net-device` on `-netdev stream,server=off` connecting to the
+    /// Unix socket listening at `socket` (the test holds the listener and
+    /// accepts QEMU's connection; frames are preceded by their length as
+    /// a 4-byte big-endian number), with MAC address `mac`.
+    Net {
+        /// Path of the Unix socket the test listens on.
+        socket: std::path::PathBuf,
+        /// The device's MAC address.
+        mac: [u8; 6],
+    },
 }
 
 impl Device {
@@ -136,6 +146,7 @@ impl Device {
             Device::Block { .. } => 2,
             Device::Rng => 4,
             Device::Console => 3,
+            Device::Net { .. } => 1,
         }
     }
 }
@@ -302,6 +313,20 @@ impl QemuBuilder {
                     args.push("-device".into());
                     args.push(format!("virtconsole,chardev=c{i}"));
                 }
+                Device::Net { socket, mac } => {
+                    args.push("-netdev".into());
+                    args.push(format!(
+                        "stream,id=n{i},server=off,addr.type=unix,addr.path={}",
+                        socket.display()
+                    ));
+                    let mac = mac
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<Vec<_>>()
+                        .join(":");
+                    args.push("-device".into());
+                    args.push(format!("virtio-net-device,netdev=n{i},mac={mac},{ring}"));
+                }
             }
         }
         args
@@ -341,7 +366,7 @@ impl QemuBuilder {
                     images.push(path);
                 }
                 Device::Console => consoles.push(console_path(dir.path(), i)),
-                Device::Rng => {}
+                Device::Rng | Device::Net { .. } => {}
             }
         }
         let ram_file = OpenOptions::new()
