@@ -18,7 +18,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
-use vmmio_device::{Interrupt, InterruptCause, MmioTransport, TransportVersion, VirtioDevice};
+use vmmio_device::{
+    ExecMode, Interrupt, InterruptCause, MmioTransport, TransportVersion, VirtioDevice,
+    WorkerDevice,
+};
 use vmmio_driver::{BufferDirection, Hal, RegisterIo, PAGE_SIZE};
 use vmmio_spec::mmio;
 
@@ -230,8 +233,27 @@ pub struct Window {
     pub line: Arc<Line>,
 }
 
-/// Puts `device` behind a fresh loopback window of layout `version`.
+/// Puts `device` behind a fresh loopback window of layout `version`; the
+/// device runs synchronously, inside the driver's `QueueNotify` store.
 pub fn window(version: TransportVersion, device: Box<dyn VirtioDevice<Mem> + Send>) -> Window {
+    window_in(ExecMode::Sync, version, device)
+}
+
+/// Puts `device` behind a fresh loopback window of layout `version`,
+/// running it as `exec` says ([`ExecMode::Worker`]: on its own thread,
+/// through [`WorkerDevice`]).
+///
+/// # Panics
+/// When the worker thread cannot be started (a test fixture).
+pub fn window_in(
+    exec: ExecMode,
+    version: TransportVersion,
+    device: Box<dyn VirtioDevice<Mem> + Send>,
+) -> Window {
+    let device: Box<dyn VirtioDevice<Mem> + Send> = match exec {
+        ExecMode::Sync => device,
+        ExecMode::Worker => Box::new(WorkerDevice::new(device).expect("device worker")),
+    };
     let mem = Mem::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).expect("guest memory");
     let line = Arc::new(Line::default());
     let transport = MmioTransport::new(version, device, mem.clone(), line.clone());

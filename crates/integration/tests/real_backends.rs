@@ -7,28 +7,36 @@
 
 use std::io::{Read, Seek, SeekFrom, Write};
 
-use vmmio_device::TransportVersion;
+use vmmio_device::{ExecMode, TransportVersion};
 use vmmio_driver::blk::Block;
 use vmmio_driver::console::Console;
 use vmmio_driver::rng::Entropy;
 use vmmio_driver::{Transport, Version};
-use vmmio_integration::{window, Loopback, Mem};
+use vmmio_integration::{window_in, Loopback, Mem};
 use vmmio_spec::features::{bit, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC};
 
 #[derive(Clone, Copy, Debug)]
 struct Cfg {
+    exec: ExecMode,
     version: TransportVersion,
     event_idx: bool,
     indirect: bool,
 }
 
+/// Every ring configuration in both execution modes.
 fn configs() -> impl Iterator<Item = Cfg> {
-    [TransportVersion::Legacy, TransportVersion::Modern]
+    [ExecMode::Sync, ExecMode::Worker]
         .into_iter()
-        .flat_map(|version| {
+        .flat_map(|exec| {
+            [TransportVersion::Legacy, TransportVersion::Modern]
+                .into_iter()
+                .map(move |version| (exec, version))
+        })
+        .flat_map(|(exec, version)| {
             [(false, false), (false, true), (true, false), (true, true)]
                 .into_iter()
                 .map(move |(event_idx, indirect)| Cfg {
+                    exec,
                     version,
                     event_idx,
                     indirect,
@@ -88,7 +96,7 @@ fn block_writes_land_in_the_backing_file_byte_for_byte() {
         file.flush().unwrap();
 
         let dev = vmmio_devices::Block::<Mem, _>::from_path(file.path(), false).unwrap();
-        let w = window(cfg.version, Box::new(dev));
+        let w = window_in(cfg.exec, cfg.version, Box::new(dev));
         let mut b = Block::new(probe(cfg, w.io), w.hal).unwrap();
         check(cfg, b.transport());
         assert_eq!(b.capacity(), SECTORS, "{cfg:?}");
@@ -131,7 +139,7 @@ fn read_only_block_refuses_writes_and_keeps_the_file() {
     file.write_all(&initial).unwrap();
     for cfg in configs() {
         let dev = vmmio_devices::Block::<Mem, _>::from_path(file.path(), true).unwrap();
-        let w = window(cfg.version, Box::new(dev));
+        let w = window_in(cfg.exec, cfg.version, Box::new(dev));
         let mut b = Block::new(probe(cfg, w.io), w.hal).unwrap();
         assert!(b.read_only(), "{cfg:?}");
         assert!(b.write_blocks(0, &[0xaa; 512]).is_err(), "{cfg:?}");
@@ -154,7 +162,7 @@ fn block_past_the_16_bit_index_wrap_on_a_file() {
         configs().filter(|c| (c.version == TransportVersion::Modern) == c.event_idx && !c.indirect)
     {
         let dev = vmmio_devices::Block::<Mem, _>::from_path(file.path(), false).unwrap();
-        let w = window(cfg.version, Box::new(dev));
+        let w = window_in(cfg.exec, cfg.version, Box::new(dev));
         let mut b = Block::with_queue_size(probe(cfg, w.io), w.hal, 8).unwrap();
         let mut buf = vec![0u8; 512];
         for r in 0..35_000u32 {
@@ -171,7 +179,11 @@ fn block_past_the_16_bit_index_wrap_on_a_file() {
 #[test]
 fn entropy_device_returns_varying_bytes() {
     for cfg in configs() {
-        let w = window(cfg.version, Box::new(vmmio_devices::Rng::<Mem>::new()));
+        let w = window_in(
+            cfg.exec,
+            cfg.version,
+            Box::new(vmmio_devices::Rng::<Mem>::new()),
+        );
         let mut e = Entropy::new(probe(cfg, w.io), w.hal).unwrap();
         check(cfg, e.transport());
         let mut buf = vec![0u8; 4096];
@@ -185,7 +197,7 @@ fn console_bytes_cross_both_ways() {
     for cfg in configs() {
         let (dev, captured) = vmmio_devices::Console::<Mem>::capture();
         let input = dev.input_handle();
-        let w = window(cfg.version, Box::new(dev));
+        let w = window_in(cfg.exec, cfg.version, Box::new(dev));
         let mut c = Console::new(probe(cfg, w.io), w.hal).unwrap();
         check(cfg, c.transport());
         let text = pattern(3, 5000);
