@@ -13,8 +13,8 @@
  *   1. mounts devtmpfs on /dev, proc on /proc, sysfs on /sys, makes sure
  *      fds 0/1/2 are the console and prints "vmmio-init: started";
  *   2. reads /proc/cmdline and runs the tests named in vmmio.tests=LIST
- *      (virtio, blk, rng, hvc, blkreqs, dd, vsock, vsockbw), in the order
- *      given, each
+ *      (virtio, blk, rng, hvc, blkreqs, dd, vsock, vsockbw, crash), in the
+ *      order given, each
  *      printing one "vmmio-init: <test> OK ..." or "... FAIL <reason>" line;
  *   3. prints a summary and "vmmio-init: done", syncs and powers off.
  *
@@ -409,6 +409,40 @@ static void test_blk(void)
 	return;
 
 out_fail:
+	close(fd);
+	fail();
+}
+
+/* crash: write the pattern over the first 1 MiB of vda, fsync, print
+ * "crash SYNCED", then keep the disk busy (rewriting the second MiB) until
+ * the host kills the machine: the host checks the first MiB survived. */
+static void test_crash(void)
+{
+	unsigned long round;
+	long r;
+	int fd;
+
+	fd = open("/dev/vda", O_RDWR, 0);
+	if (fd < 0 || vda_capacity() < 2 * BLK_REGION) {
+		printf(PREFIX "crash FAIL open /dev/vda or capacity < 2 MiB errno=%d\n", errno);
+		fail();
+		return;
+	}
+	fill_pattern(buf_a, BLK_REGION, opt_seed, 0);
+	r = write_full(fd, buf_a, BLK_REGION, 0);
+	if (r < 0 || fsync(fd) < 0) {
+		printf(PREFIX "crash FAIL write or fsync errno=%d\n", errno);
+		close(fd);
+		fail();
+		return;
+	}
+	printf(PREFIX "crash SYNCED bytes=%lu\n", BLK_REGION);
+	for (round = 1; round < 100000; round++) {
+		fill_pattern(buf_b, BLK_REGION, opt_seed + round, BLK_REGION);
+		if (write_full(fd, buf_b, BLK_REGION, BLK_REGION) < 0 || fsync(fd) < 0)
+			break;
+	}
+	printf(PREFIX "crash FAIL not killed after %lu rounds\n", round);
 	close(fd);
 	fail();
 }
@@ -947,6 +981,8 @@ static void run_test(const char *name)
 		test_vsock();
 	else if (!strcmp(name, "vsockbw"))
 		test_vsockbw();
+	else if (!strcmp(name, "crash"))
+		test_crash();
 	else if (name[0]) {
 		printf(PREFIX "%s FAIL unknown test\n", name);
 		fail();
