@@ -1,16 +1,22 @@
 //! The driver on bare metal: builds `examples/microvm-kernel` (a
 //! freestanding x86_64 kernel), boots it on QEMU's `microvm` machine
-//! through PVH with a block device (a file image), an entropy device and a
-//! console, in both register layouts, and checks what it did from outside:
-//! its serial output, the image file, the console's chardev file and
-//! QEMU's exit status (`isa-debug-exit`).
+//! through PVH with a block device (a file image), an entropy device, a
+//! console and a network device (`-netdev stream` on a Unix socket this
+//! test serves), in both register layouts, and checks what it did from
+//! outside: its serial output, the image file, the console's chardev
+//! file, the frame on the socket and QEMU's exit status
+//! (`isa-debug-exit`).
 //!
 //! Cost: one release build of the kernel (about 15 s cold, shared by both
 //! tests), then well under a second of TCG per boot.
 
 use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -34,6 +40,21 @@ fn write_pattern() -> Vec<u8> {
 const CONSOLE_MESSAGE: &[u8] = b"hello from the vmmio bare-metal kernel\n";
 /// The serial number QEMU's block device reports to GET_ID.
 const BLK_SERIAL: &str = "vmmio-bare";
+/// The MAC QEMU's network device gets.
+const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+/// The frame the kernel sends (mirrors `exercise_net`): broadcast, from
+/// [`MAC`], EtherType 0x88b5, a payload, zero-padded to 60 bytes.
+fn kernel_frame() -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend(MAC);
+    f.extend([0x88, 0xb5]);
+    f.extend(b"vmmio bare-metal frame");
+    f.resize(60, 0);
+    f
+}
+/// The payload of the frame this test sends back.
+const REPLY: &[u8] = b"reply from the test";
+
 /// A boot that takes longer than this has hung (the kernel's own watchdog
 /// ends a lost interrupt within about 30 s).
 const BOOT_LIMIT: Duration = Duration::from_secs(180);
@@ -92,6 +113,54 @@ struct Run {
     serial: String,
     image: Vec<u8>,
     console: Vec<u8>,
+    /// Frames QEMU's network device sent to the socket.
+    frames: Vec<Vec<u8>>,
+}
+
+/// The other end of QEMU's `-netdev stream` (frames with a 4-byte
+/// big-endian length before each): accepts QEMU's connection, answers the
+/// first frame with one addressed to its sender, and collects every frame
+/// until QEMU closes the socket (or, never connected, `stop` is set).
+fn net_peer(
+    listener: UnixListener,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<Vec<u8>>> {
+    std::thread::spawn(move || {
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
+        let mut conn = loop {
+            match listener.accept() {
+                Ok((c, _)) => break c,
+                Err(_) if stop.load(Ordering::Relaxed) => return Vec::new(),
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        };
+        conn.set_nonblocking(false).expect("blocking stream");
+        conn.set_read_timeout(Some(BOOT_LIMIT))
+            .expect("read timeout");
+        let mut frames = Vec::new();
+        loop {
+            let mut len = [0u8; 4];
+            if conn.read_exact(&mut len).is_err() {
+                return frames;
+            }
+            let mut frame = vec![0u8; u32::from_be_bytes(len) as usize];
+            if conn.read_exact(&mut frame).is_err() {
+                return frames;
+            }
+            if frames.is_empty() && frame.len() >= 12 {
+                let mut reply = frame[6..12].to_vec();
+                reply.extend([0x02, 0, 0, 0, 0, 0x01, 0x88, 0xb5]);
+                reply.extend(REPLY);
+                reply.resize(60, 0);
+                let mut msg = (reply.len() as u32).to_be_bytes().to_vec();
+                msg.extend(reply);
+                conn.write_all(&msg).expect("send the reply frame");
+            }
+            frames.push(frame);
+        }
+    })
 }
 
 /// Boots the kernel with blk, rng and console in `mode` and collects what
@@ -105,6 +174,12 @@ fn boot(mode: Mode) -> Run {
         dir.path().join("console.out"),
     );
     fs::write(&img, image()).expect("write image");
+    let sock = dir.path().join("net.sock");
+    let stop = Arc::new(AtomicBool::new(false));
+    let peer = net_peer(
+        UnixListener::bind(&sock).expect("bind the net socket"),
+        stop.clone(),
+    );
     let mut cmd = Command::new(QEMU_BINARY);
     // acpi=off: only then does microvm append `virtio_mmio.device=` entries
     // for its populated slots to the kernel command line.
@@ -131,6 +206,15 @@ fn boot(mode: Mode) -> Run {
             "-device",
             "virtconsole,chardev=c0",
         ])
+        .arg("-netdev")
+        .arg(format!(
+            "stream,id=n0,server=off,addr.type=unix,addr.path={}",
+            sock.display()
+        ))
+        .args([
+            "-device",
+            "virtio-net-device,netdev=n0,mac=52:54:00:12:34:56",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(fs::File::create(dir.path().join("qemu.err")).expect("stderr file"));
@@ -155,6 +239,8 @@ fn boot(mode: Mode) -> Run {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
+    stop.store(true, Ordering::Relaxed);
+    let frames = peer.join().expect("net peer");
     let stderr = fs::read_to_string(dir.path().join("qemu.err")).unwrap_or_default();
     let serial = fs::read_to_string(&serial).unwrap_or_default();
     eprintln!("--- serial ({mode:?}) ---\n{serial}--- QEMU stderr ---\n{stderr}");
@@ -163,6 +249,7 @@ fn boot(mode: Mode) -> Run {
         serial,
         image: fs::read(&img).expect("read image"),
         console: fs::read(&console).unwrap_or_default(),
+        frames,
     }
 }
 
@@ -190,7 +277,7 @@ fn kernel_drives_blk_rng_console_with_interrupts(mode: Mode) {
         Mode::Modern => "Modern",
     };
     // The devices it found on the command line, with their register layout.
-    for id in [2, 4, 3] {
+    for id in [2, 4, 3, 1] {
         assert!(
             s.lines()
                 .any(|l| l.starts_with(&format!("found: device {id} at 0xfeb0"))
@@ -221,6 +308,18 @@ fn kernel_drives_blk_rng_console_with_interrupts(mode: Mode) {
         .expect("an rng line");
     assert!(rng_bytes > 0, "entropy: no bytes");
     assert_eq!(run.console, CONSOLE_MESSAGE, "console chardev file");
+    // The frame it sent reached the socket intact, and the reply came back
+    // to it (received in its interrupt handler).
+    assert_eq!(
+        run.frames.first(),
+        Some(&kernel_frame()),
+        "frame on the socket"
+    );
+    let want = format!(
+        "net: reply {:?} received by interrupt",
+        std::str::from_utf8(REPLY).unwrap()
+    );
+    assert!(s.contains(&want), "expected {want:?}");
     let (handled, requests, by_irq) = interrupt_counts(s);
     assert!(handled > 0, "no interrupt handled");
     assert_eq!(

@@ -28,6 +28,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use vmmio_driver::blk::{Block, Request, SECTOR_SIZE};
 use vmmio_driver::console::Console;
 use vmmio_driver::discovery::cmdline_devices;
+use vmmio_driver::net::Net;
 use vmmio_driver::rng::Entropy;
 use vmmio_driver::{Error, IdentityHal, MmioWindow, Transport};
 
@@ -54,6 +55,7 @@ enum Driver {
     Block(Block<MmioWindow, IdentityHal>),
     Entropy(Entropy<MmioWindow, IdentityHal>),
     Console(Console<MmioWindow, IdentityHal>),
+    Net(Net<MmioWindow, IdentityHal>),
 }
 
 /// One device and the request it has in flight.
@@ -68,10 +70,16 @@ struct Slot {
 }
 
 static SLOTS: IrqCell<Vec<Slot>> = IrqCell::new(Vec::new());
-/// Device interrupts taken.
+/// Interrupts of the block, entropy and console devices taken.
 static IRQS_HANDLED: AtomicU64 = AtomicU64::new(0);
-/// Requests whose completion an interrupt handler found.
+/// Their requests whose completion an interrupt handler found.
 static COMPLETED_BY_IRQ: AtomicU64 = AtomicU64::new(0);
+/// Interrupts of network devices, counted apart: a transmit completion
+/// and a received frame may or may not share one, so they cannot be
+/// matched one to one with requests.
+static NET_IRQS: AtomicU64 = AtomicU64::new(0);
+/// Every device interrupt, for the storm guard.
+static ALL_IRQS: AtomicU64 = AtomicU64::new(0);
 static WATCHDOG_FIRED: AtomicBool = AtomicBool::new(false);
 
 /// Entered from `boot.rs` in long mode with `start_info` the physical
@@ -140,6 +148,7 @@ fn run(cmdline: &str) -> Result<(), alloc::string::String> {
             2 => Driver::Block(Block::new(t, IdentityHal).map_err(|e| format!("blk: {e}"))?),
             3 => Driver::Console(Console::new(t, IdentityHal).map_err(|e| format!("con: {e}"))?),
             4 => Driver::Entropy(Entropy::new(t, IdentityHal).map_err(|e| format!("rng: {e}"))?),
+            1 => Driver::Net(Net::new(t, IdentityHal).map_err(|e| format!("net: {e}"))?),
             _ => continue,
         };
         let index = SLOTS.with(|s| {
@@ -165,6 +174,10 @@ fn run(cmdline: &str) -> Result<(), alloc::string::String> {
             Kind::Block => exercise_block(i)?,
             Kind::Entropy => exercise_entropy(i)?,
             Kind::Console => exercise_console(i)?,
+            Kind::Net => {
+                exercise_net(i)?;
+                0
+            }
         };
     }
     let irqs = IRQS_HANDLED.load(Ordering::Relaxed);
@@ -183,6 +196,7 @@ enum Kind {
     Block,
     Entropy,
     Console,
+    Net,
 }
 
 fn kind(d: &Driver) -> Kind {
@@ -190,6 +204,7 @@ fn kind(d: &Driver) -> Kind {
         Driver::Block(_) => Kind::Block,
         Driver::Entropy(_) => Kind::Entropy,
         Driver::Console(_) => Kind::Console,
+        Driver::Net(_) => Kind::Net,
     }
 }
 
@@ -296,6 +311,55 @@ fn exercise_console(i: usize) -> Result<u64, alloc::string::String> {
     Ok(1)
 }
 
+/// EtherType of the frames exchanged with the test (IEEE local
+/// experimental).
+const ETHERTYPE: [u8; 2] = [0x88, 0xb5];
+/// Payload of the frame the kernel sends (zero-padded to 60 bytes).
+const NET_PAYLOAD: &[u8] = b"vmmio bare-metal frame";
+
+/// Sends one broadcast frame, then waits for the peer's reply, which the
+/// interrupt handler takes from the receive queue.
+fn exercise_net(i: usize) -> Result<(), alloc::string::String> {
+    let (mac, link) = SLOTS.with(|s| match &s[i].driver {
+        Driver::Net(n) => (n.mac(), n.link_up()),
+        _ => unreachable!("slot kinds never change"),
+    });
+    let mut frame = vec![0u8; 60];
+    frame[..6].fill(0xff);
+    frame[6..12].copy_from_slice(&mac);
+    frame[12..14].copy_from_slice(&ETHERTYPE);
+    frame[14..14 + NET_PAYLOAD.len()].copy_from_slice(NET_PAYLOAD);
+    println!(
+        "net: mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, link {}",
+        mac[0],
+        mac[1],
+        mac[2],
+        mac[3],
+        mac[4],
+        mac[5],
+        if link { "up" } else { "down" }
+    );
+    let reply = request(i, |d| match d {
+        Driver::Net(n) => n.transmit(&frame),
+        _ => unreachable!("slot kinds never change"),
+    })?;
+    println!("net: sent {} bytes", frame.len());
+    if reply.len() < 14 || reply[..6] != mac || reply[12..14] != ETHERTYPE {
+        return Err("net: the reply is not addressed to us".into());
+    }
+    let payload = &reply[14..];
+    let end = payload
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(payload.len());
+    println!(
+        "net: reply {:?} received by interrupt (net interrupts {})",
+        core::str::from_utf8(&payload[..end]).unwrap_or("?"),
+        NET_IRQS.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
+
 fn print_hex(what: &str, bytes: &[u8]) {
     use core::fmt::Write as _;
     let mut s = alloc::string::String::new();
@@ -347,12 +411,18 @@ fn request(
 fn device_interrupt(i: usize) {
     // A line that stays raised (InterruptStatus never acknowledged) would
     // starve everything else, the watchdog included: give up instead.
-    if IRQS_HANDLED.fetch_add(1, Ordering::Relaxed) > MAX_IRQS {
+    if ALL_IRQS.fetch_add(1, Ordering::Relaxed) > MAX_IRQS {
         println!("FAIL: interrupt storm on device {i}");
         arch::exit_qemu(EXIT_FAILURE);
     }
     SLOTS.with(|s| {
         let Some(slot) = s.get_mut(i) else { return };
+        let counted = !matches!(slot.driver, Driver::Net(_));
+        if counted {
+            IRQS_HANDLED.fetch_add(1, Ordering::Relaxed);
+        } else {
+            NET_IRQS.fetch_add(1, Ordering::Relaxed);
+        }
         let out = &mut slot.data;
         let done = match &mut slot.driver {
             Driver::Block(b) => b.handle_interrupt().and_then(|_| b.poll(out)),
@@ -361,6 +431,14 @@ fn device_interrupt(i: usize) {
                 .handle_interrupt()
                 .and_then(|_| c.poll_write())
                 .map(|sent| sent.then_some(0)),
+            // A request is done when a frame came in (the peer's reply).
+            Driver::Net(n) => n.handle_interrupt().and_then(|_| {
+                n.receive(|f| {
+                    let k = f.len().min(out.len());
+                    out[..k].copy_from_slice(&f[..k]);
+                    k
+                })
+            }),
         };
         if !slot.busy {
             return;
@@ -370,7 +448,9 @@ fn device_interrupt(i: usize) {
             Ok(Some(n)) => {
                 slot.busy = false;
                 slot.done = Some(Ok(n));
-                COMPLETED_BY_IRQ.fetch_add(1, Ordering::Relaxed);
+                if counted {
+                    COMPLETED_BY_IRQ.fetch_add(1, Ordering::Relaxed);
+                }
             }
             Err(e) => {
                 slot.busy = false;
