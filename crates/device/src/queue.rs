@@ -20,16 +20,19 @@
 
 mod chain;
 mod error;
+mod packed;
 mod ring;
 mod split;
 #[cfg(test)]
 mod tests;
 
 use vm_memory::GuestMemory;
+use vmmio_spec::features::{bit, VIRTIO_F_RING_PACKED};
 
 pub use chain::{Descriptor, DescriptorChain, INLINE_DESCRIPTORS, MAX_INDIRECT_DESCRIPTORS};
 pub use error::{QueueError, RingArea};
 
+use packed::PackedQueue;
 use split::SplitQueue;
 
 /// A virtqueue, device role.
@@ -84,6 +87,7 @@ pub struct Queue {
 #[derive(Clone, Debug)]
 enum Ring {
     Split(SplitQueue),
+    Packed(PackedQueue),
 }
 
 /// Runs `$body` with `$q` bound to the ring, whichever it is.
@@ -91,6 +95,7 @@ macro_rules! dispatch {
     ($self:expr, $q:ident => $body:expr) => {
         match $self {
             Ring::Split($q) => $body,
+            Ring::Packed($q) => $body,
         }
     };
 }
@@ -106,6 +111,39 @@ impl Queue {
         Self {
             ring: Ring::Split(SplitQueue::new(max_size)),
         }
+    }
+
+    /// Whether this is a packed ring (VIRTIO_F_RING_PACKED, §2.8) rather
+    /// than a split ring (§2.7).
+    pub fn packed(&self) -> bool {
+        matches!(self.ring, Ring::Packed(_))
+    }
+
+    /// Makes this a packed ring (`true`) or a split ring, keeping the
+    /// configuration (`QueueSizeMax`, `QueueSize`, addresses, ready,
+    /// features) and starting the ring state afresh. Nothing changes when
+    /// the kind is already right. [`Queue::set_features`] calls this for
+    /// VIRTIO_F_RING_PACKED.
+    pub fn set_packed(&mut self, packed: bool) {
+        if packed == self.packed() {
+            return;
+        }
+        let max_size = self.max_size();
+        let (desc, driver, device) = self.addresses();
+        let (size, ready) = (self.size(), self.ready());
+        let (event_idx, indirect) = (self.event_idx(), self.indirect());
+        self.ring = if packed {
+            Ring::Packed(PackedQueue::new(max_size))
+        } else {
+            Ring::Split(SplitQueue::new(max_size))
+        };
+        dispatch!(&mut self.ring, q => {
+            q.set_size(size);
+            q.set_addresses(desc, driver, device);
+            q.set_event_idx(event_idx);
+            q.set_indirect(indirect);
+            q.set_ready(ready);
+        });
     }
 
     /// `QueueSizeMax` (v1.0: QueueNumMax), in elements.
@@ -150,6 +188,11 @@ impl Queue {
     /// size`) and used ring (`6 + 8 * size`) are aligned to 16, 2 and 4
     /// bytes (the event fields included, whatever the features).
     ///
+    /// Packed ring: the size is in `1..=max_size` (any value, §2.8.10.1);
+    /// the descriptor ring (`16 * size` bytes, aligned to 16) and the
+    /// driver and device event suppression structures (4 bytes each,
+    /// aligned to 4).
+    ///
     /// # Errors
     ///
     /// [`QueueError::InvalidSize`], [`QueueError::Misaligned`],
@@ -171,10 +214,12 @@ impl Queue {
         dispatch!(&mut self.ring, q => q.set_ready(ready))
     }
 
-    /// Applies the negotiated feature bits: VIRTIO_F_EVENT_IDX (§2.7.7,
-    /// §2.7.10), VIRTIO_F_INDIRECT_DESC (§2.7.5.3). Other bits are
+    /// Applies the negotiated feature bits: VIRTIO_F_RING_PACKED (the ring
+    /// kind, [`Queue::set_packed`]), VIRTIO_F_EVENT_IDX (§2.7.10,
+    /// §2.8.10), VIRTIO_F_INDIRECT_DESC (§2.7.5.3, §2.8.7). Other bits are
     /// ignored.
     pub fn set_features(&mut self, features: u64) {
+        self.set_packed(features & bit(VIRTIO_F_RING_PACKED) != 0);
         dispatch!(&mut self.ring, q => q.set_features(features))
     }
 
@@ -201,19 +246,25 @@ impl Queue {
 
     /// Where the device reads next. Split ring: the next available-ring
     /// index (free-running, modulo 2^16; the slot is this modulo the size).
+    /// Packed ring: the descriptor index of the next chain in bits 0..15
+    /// and the device's wrap counter for it in bit 15 (the encoding of
+    /// §2.8.10 and §2.9); after reset `0x8000` (counters start at 1).
     pub fn next_avail(&self) -> u16 {
         dispatch!(&self.ring, q => q.next_avail())
     }
 
     /// Sets where the device reads next (queue reset: 0; restore: a saved
-    /// [`Queue::next_avail`]). Forgets what `undo_pop` could return.
+    /// [`Queue::next_avail`], in its encoding; a packed index at or above
+    /// the size is taken modulo the size). Forgets what `undo_pop` could
+    /// return.
     pub fn set_next_avail(&mut self, index: u16) {
         dispatch!(&mut self.ring, q => q.set_next_avail(index))
     }
 
     /// Where the device writes next. Split ring: the next used-ring index
     /// (free-running, modulo 2^16), the value of `used.idx` it last
-    /// published.
+    /// published. Packed ring: the descriptor index of the next used
+    /// descriptor and the wrap counter, encoded as [`Queue::next_avail`].
     pub fn next_used(&self) -> u16 {
         dispatch!(&self.ring, q => q.next_used())
     }

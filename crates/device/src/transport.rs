@@ -74,13 +74,13 @@ const MAX_QUEUES: usize = 1 << 16;
 
 /// Feature bits the transport never offers, whatever the device says:
 /// PCI-only bits (SR_IOV, NOTIF_CONFIG_DATA), ADMIN_VQ (reserved for MMIO,
-/// virtio v1.4 §4.2.5), SUSPEND (the transport has no suspend support) and
-/// RING_PACKED (queues are validated as split rings only).
+/// virtio v1.4 §4.2.5) and SUSPEND (the transport has no suspend support).
+/// RING_PACKED is offered by Modern windows when the device offers it or
+/// the window allows it ([`MmioTransport::set_packed_ring`]).
 pub const TRANSPORT_UNSUPPORTED_FEATURES: u64 = bit(features::VIRTIO_F_SR_IOV)
     | bit(features::VIRTIO_F_NOTIF_CONFIG_DATA)
     | bit(features::VIRTIO_F_ADMIN_VQ)
-    | bit(features::VIRTIO_F_SUSPEND)
-    | bit(features::VIRTIO_F_RING_PACKED);
+    | bit(features::VIRTIO_F_SUSPEND);
 
 /// The status machine as data: each bit a driver may add to `Status`, and
 /// the bits that must be set already (or in the same write) for it to be
@@ -201,6 +201,8 @@ pub struct MmioTransport<M: GuestMemory + Clone + Send> {
     activated: bool,
     /// What `DeviceFeatures` presents (pages 0 and 1).
     offered: u64,
+    /// Offer VIRTIO_F_RING_PACKED whatever the device says (Modern only).
+    packed_ring: bool,
     /// `DriverFeatures` pages 0 and 1 as written.
     driver_features: u64,
     /// The driver wrote a non-zero word to a feature page >= 2, where
@@ -251,7 +253,7 @@ impl<M: GuestMemory + Clone + Send> MmioTransport<M> {
             .take(MAX_QUEUES)
             .map(|&max| QueueRegs::new(max))
             .collect();
-        let offered = offer(version, device.device_features());
+        let offered = offer(version, device.device_features(), false);
         Self {
             version,
             device,
@@ -261,6 +263,7 @@ impl<M: GuestMemory + Clone + Send> MmioTransport<M> {
             status: 0,
             activated: false,
             offered,
+            packed_ring: false,
             driver_features: 0,
             acked_unoffered_page: false,
             device_features_sel: 0,
@@ -271,6 +274,20 @@ impl<M: GuestMemory + Clone + Send> MmioTransport<M> {
             guest_page_size: DEFAULT_GUEST_PAGE_SIZE,
             config_generation: 0,
             faults: FaultLog::default(),
+        }
+    }
+
+    /// Offers VIRTIO_F_RING_PACKED (virtio v1.4 §2.8) on this window
+    /// whatever the device's own feature bits say (`true`), or only when
+    /// the device offers it (`false`, the default). Legacy windows never
+    /// offer it (it is bit 34, and packed rings need VIRTIO_F_VERSION_1).
+    /// When the driver negotiates it, every queue is a packed ring from
+    /// `QueueReady` on. Takes effect now in reset state, otherwise at the
+    /// next device reset.
+    pub fn set_packed_ring(&mut self, enabled: bool) {
+        self.packed_ring = enabled;
+        if self.status == 0 {
+            self.offered = offer(self.version, self.device.device_features(), enabled);
         }
     }
 
@@ -736,7 +753,11 @@ impl<M: GuestMemory + Clone + Send> MmioTransport<M> {
         self.device.reset();
         self.activated = false;
         self.status = 0;
-        self.offered = offer(self.version, self.device.device_features());
+        self.offered = offer(
+            self.version,
+            self.device.device_features(),
+            self.packed_ring,
+        );
         self.driver_features = 0;
         self.acked_unoffered_page = false;
         self.device_features_sel = 0;
@@ -922,7 +943,7 @@ impl<M: GuestMemory + Clone + Send> MmioTransport<M> {
             );
             return;
         }
-        if let Err(error) = queue.validate(&self.mem) {
+        if let Err(error) = queue.validate(&self.mem, features) {
             fault!(self, "queue {index} not enabled: {error}");
             return;
         }
@@ -973,7 +994,7 @@ impl<M: GuestMemory + Clone + Send> MmioTransport<M> {
         let mut candidate = queue.clone();
         let checked = candidate
             .set_legacy_layout(value, page_size)
-            .and_then(|()| candidate.validate(&self.mem));
+            .and_then(|()| candidate.validate(&self.mem, 0));
         if let Err(error) = checked {
             fault!(self, "queue {index} not enabled: {error}");
             return;
@@ -1116,9 +1137,14 @@ impl<M: GuestMemory + Clone + Send> fmt::Debug for MmioTransport<M> {
     }
 }
 
-/// What `DeviceFeatures` offers for a device offering `device_features`.
-fn offer(version: TransportVersion, device_features: u64) -> u64 {
-    let features = device_features & !TRANSPORT_UNSUPPORTED_FEATURES;
+/// What `DeviceFeatures` offers for a device offering `device_features`,
+/// with VIRTIO_F_RING_PACKED added when `packed_ring` (Modern windows only:
+/// a legacy window keeps bits 0..32, and packed rings need VERSION_1).
+fn offer(version: TransportVersion, device_features: u64, packed_ring: bool) -> u64 {
+    let mut features = device_features & !TRANSPORT_UNSUPPORTED_FEATURES;
+    if packed_ring {
+        features |= bit(features::VIRTIO_F_RING_PACKED);
+    }
     match version {
         TransportVersion::Modern => features | bit(features::VIRTIO_F_VERSION_1),
         TransportVersion::Legacy => features & 0xffff_ffff,

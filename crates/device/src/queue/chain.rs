@@ -182,7 +182,7 @@ impl DescriptorChain {
     }
 
     #[inline]
-    fn reset(&mut self, head: u16) {
+    pub(super) fn reset(&mut self, head: u16) {
         self.head = head;
         self.count = 0;
         self.spilled = false;
@@ -191,6 +191,18 @@ impl DescriptorChain {
         self.readable_len = 0;
         self.writable_len = 0;
         self.indirect = false;
+    }
+
+    /// Sets the head (packed ring: the buffer id, known at the chain's end).
+    #[inline]
+    pub(super) fn set_head(&mut self, head: u16) {
+        self.head = head;
+    }
+
+    /// Marks the chain as coming (in part) from an indirect table.
+    #[inline]
+    pub(super) fn set_indirect(&mut self) {
+        self.indirect = true;
     }
 
     #[inline]
@@ -214,7 +226,12 @@ impl DescriptorChain {
     /// invariants (§2.6.4.2 ordering, §2.7.5.1 total length, no address
     /// wrap).
     #[inline]
-    fn push_checked(&mut self, addr: u64, len: u32, flags: u16) -> Result<(), QueueError> {
+    pub(super) fn push_checked(
+        &mut self,
+        addr: u64,
+        len: u32,
+        flags: u16,
+    ) -> Result<(), QueueError> {
         let head = self.head;
         // The buffer is `addr..addr + len`; its last byte must not wrap.
         if len != 0 && addr.checked_add(u64::from(len) - 1).is_none() {

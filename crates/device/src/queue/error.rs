@@ -14,8 +14,17 @@ pub enum RingArea {
     /// The device area, or used ring (`QueueDeviceLow`/`High`,
     /// `6 + 8 * size` bytes, alignment 4).
     UsedRing,
-    /// An indirect descriptor table (§2.7.5.3).
+    /// An indirect descriptor table (§2.7.5.3, §2.8.7).
     IndirectTable,
+    /// The packed ring's descriptor ring (`QueueDesc*`, `16 * size` bytes,
+    /// alignment 16, §2.8.10.1).
+    DescriptorRing,
+    /// The packed ring's driver event suppression structure
+    /// (`QueueDriver*`, 4 bytes, alignment 4, §2.8.10).
+    DriverEventSuppression,
+    /// The packed ring's device event suppression structure
+    /// (`QueueDevice*`, 4 bytes, alignment 4, §2.8.10).
+    DeviceEventSuppression,
 }
 
 impl fmt::Display for RingArea {
@@ -25,6 +34,9 @@ impl fmt::Display for RingArea {
             RingArea::AvailableRing => "available ring",
             RingArea::UsedRing => "used ring",
             RingArea::IndirectTable => "indirect descriptor table",
+            RingArea::DescriptorRing => "descriptor ring",
+            RingArea::DriverEventSuppression => "driver event suppression area",
+            RingArea::DeviceEventSuppression => "device event suppression area",
         })
     }
 }
@@ -216,9 +228,49 @@ pub enum QueueError {
         /// Its length in bytes.
         len: u32,
     },
+    /// Packed ring: a descriptor that a `VIRTQ_DESC_F_NEXT` flag says
+    /// continues the chain is not marked available (§2.8.6: the driver
+    /// makes the whole list available before its first descriptor).
+    /// `head` is the ring position of the chain's first descriptor.
+    #[error("chain at ring position {head}: descriptor at position {position} continues it but is not available")]
+    DescriptorNotAvailable {
+        /// Ring position of the chain's first descriptor.
+        head: u16,
+        /// Ring position of the descriptor that is not available.
+        position: u16,
+    },
+    /// Packed ring: `VIRTQ_DESC_F_INDIRECT` on a descriptor of a list
+    /// linked by `VIRTQ_DESC_F_NEXT` (§2.8.7: an indirect descriptor is a
+    /// list of its own).
+    #[error("chain at ring position {head}: indirect descriptor at position {position} inside a NEXT list")]
+    IndirectInList {
+        /// Ring position of the chain's first descriptor.
+        head: u16,
+        /// Ring position of the indirect descriptor.
+        position: u16,
+    },
+    /// Packed ring: a buffer id at or above the queue size. Drivers
+    /// allocate ids below the queue size (the spec's example driver and
+    /// Linux do); the device keeps one record per id.
+    #[error("buffer id {id} is outside 0..{size}")]
+    InvalidBufferId {
+        /// The id read from the last descriptor of the chain.
+        id: u16,
+        /// Queue size in elements.
+        size: u16,
+    },
+    /// Packed ring: a chain reuses the buffer id of a chain the device has
+    /// not completed yet.
+    #[error("buffer id {id} is already in flight")]
+    BufferIdInUse {
+        /// The id.
+        id: u16,
+    },
     /// The device passed [`Queue::add_used`](super::Queue::add_used) a head
-    /// index outside the table (a host programming error).
-    #[error("used head {head} is outside the table of {size} entries")]
+    /// that names no chain it may complete: split ring, an index outside
+    /// the table; packed ring, a buffer id not in flight (a host
+    /// programming error).
+    #[error("used head {head} names no chain in flight (queue size {size})")]
     InvalidUsedHead {
         /// The head given.
         head: u16,

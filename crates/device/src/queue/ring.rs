@@ -11,7 +11,7 @@
 //! No host pointer outlives the `&M` borrow of the operation that made the
 //! area: the guest memory map may change between two queue calls.
 
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 
 use vm_memory::bitmap::{Bitmap, BS};
 use vm_memory::{
@@ -171,6 +171,32 @@ impl<'a, M: GuestMemory + ?Sized> Area<'a, M> {
             None => self
                 .mem
                 .write_obj::<u64>(raw, self.addr(offset))
+                .map_err(|e| self.error(offset, e)),
+        }
+    }
+
+    /// Atomic little-endian `u64` store at `offset` bytes into the area (8
+    /// aligned): one store for the `len`, `id` and `flags` of a packed used
+    /// descriptor, so the release ordering covers all three.
+    #[inline]
+    pub(super) fn store_u64(
+        &self,
+        offset: usize,
+        value: u64,
+        order: Ordering,
+    ) -> Result<(), QueueError> {
+        let raw = value.to_le();
+        match &self.fast {
+            Some(slice) => slice
+                .get_atomic_ref::<AtomicU64>(offset)
+                .map(|a| {
+                    a.store(raw, order);
+                    slice.bitmap().mark_dirty(offset, 8);
+                })
+                .map_err(|e| self.error(offset, e.into())),
+            None => self
+                .mem
+                .store(raw, self.addr(offset), order)
                 .map_err(|e| self.error(offset, e)),
         }
     }

@@ -21,9 +21,9 @@ pub(super) const DEFAULT_QUEUE_ALIGN: u32 = 4096;
 /// disabled and reads back 0.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum RingError {
-    /// The split-ring layout fails [`Queue::validate`]: size not a power of
-    /// two within `QueueSizeMax`, an area misaligned (16/2/4 bytes) or not
-    /// inside guest memory (virtio v1.4 §2.7).
+    /// The ring layout fails [`Queue::validate`]: size out of range (split:
+    /// not a power of two), an area misaligned or not inside guest memory
+    /// (virtio v1.4 §2.7, §2.8.10.1).
     #[error(transparent)]
     Layout(QueueError),
     /// The legacy layout cannot be computed: `QueuePFN` times
@@ -90,14 +90,17 @@ impl QueueRegs {
         *self = Self::new(self.max_size);
     }
 
-    /// Checks the split-ring layout of `size` elements at the three
+    /// Checks the layout of the ring `features` select (split, or packed
+    /// with VIRTIO_F_RING_PACKED) of `size` elements at the three
     /// programmed addresses against `mem`, with the same rules the data
     /// path relies on ([`Queue::validate`]).
     ///
     /// # Errors
     /// [`RingError::Layout`] with the first check that fails.
-    pub(super) fn validate<M: GuestMemory>(&self, mem: &M) -> Result<(), RingError> {
-        self.to_queue(0).validate(mem).map_err(RingError::Layout)
+    pub(super) fn validate<M: GuestMemory>(&self, mem: &M, features: u64) -> Result<(), RingError> {
+        self.to_queue(features)
+            .validate(mem)
+            .map_err(RingError::Layout)
     }
 
     /// Sets the three addresses from a legacy `QueuePFN` of `pfn` pages of

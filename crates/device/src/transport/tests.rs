@@ -20,6 +20,8 @@ use crate::device::{ActivateError, BackendFd, SharedMemoryRegion, VirtioDevice};
 use crate::interrupt::{Interrupt, InterruptCause, InterruptStatus};
 use crate::queue::Queue;
 
+mod packed;
+
 type Mem = GuestMemoryMmap<()>;
 
 /// Guest memory of the tests: 1 MiB at 0.
@@ -59,6 +61,8 @@ struct Record {
     interrupt: Option<InterruptStatus>,
     /// Tokens of each `backend_event`.
     backend_events: Vec<u64>,
+    /// Whether each queue handed over at the last activation is packed.
+    activated_packed: Vec<bool>,
 }
 
 struct FakeDevice {
@@ -121,6 +125,7 @@ impl VirtioDevice<Mem> for FakeDevice {
         let mut record = self.record.lock().unwrap();
         record.activations.push((queues.len(), features));
         record.activated_queues = queues.iter().map(view).collect();
+        record.activated_packed = queues.iter().map(Queue::packed).collect();
         record.interrupt = Some(interrupt);
         if self.fail_activate {
             Err(ActivateError::QueueNotReady(0))
@@ -612,7 +617,6 @@ fn transport_never_offers_unsupported_transport_features() {
             | bit(features::VIRTIO_F_ADMIN_VQ)
             | bit(features::VIRTIO_F_SR_IOV)
             | bit(features::VIRTIO_F_NOTIF_CONFIG_DATA)
-            | bit(features::VIRTIO_F_RING_PACKED)
             | bit(features::VIRTIO_F_RING_RESET);
     });
     assert_eq!(
