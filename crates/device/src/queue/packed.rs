@@ -260,7 +260,7 @@ impl PackedQueue {
             });
         }
         for (area, addr, align, len, _) in self.areas() {
-            if addr % align != 0 {
+            if !addr.is_multiple_of(align) {
                 return Err(QueueError::Misaligned { area, addr, align });
             }
             if addr.checked_add(len).is_none() {
@@ -735,7 +735,7 @@ fn read_indirect<M: GuestMemory + ?Sized>(
     len: u32,
     chain: &mut DescriptorChain,
 ) -> Result<(), QueueError> {
-    if len == 0 || len % 16 != 0 {
+    if len == 0 || !len.is_multiple_of(16) {
         return Err(QueueError::InvalidIndirectLength { head, len });
     }
     let entries = len / 16;
