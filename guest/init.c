@@ -13,8 +13,8 @@
  *   1. mounts devtmpfs on /dev, proc on /proc, sysfs on /sys, makes sure
  *      fds 0/1/2 are the console and prints "vmmio-init: started";
  *   2. reads /proc/cmdline and runs the tests named in vmmio.tests=LIST
- *      (virtio, blk, rng, hvc, blkreqs, dd, vsock, vsockbw, crash), in the
- *      order given, each
+ *      (virtio, blk, rng, hvc, blkreqs, dd, vsock, vsockbw, crash,
+ *      blkresize), in the order given, each
  *      printing one "vmmio-init: <test> OK ..." or "... FAIL <reason>" line;
  *   3. prints a summary and "vmmio-init: done", syncs and powers off.
  *
@@ -445,6 +445,50 @@ static void test_crash(void)
 	printf(PREFIX "crash FAIL not killed after %lu rounds\n", round);
 	close(fd);
 	fail();
+}
+
+/* blkresize: the host resizes vda while the guest runs (vmmio boot
+ * --api-sock, {"resize_disk": {"index": 0}}). Prints a "waiting" line with
+ * the capacity now, waits up to 120 s for /sys/block/vda/size to change,
+ * then reads the last sector of the new size. */
+static void test_blkresize(void)
+{
+	unsigned long long before = vda_capacity(), cap = before;
+	unsigned long long deadline = now_ns() + 120ULL * 1000000000ULL;
+	long r;
+	int fd;
+
+	printf(PREFIX "blkresize waiting sectors=%llu\n", before / 512);
+	while (cap == before && now_ns() < deadline) {
+		msleep(10);
+		cap = vda_capacity();
+	}
+	if (cap == before) {
+		printf(PREFIX "blkresize FAIL capacity still %llu sectors after 120 s\n",
+		       before / 512);
+		fail();
+		return;
+	}
+	if (cap < 512) {
+		printf(PREFIX "blkresize OK sectors=0\n");
+		ok();
+		return;
+	}
+	fd = open("/dev/vda", O_RDONLY, 0);
+	if (fd < 0) {
+		printf(PREFIX "blkresize FAIL open /dev/vda errno=%d\n", errno);
+		fail();
+		return;
+	}
+	r = read_full(fd, buf_b, 512, cap - 512);
+	close(fd);
+	if (r < 0) {
+		printf(PREFIX "blkresize FAIL reading the last sector errno=%ld\n", -r);
+		fail();
+		return;
+	}
+	printf(PREFIX "blkresize OK sectors=%llu\n", cap / 512);
+	ok();
 }
 
 /* rng: 4096 bytes from /dev/hwrng within 10 s, not all bytes equal. */
@@ -983,6 +1027,8 @@ static void run_test(const char *name)
 		test_vsockbw();
 	else if (!strcmp(name, "crash"))
 		test_crash();
+	else if (!strcmp(name, "blkresize"))
+		test_blkresize();
 	else if (name[0]) {
 		printf(PREFIX "%s FAIL unknown test\n", name);
 		fail();

@@ -4,6 +4,7 @@
 //! Thin by design: it parses arguments, reads files, builds devices from `vmmio-devices` and
 //! drives the public API of `vmmio-machine`.
 
+mod control;
 mod output;
 
 use std::fs::File;
@@ -21,6 +22,7 @@ use vmmio_machine::{
     layout, ExecMode, ExitReason, Machine, MachineConfig, TransportVersion, VirtioHandle,
 };
 
+use control::{Controls, DiskControl};
 use output::{FailWatch, LinePrefixer};
 
 /// Start of the default kernel command line: the serial console, the SBI console for early
@@ -152,6 +154,10 @@ struct BootArgs {
     /// Do not connect host stdin to the guest console.
     #[arg(long)]
     no_stdin: bool,
+    /// Serve a control socket at this path: one JSON request per line, e.g.
+    /// {"resize_disk": {"index": 0}} after growing disk 0's image file (see the README).
+    #[arg(long, value_name = "PATH")]
+    api_sock: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -260,13 +266,22 @@ fn scratch_disk(len: u64, options: BlockOptions) -> Result<Block<GuestMem>, BoxE
 
 type GuestMem = vm_memory::GuestMemoryMmap;
 
-/// Attaches the virtio devices `args` asks for; returns their handles and the init tests
-/// that fit them.
+/// A disk's live-change handle and its image file, for the control socket.
+fn disk_control(disk: &Block<GuestMem>) -> Result<DiskControl, BoxError> {
+    Ok(DiskControl {
+        handle: disk.config_handle(),
+        file: disk.backend().file().try_clone()?,
+    })
+}
+
+/// Attaches the virtio devices `args` asks for; returns their handles, the init tests
+/// that fit them, and what live requests (control socket, SIGWINCH) can change.
 fn attach_devices(
     machine: &mut Machine,
     args: &BootArgs,
-) -> Result<(Vec<VirtioHandle>, Vec<&'static str>), BoxError> {
+) -> Result<(Vec<VirtioHandle>, Vec<&'static str>, Controls), BoxError> {
     let mut handles = Vec::new();
+    let mut controls = Controls::default();
     let version = if args.legacy {
         TransportVersion::Legacy
     } else {
@@ -282,6 +297,7 @@ fn attach_devices(
     if args.disk.is_empty() {
         if !args.no_disk {
             let disk = scratch_disk(SCRATCH_DISK_BYTES, block_options.clone())?;
+            controls.disks.push(disk_control(&disk)?);
             handles.push(machine.add_virtio_device(version, Box::new(disk))?);
             tests.push("blk");
         }
@@ -295,6 +311,7 @@ fn attach_devices(
                     ..block_options.clone()
                 },
             )?;
+            controls.disks.push(disk_control(&disk)?);
             handles.push(machine.add_virtio_device(version, Box::new(disk))?);
             if i == 0 && !read_only {
                 tests.push("blk");
@@ -320,6 +337,7 @@ fn attach_devices(
         if let Some(n) = args.queue_size {
             console = console.with_queue_size(n);
         }
+        controls.console = Some(console.config_handle());
         handles.push(machine.add_virtio_device(version, Box::new(console))?);
         tests.push("hvc");
     }
@@ -334,7 +352,7 @@ fn attach_devices(
         handles.push(machine.add_virtio_device(version, Box::new(vsock))?);
         // The init's vsock test needs host programs on PATH_1234 and PATH: not a default.
     }
-    Ok((handles, tests))
+    Ok((handles, tests, controls))
 }
 
 fn boot(args: &BootArgs) -> Result<(ExitReason, bool), BoxError> {
@@ -379,7 +397,14 @@ fn boot(args: &BootArgs) -> Result<(ExitReason, bool), BoxError> {
         timeout,
         exec: args.exec,
     })?;
-    let (handles, tests) = attach_devices(&mut machine, args)?;
+    let (handles, tests, controls) = attach_devices(&mut machine, args)?;
+    if let (Some(console), Some(fd)) = (&controls.console, control::host_terminal()) {
+        control::follow_terminal_size(fd, console.clone())?;
+    }
+    let _api_socket = match &args.api_sock {
+        Some(path) => Some(control::serve_api_socket(path, Arc::new(controls))?),
+        None => None,
+    };
     let mut cmdline = match &args.cmdline {
         Some(c) => c.clone(),
         None => format!("{BASE_CMDLINE} vmmio.tests={}", tests.join(",")),
