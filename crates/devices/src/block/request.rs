@@ -457,8 +457,8 @@ enum Direction {
 }
 
 /// Moves the data of `data` between guest memory and the backend bytes
-/// starting at `offset` (a range the caller checked), slice by slice in
-/// order, and counts in `done` the bytes moved successfully.
+/// starting at `offset` (a range the caller checked), in order, and counts
+/// in `done` the bytes moved (all of them, or on a backend error 0).
 ///
 /// A region inside one descriptor and one memory region (the common case)
 /// takes [`Region::single_slice`]'s single-lookup fast path.
@@ -482,21 +482,30 @@ fn transfer<M: GuestMemory, B: Backend>(
         Direction::ToGuest => Permissions::Write,
         Direction::FromGuest => Permissions::Read,
     };
+    // Several descriptors (or memory regions): gather their slices and
+    // hand them to the backend at once (one preadv/pwritev for a file).
+    let mut slices = Vec::new();
+    let mut total = 0u64;
     for piece in data.pieces() {
         let (addr, len): (GuestAddress, usize) = piece.map_err(bad_guest)?;
-        let slices = mem.get_slices(addr, len, access).map_err(bad_guest)?;
-        for slice in slices {
+        for slice in mem.get_slices(addr, len, access).map_err(bad_guest)? {
             let slice = slice.map_err(bad_guest)?;
-            // `done` counts bytes inside the checked range: no overflow.
-            move_slice(backend, dir, offset + *done, &slice, done)?;
+            // Bounded by the chain's checked data length: no overflow.
+            total += slice.len() as u64;
+            slices.push(slice);
         }
     }
-    if *done != data.len() {
+    if total != data.len() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "descriptor chain shorter than its data",
         ));
     }
+    match dir {
+        Direction::ToGuest => backend.read_vectored_at(offset, &slices)?,
+        Direction::FromGuest => backend.write_vectored_at(offset, &slices)?,
+    }
+    *done = total;
     Ok(())
 }
 

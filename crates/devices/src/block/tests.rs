@@ -14,6 +14,8 @@ use super::request::{features as blk, status, types, Capacity, Disk, Limits};
 use super::*;
 use crate::test_util::{desc, interrupt, mem, CountingLine, Mem, TestRing, F_NEXT, F_WRITE};
 
+mod vectored;
+
 /// Features a typical driver negotiates.
 const FEATURES: u64 = (1 << blk::FLUSH)
     | (1 << blk::BLK_SIZE)
