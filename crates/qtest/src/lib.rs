@@ -13,7 +13,9 @@
 //! - [`qemu`]: [`QemuBuilder`] and [`Qemu`], the harness that starts QEMU
 //!   with a chosen mode and device list and always kills it;
 //! - [`glue`]: our driver's platform traits over the two:
-//!   [`QtestWindow`] (`RegisterIo`) and [`QtestHal`] (`Hal`).
+//!   [`QtestWindow`] (`RegisterIo`) and [`QtestHal`] (`Hal`);
+//! - [`qmp`]: [`Qmp`], QEMU's machine protocol on a second socket, to make
+//!   QEMU change a device while the driver runs (`block_resize`).
 //!
 //! The tests live in `tests/`; they need `qemu-system-x86_64` on `PATH` and
 //! fail (never skip) without it.
@@ -25,8 +27,10 @@ pub mod client;
 pub mod glue;
 pub mod memory;
 pub mod qemu;
+pub mod qmp;
 
 pub use client::{QtestClient, QtestError};
 pub use glue::{qtest_limits, QtestHal, QtestWindow};
 pub use memory::GuestRam;
 pub use qemu::{Device, Mode, Qemu, QemuBuilder, RingFeatures};
+pub use qmp::{Qmp, QmpError};

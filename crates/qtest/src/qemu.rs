@@ -264,6 +264,9 @@ impl QemuBuilder {
             format!("unix:{},server=on,wait=on", socket_path(dir).display()),
             "-qtest-log".into(),
             "/dev/null".into(),
+            // QMP, for commands that change a device while the test runs.
+            "-qmp".into(),
+            format!("unix:{},server=on,wait=off", qmp_path(dir).display()),
             "-display".into(),
             "none".into(),
             "-nodefaults".into(),
@@ -439,6 +442,10 @@ fn socket_path(dir: &Path) -> PathBuf {
     dir.join("qtest.sock")
 }
 
+fn qmp_path(dir: &Path) -> PathBuf {
+    dir.join("qmp.sock")
+}
+
 fn ram_path(dir: &Path) -> PathBuf {
     dir.join("ram")
 }
@@ -599,6 +606,17 @@ impl Qemu {
     /// If there are not that many consoles.
     pub fn console_output(&self, n: usize) -> &Path {
         &self.consoles[n]
+    }
+
+    /// A new QMP connection to this QEMU (QEMU serves one at a time), its
+    /// reads bounded by `timeout`. Block device `n` is QMP's `d<i>`, `i`
+    /// its index in the device list (e.g. `block_resize` with `"device":
+    /// "d0"`).
+    ///
+    /// # Errors
+    /// [`crate::QmpError`] if the connection or the negotiation fails.
+    pub fn qmp(&self, timeout: Duration) -> Result<crate::Qmp, crate::QmpError> {
+        crate::Qmp::connect(&qmp_path(self.dir.path()), timeout)
     }
 
     /// QEMU's process id.
