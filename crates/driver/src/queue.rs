@@ -12,6 +12,7 @@
 //! kicks them; the class drivers ([`crate::blk`], [`crate::rng`],
 //! [`crate::console`]) use them whatever the ring.
 
+mod packed;
 mod split;
 
 use alloc::vec::Vec;
@@ -20,6 +21,9 @@ use core::ptr::NonNull;
 use crate::error::{Error, Result};
 use crate::hal::{BufferDirection, Hal, PAGE_SIZE};
 
+use vmmio_spec::features::{bit, VIRTIO_F_RING_PACKED};
+
+use packed::PackedQueue;
 use split::SplitQueue;
 
 /// Descriptors in one indirect table: one [`PAGE_SIZE`] page of 16-byte
@@ -97,6 +101,7 @@ pub struct VirtQueue<H: Hal + Clone> {
 
 enum Ring<H: Hal + Clone> {
     Split(SplitQueue<H>),
+    Packed(PackedQueue<H>),
 }
 
 /// Runs `$body` with `$q` bound to the ring, whichever it is.
@@ -104,6 +109,7 @@ macro_rules! dispatch {
     ($self:expr, $q:ident => $body:expr) => {
         match $self {
             Ring::Split($q) => $body,
+            Ring::Packed($q) => $body,
         }
     };
 }
@@ -116,13 +122,23 @@ impl<H: Hal + Clone> core::fmt::Debug for VirtQueue<H> {
 
 impl<H: Hal + Clone> VirtQueue<H> {
     /// Allocates zeroed memory for queue `index` of `size` entries (split:
-    /// a power of two, 1..=32768). `legacy` selects the contiguous legacy
-    /// layout and guest-native byte order; `features` the negotiated
-    /// feature bits (INDIRECT_DESC and EVENT_IDX are used).
+    /// a power of two, 1..=32768; packed: 1..=32768). `features` are the
+    /// negotiated feature bits: RING_PACKED picks the packed ring (never
+    /// for `legacy` devices, which cannot negotiate it), INDIRECT_DESC and
+    /// EVENT_IDX are used. `legacy` selects the contiguous legacy layout
+    /// and guest-native byte order.
     pub(crate) fn new(hal: H, index: u16, size: u16, legacy: bool, features: u64) -> Result<Self> {
-        Ok(Self {
-            ring: Ring::Split(SplitQueue::new(hal, index, size, legacy, features)?),
-        })
+        let ring = if features & bit(VIRTIO_F_RING_PACKED) != 0 && !legacy {
+            Ring::Packed(PackedQueue::new(hal, index, size, features)?)
+        } else {
+            Ring::Split(SplitQueue::new(hal, index, size, legacy, features)?)
+        };
+        Ok(Self { ring })
+    }
+
+    /// Whether this is a packed ring (VIRTIO_F_RING_PACKED, §2.8).
+    pub fn packed(&self) -> bool {
+        matches!(self.ring, Ring::Packed(_))
     }
 
     /// The split ring inside (unit tests of the split ring).
@@ -130,6 +146,7 @@ impl<H: Hal + Clone> VirtQueue<H> {
     pub(crate) fn split_mut(&mut self) -> &mut SplitQueue<H> {
         match &mut self.ring {
             Ring::Split(q) => q,
+            Ring::Packed(_) => panic!("not a split ring"),
         }
     }
 
@@ -164,7 +181,8 @@ impl<H: Hal + Clone> VirtQueue<H> {
 
     /// Where the driver makes the next buffer available, as notification
     /// data carries it (virtio v1.4 §2.9). Split: the available `idx` last
-    /// published (modulo 2^16).
+    /// published (modulo 2^16). Packed: the next descriptor's index in bits
+    /// 0..15 and the driver's wrap counter in bit 15.
     pub fn avail_idx(&self) -> u16 {
         dispatch!(&self.ring, q => q.avail_idx())
     }

@@ -8,7 +8,7 @@ use core::hint::spin_loop;
 
 use vmmio_spec::features::{
     self, bit, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_NOTIFICATION_DATA,
-    VIRTIO_F_RING_RESET, VIRTIO_F_VERSION_1,
+    VIRTIO_F_RING_PACKED, VIRTIO_F_RING_RESET, VIRTIO_F_VERSION_1,
 };
 use vmmio_spec::mmio;
 use vmmio_spec::notification::NotificationData;
@@ -37,19 +37,23 @@ pub enum Version {
 
 /// The transport feature bits this driver implements and therefore may
 /// accept (virtio v1.4 §6): INDIRECT_DESC, EVENT_IDX, VERSION_1,
-/// NOTIFICATION_DATA and RING_RESET. Others (ACCESS_PLATFORM, RING_PACKED,
+/// NOTIFICATION_DATA, RING_RESET and RING_PACKED. Others (ACCESS_PLATFORM,
 /// IN_ORDER, ORDER_PLATFORM, ...) are never accepted.
 pub const TRANSPORT_FEATURES: u64 = bit(VIRTIO_F_INDIRECT_DESC)
     | bit(VIRTIO_F_EVENT_IDX)
     | bit(VIRTIO_F_VERSION_1)
     | bit(VIRTIO_F_NOTIFICATION_DATA)
-    | bit(VIRTIO_F_RING_RESET);
+    | bit(VIRTIO_F_RING_RESET)
+    | bit(VIRTIO_F_RING_PACKED);
 
 /// The transport features accepted unless the caller changes them with
 /// [`Transport::set_transport_features`]: all of [`TRANSPORT_FEATURES`]
 /// but RING_RESET, which is opt-in because QEMU's virtio-mmio offers it
-/// (its `queue_reset` property) yet ignores writes to `QueueReset`.
-pub const DEFAULT_TRANSPORT_FEATURES: u64 = TRANSPORT_FEATURES & !bit(VIRTIO_F_RING_RESET);
+/// (its `queue_reset` property) yet ignores writes to `QueueReset`, and
+/// RING_PACKED, opt-in so that a caller chooses the ring (queues are
+/// packed when it is negotiated).
+pub const DEFAULT_TRANSPORT_FEATURES: u64 =
+    TRANSPORT_FEATURES & !bit(VIRTIO_F_RING_RESET) & !bit(VIRTIO_F_RING_PACKED);
 
 /// Feature bits a class driver may accept for its device type within the
 /// first 64: 0 to 23, 42, and 50 to 63. Virtio v1.4 §2.2 also lists 41 as
@@ -552,7 +556,11 @@ impl<R: RegisterIo> Transport<R> {
             return Err(Error::WrongPhase("notification before DRIVER_OK"));
         }
         let value = if self.has_feature(VIRTIO_F_NOTIFICATION_DATA) {
-            NotificationData::for_split(q.index(), q.avail_idx()).to_u32()
+            if q.packed() {
+                NotificationData::for_packed(q.index(), q.avail_idx()).to_u32()
+            } else {
+                NotificationData::for_split(q.index(), q.avail_idx()).to_u32()
+            }
         } else {
             u32::from(q.index())
         };

@@ -1,7 +1,8 @@
 //! The driver (`vmmio-driver`) against the device side (`vmmio-device`)
 //! through a loopback register window and one guest memory: block, entropy
-//! and console, Version 1 and Version 2, EVENT_IDX on and off, indirect
-//! descriptors on and off, and past the 16-bit ring index wrap.
+//! and console, Version 1 and Version 2, split and packed rings (Version 2),
+//! EVENT_IDX on and off, indirect descriptors on and off, and past the
+//! 16-bit ring index wrap.
 
 use std::sync::atomic::Ordering;
 
@@ -14,14 +15,16 @@ use vmmio_integration::devices::{MemBlock, MemConsole, MemEntropy};
 use vmmio_integration::{window_in, GuestHal, Loopback};
 use vmmio_spec::features::{
     bit, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_NOTIFICATION_DATA,
-    VIRTIO_F_RING_RESET,
+    VIRTIO_F_RING_PACKED, VIRTIO_F_RING_RESET,
 };
 
-/// Transport bits every test device offers.
+/// Transport bits every test device offers (a legacy window drops
+/// RING_PACKED, bit 34).
 const OFFERED: u64 = bit(VIRTIO_F_EVENT_IDX)
     | bit(VIRTIO_F_INDIRECT_DESC)
     | bit(VIRTIO_F_NOTIFICATION_DATA)
-    | bit(VIRTIO_F_RING_RESET);
+    | bit(VIRTIO_F_RING_RESET)
+    | bit(VIRTIO_F_RING_PACKED);
 
 #[derive(Clone, Copy, Debug)]
 struct Cfg {
@@ -29,6 +32,7 @@ struct Cfg {
     version: TransportVersion,
     event_idx: bool,
     indirect: bool,
+    packed: bool,
 }
 
 impl Cfg {
@@ -41,6 +45,9 @@ impl Cfg {
         }
         if self.indirect {
             m |= bit(VIRTIO_F_INDIRECT_DESC);
+        }
+        if self.packed {
+            m |= bit(VIRTIO_F_RING_PACKED);
         }
         m
     }
@@ -61,15 +68,21 @@ impl Cfg {
             self.indirect,
             "{self:?}"
         );
+        assert_eq!(t.has_feature(VIRTIO_F_RING_PACKED), self.packed, "{self:?}");
     }
 }
 
-/// Every ring configuration, first with the device run synchronously,
-/// then the same ones with it on its worker thread.
+/// Every ring configuration (packed rings need Version 2), first with the
+/// device run synchronously, then the same ones with it on its worker
+/// thread.
 fn configs() -> Vec<Cfg> {
     let mut v = Vec::new();
     for exec in [ExecMode::Sync, ExecMode::Worker] {
-        for version in [TransportVersion::Legacy, TransportVersion::Modern] {
+        for (version, packed) in [
+            (TransportVersion::Legacy, false),
+            (TransportVersion::Modern, false),
+            (TransportVersion::Modern, true),
+        ] {
             for event_idx in [false, true] {
                 for indirect in [false, true] {
                     v.push(Cfg {
@@ -77,6 +90,7 @@ fn configs() -> Vec<Cfg> {
                         version,
                         event_idx,
                         indirect,
+                        packed,
                     });
                 }
             }
@@ -141,11 +155,15 @@ fn block_read_write_flush_get_id_in_every_configuration() {
 #[test]
 fn block_past_the_16_bit_index_wrap() {
     const REQUESTS: usize = 70_000;
-    // Sync: half the ring configurations; worker: one per layout (each
-    // request is a cross-thread wake-up, the slow part of this test).
+    // Sync: half the split configurations, and packed without and with
+    // EVENT_IDX + INDIRECT (both wrap counters flip thousands of times);
+    // worker: one per layout (each request is a cross-thread wake-up, the
+    // slow part of this test).
     for (i, cfg) in configs().into_iter().enumerate().filter(|(i, _)| {
         if *i < 8 {
             i % 2 == i / 4 % 2
+        } else if *i < 12 {
+            *i == 8 || *i == 11
         } else {
             i % 4 == 3
         }
@@ -236,19 +254,27 @@ fn console_in_every_configuration() {
 /// (VIRTIO_F_RING_RESET).
 #[test]
 fn shared_buffers_and_queue_reset_with_new_size() {
+    for packed in [false, true] {
+        shared_buffers_and_queue_reset(packed);
+    }
+}
+
+fn shared_buffers_and_queue_reset(packed: bool) {
     let cfg = Cfg {
         exec: ExecMode::Worker,
         version: TransportVersion::Modern,
         event_idx: true,
         indirect: true,
+        packed,
     };
     let w = window_in(cfg.exec, cfg.version, Box::new(MemEntropy::new(OFFERED)));
     let hal: GuestHal = w.hal.clone();
     let mut t = probe(cfg, w.io);
     t.begin_init(0).unwrap();
     assert!(t.has_feature(VIRTIO_F_RING_RESET));
+    cfg.check(&t);
     let mut q = t.setup_queue(hal.clone(), 0, 64).unwrap();
-    assert_eq!(q.size(), 64);
+    assert_eq!((q.size(), q.packed()), (64, packed));
     t.finish_init().unwrap();
 
     let mut a = [0u8; 10];

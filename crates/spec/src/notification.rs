@@ -50,6 +50,14 @@ impl NotificationData {
             next_wrap: next_avail & 0x8000 != 0,
         }
     }
+
+    /// Packed ring: the notification data for queue `vqn` whose next
+    /// descriptor to make available is at encoded position `next`
+    /// (descriptor index in bits 0..15, the driver's wrap counter in bit
+    /// 15).
+    pub const fn for_packed(vqn: u16, next: u16) -> Self {
+        Self::for_split(vqn, next)
+    }
 }
 
 #[cfg(test)]

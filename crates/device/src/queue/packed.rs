@@ -15,24 +15,18 @@ use std::sync::atomic::{fence, Ordering};
 use vm_memory::{Address, GuestAddress, GuestMemory, Permissions};
 use vmmio_spec::features::{bit, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC};
 use vmmio_spec::packed::{
+    need_event, DESC_ALIGN, EVENT_ALIGN, MAX_QUEUE_SIZE as MAX_PACKED_QUEUE_SIZE,
     RING_EVENT_FLAGS_DESC, RING_EVENT_FLAGS_DISABLE, RING_EVENT_FLAGS_ENABLE, VIRTQ_DESC_F_AVAIL,
     VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_USED, VIRTQ_DESC_F_WRITE,
+    WRAP_COUNTER_BIT as WRAP_BIT,
 };
 
 use super::chain::{DescriptorChain, MAX_INDIRECT_DESCRIPTORS};
 use super::error::{QueueError, RingArea};
 use super::ring::Area;
 
-/// Largest packed queue, in descriptors (§2.8: up to 2^15 entries).
-pub(crate) const MAX_PACKED_QUEUE_SIZE: u16 = 1 << 15;
-/// Alignment of the descriptor ring, in bytes (§2.8.10.1).
-const DESC_ALIGN: u64 = 16;
-/// Alignment and size of each event suppression structure, in bytes.
-const EVENT_ALIGN: u64 = 4;
+/// Size of each event suppression structure, in bytes.
 const EVENT_SIZE: u64 = 4;
-/// Bit 15 of an encoded ring position: the wrap counter
-/// (`desc_event_wrap`, notification data's `next_wrap`).
-const WRAP_BIT: u16 = 1 << 15;
 /// Byte offsets inside a descriptor and an event suppression structure.
 const DESC_FLAGS: usize = 14;
 const DESC_LEN: usize = 8;
@@ -88,13 +82,6 @@ impl Pos {
             }
         }
     }
-
-    /// The position on the cycle of `2 * size` descriptors that the two
-    /// wrap counter values make: walking the ring adds 1 modulo `2 * size`.
-    fn linear(self, size: u16) -> u32 {
-        let lap = if self.wrap { 0 } else { u32::from(size) };
-        (u32::from(self.index) + lap) % (2 * u32::from(size).max(1))
-    }
 }
 
 /// Whether a descriptor's flags mark it available for wrap counter `wrap`
@@ -102,21 +89,6 @@ impl Pos {
 #[inline]
 fn is_available(flags: u16, wrap: bool) -> bool {
     (flags & VIRTQ_DESC_F_AVAIL != 0) == wrap && (flags & VIRTQ_DESC_F_USED != 0) != wrap
-}
-
-/// Whether a used-buffer notification is due when the device moved from
-/// `old` to `new` and the driver asked for one at `event` (§2.8.10,
-/// RING_EVENT_FLAGS_DESC): whether `event` lies in `old..new` on the
-/// `2 * size` cycle, the packed form of the split ring's `vring_need_event`.
-pub(super) fn need_event(event: u16, new: Pos, old: Pos, size: u16) -> bool {
-    let m = 2 * u32::from(size).max(1);
-    let (e, n, o) = (
-        Pos::decode(event).linear(size),
-        new.linear(size),
-        old.linear(size),
-    );
-    // All three below m <= 2^16: no overflow.
-    (n + 2 * m - e - 1) % m < (n + m - o) % m
 }
 
 /// Decoded `struct pvirtq_desc` (16 bytes, little-endian).
@@ -704,7 +676,7 @@ impl PackedQueue {
             RING_EVENT_FLAGS_DISABLE => false,
             RING_EVENT_FLAGS_DESC if self.event_idx => {
                 let event = area.load_u16(EVENT_DESC, Ordering::Relaxed)?;
-                need_event(event, new, old, self.size)
+                need_event(event, new.encode(), old.encode(), self.size)
             }
             _ => true,
         };
