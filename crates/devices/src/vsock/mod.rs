@@ -487,9 +487,10 @@ impl Proto {
 
     /// A guest connects to host port `key.0` from its port `key.1`.
     fn request(&mut self, h: &Header, key: (u32, u32)) {
-        if self.by_addr.contains_key(&key) {
-            // The tuple is in use: refuse the new one, keep the old.
-            return self.reply_rst(h);
+        if let Some(&token) = self.by_addr.get(&key) {
+            // The tuple is in use: the guest lost track of it. A RST for
+            // the tuple ends both, so both sides agree it is gone.
+            return self.reset(token);
         }
         if self.conns.len() + self.pending.len() >= self.opts.max_connections {
             log::log!(

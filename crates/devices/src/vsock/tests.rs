@@ -541,3 +541,133 @@ fn no_implied_stream_without_stream_cannot_activate() {
     assert!(r.is_err());
     assert_eq!(dev.device_features() & bit(F_SEQPACKET), 0);
 }
+
+mod hostile {
+    //! Property test: arbitrary guest packets (any op, type, ports, CIDs,
+    //! lengths, credit numbers) against the device with host programs that
+    //! always have data to send. Nothing panics, and the device never has
+    //! more payload in flight on a connection than the guest's last
+    //! advertised `buf_alloc` (§5.10.6.3, device side).
+
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    struct P {
+        op: u16,
+        type_: u16,
+        src_port: u32,
+        dst_port: u32,
+        wrong_cid: u8,
+        len: usize,
+        buf_alloc: u32,
+        fwd_cnt: u32,
+        flags: u32,
+        rx: u8,
+    }
+
+    fn packet() -> impl Strategy<Value = P> {
+        (
+            0u16..9,
+            prop_oneof![4 => Just(TYPE_STREAM), 1 => 0u16..4],
+            0u32..3,
+            0u32..3,
+            0u8..8,
+            0usize..300,
+            prop_oneof![Just(0u32), 0u32..2000, any::<u32>()],
+            prop_oneof![Just(0u32), 0u32..2000, any::<u32>()],
+            0u32..4,
+            0u8..4,
+        )
+            .prop_map(
+                |(op, type_, src_port, dst_port, wrong_cid, len, buf_alloc, fwd_cnt, flags, rx)| {
+                    P {
+                        op,
+                        type_,
+                        src_port,
+                        dst_port,
+                        wrong_cid,
+                        len,
+                        buf_alloc,
+                        fwd_cnt,
+                        flags,
+                        rx,
+                    }
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn device_stays_within_the_guest_credit(ps in proptest::collection::vec(packet(), 1..40)) {
+            let mut f = fx_with(VsockOptions { buf_alloc: 256, max_connections: 4, ..VsockOptions::default() });
+            let ls: Vec<UnixListener> = (0..2).map(|p| f.host_listen(p)).collect();
+            for l in &ls {
+                l.set_nonblocking(true).unwrap();
+            }
+            let mut hosts = Vec::new();
+            // (host port, guest port) -> (guest's buf_alloc, fwd_cnt, payload received)
+            let mut credit: HashMap<(u32, u32), (u32, u32, u32)> = HashMap::new();
+            for p in ps {
+                let mut h = hdr(p.src_port, p.dst_port, p.op);
+                h.type_ = Le16::new(p.type_);
+                h.buf_alloc = Le32::new(p.buf_alloc);
+                h.fwd_cnt = Le32::new(p.fwd_cnt);
+                h.flags = Le32::new(p.flags);
+                match p.wrong_cid {
+                    0 => h.src_cid = Le64::new(7),
+                    1 => h.dst_cid = Le64::new(CID),
+                    _ => {}
+                }
+                let data = vec![0x5a; p.len];
+                if p.wrong_cid == 2 {
+                    // `len` beyond the chain.
+                    h.len = Le32::new(p.len as u32 + 1);
+                    f.send_raw(&h, &data);
+                } else {
+                    f.send(h, &data);
+                }
+                if p.wrong_cid > 1 && p.type_ == TYPE_STREAM {
+                    let key = (p.dst_port, p.src_port);
+                    if let Some(c) = credit.get_mut(&key) {
+                        c.0 = p.buf_alloc;
+                        c.1 = p.fwd_cnt;
+                    }
+                    if p.op == op::REQUEST {
+                        credit.entry(key).or_insert((p.buf_alloc, p.fwd_cnt, 0));
+                    }
+                }
+                for l in &ls {
+                    while let Ok((s, _)) = l.accept() {
+                        s.set_nonblocking(true).unwrap();
+                        hosts.push(s);
+                    }
+                }
+                for s in &mut hosts {
+                    let _ = s.write(&[0xa5; 700]);
+                    let mut sink = [0u8; 4096];
+                    let _ = s.read(&mut sink);
+                }
+                f.poke();
+                f.post_rx(usize::from(p.rx));
+                for pkt in f.recv() {
+                    let key = (pkt.h.src_port.get(), pkt.h.dst_port.get());
+                    match pkt.op() {
+                        // A RST from another CID answers a packet sent there.
+                        op::RST if pkt.h.src_cid.get() == HOST_CID => {
+                            credit.remove(&key);
+                        }
+                        op::RW => {
+                            let c = credit.get_mut(&key).expect("RW on a connection the guest opened");
+                            c.2 = c.2.wrapping_add(pkt.data.len() as u32);
+                            let in_flight = c.2.wrapping_sub(c.1);
+                            prop_assert!(in_flight <= c.0, "in flight {in_flight} > buf_alloc {}", c.0);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+}

@@ -8,7 +8,9 @@
 //! Layout: byte 0 picks the window and device (bit 0: Legacy; bits 1-2:
 //! 0 Block, 1 read-only Block with two queues, 2 Rng, 3 Console; bit 3:
 //! small `QueueSizeMax` of 8; bit 4: two guest-memory regions; bit 5: a
-//! Net device over a `-netdev stream` socket pair instead), bytes 1-2
+//! Net device over a `-netdev stream` socket pair instead; bit 6: a Vsock
+//! device, guest CID 3, on a socket in a fresh temporary directory with a
+//! host program listening on port 0, the port zeroed memory names), bytes 1-2
 //! (LE) how many of the following bytes fill guest memory (64 KiB at 0,
 //! the rest zero). Then 12-byte operations: `[kind, a0, a1, v0..v7, x]`,
 //! `a` = LE u16, `v` = LE u64. `kind % 8`:
@@ -23,7 +25,8 @@
 //! - 6: notify queue `a` (Modern with `x & 1`: `v` as notification data);
 //! - 7: `x & 1`: host pushes `v` as console input (Net: a frame of
 //!   `v[0] % 200` bytes of `v` on the socket, then the backends are
-//!   polled); else 8 bytes `v` poked
+//!   polled; Vsock: a host program connects, writes `CONNECT <v[0]>\n`
+//!   and `v`, then the backends are polled); else 8 bytes `v` poked
 //!   into guest memory at `a` (rings change between notifies);
 //!   also acknowledges `InterruptStatus`.
 //!
@@ -46,6 +49,7 @@ use vmmio_device::{
 };
 use vmmio_devices::net::{Net, Stream};
 use vmmio_devices::rng::EntropySource;
+use vmmio_devices::vsock::{Vsock, VsockOptions};
 use vmmio_devices::{Block, BlockOptions, Console, MemoryBackend, Rng};
 use vmmio_spec::mmio;
 use vmmio_spec::status::{ACKNOWLEDGE, DRIVER, DRIVER_OK, FEATURES_OK};
@@ -111,7 +115,23 @@ pub fn run(data: &[u8]) {
     let qmax = if head & 0x08 != 0 { 8 } else { 256 };
     let mut console_input = None;
     let mut net_peer = None;
+    let mut vsock_dir = None;
     let device: Box<dyn VirtioDevice<Mem> + Send> = match (head >> 1) & 3 {
+        _ if head & 0x40 != 0 => {
+            let dir = VsockDir::new();
+            let dev = Vsock::with_options(
+                3,
+                dir.sock(),
+                VsockOptions {
+                    queue_size: qmax,
+                    max_connections: 8,
+                    ..VsockOptions::default()
+                },
+            )
+            .expect("vsock device");
+            vsock_dir = Some(dir);
+            Box::new(dev)
+        }
         _ if head & 0x20 != 0 => {
             let (a, b) = std::os::unix::net::UnixStream::pair().expect("socket pair");
             b.set_nonblocking(true).expect("non-blocking peer");
@@ -241,6 +261,10 @@ pub fn run(data: &[u8]) {
                         let _ = peer.write(&frame);
                         let _ = window.poll_backends(std::time::Duration::ZERO);
                     }
+                    if let Some(dir) = vsock_dir.as_mut() {
+                        dir.knock(&vb);
+                        let _ = window.poll_backends(std::time::Duration::ZERO);
+                    }
                 } else {
                     // Two regions or one, every byte of 0..MEM is memory;
                     // a poke that runs past the end is cut short.
@@ -362,4 +386,58 @@ fn writable_buffers(mem: &Mem, queues: &[&Queue]) -> Vec<(u64, u64)> {
         }
     }
     out
+}
+
+/// The vsock device's host side for one script: a temporary directory with
+/// the device's socket, a host program listening on port 0 and the host
+/// programs that connected (at most 16 kept).
+struct VsockDir {
+    dir: std::path::PathBuf,
+    _port0: std::os::unix::net::UnixListener,
+    clients: Vec<std::os::unix::net::UnixStream>,
+}
+
+impl VsockDir {
+    fn new() -> Self {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "vmmio-script-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temporary directory");
+        let port0 = std::os::unix::net::UnixListener::bind(dir.join("v.sock_0"))
+            .expect("host program on port 0");
+        Self {
+            dir,
+            _port0: port0,
+            clients: Vec::new(),
+        }
+    }
+
+    fn sock(&self) -> std::path::PathBuf {
+        self.dir.join("v.sock")
+    }
+
+    /// A host program connects and writes `CONNECT <v[0]>\n` and `v`.
+    fn knock(&mut self, v: &[u8; 8]) {
+        use std::io::Write;
+        if self.clients.len() >= 16 {
+            self.clients.remove(0);
+        }
+        if let Ok(mut s) = std::os::unix::net::UnixStream::connect(self.sock()) {
+            let _ = s.set_nonblocking(true);
+            let _ = writeln!(s, "CONNECT {}", v[0]);
+            let _ = s.write(v);
+            self.clients.push(s);
+        }
+    }
+}
+
+impl Drop for VsockDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
