@@ -20,7 +20,7 @@
 //!
 //! # The hand-off (the one place the threads synchronise)
 //!
-//! The wrapped device lives in [`Shared::state`], a mutex, together with a
+//! The wrapped device lives in `Shared::state`, a mutex, together with a
 //! `running` flag and each queue's enabled flag. The worker calls into the
 //! device only while it holds that lock and only when `running` (and, for
 //! a queue, its enabled flag) is set. [`VirtioDevice::reset`] and

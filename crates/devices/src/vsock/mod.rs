@@ -9,7 +9,7 @@
 //! `VIRTIO_F_RING_RESET`. Seqpacket is not offered.
 //!
 //! # Host side
-//! Firecracker's "hybrid vsock" convention on Unix sockets (see [`host`]):
+//! Firecracker's "hybrid vsock" convention on Unix sockets (module `host`):
 //! the device listens on `PATH`; a host program connects, writes
 //! `CONNECT <port>\n` and reads `OK <host_port>\n` once the guest listening
 //! on `port` accepted; a guest connecting to CID 2 port `P` reaches the host
