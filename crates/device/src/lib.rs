@@ -28,6 +28,11 @@ pub mod recording;
 pub mod transport;
 pub mod worker;
 
+/// This crate's README examples, compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 pub use config::LiveConfig;
 pub use device::{ActivateError, BackendFd, SharedMemoryRegion, VirtioDevice};
 pub use interrupt::{Interrupt, InterruptCause, InterruptStatus};

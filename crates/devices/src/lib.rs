@@ -32,6 +32,11 @@ pub mod vsock;
 /// The repository README's examples, compiled and run as doctests.
 #[doc = include_str!("../../../README.md")]
 #[cfg(doctest)]
+pub struct RepositoryReadmeDoctests;
+
+/// This crate's README examples, compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
 pub struct ReadmeDoctests;
 
 pub use block::{

@@ -36,6 +36,7 @@
 //! - `smoltcp`: `smoltcp::phy::Device` for [`net::Net`], so a no_std OS
 //!   gets TCP/IP from smoltcp in a few lines.
 #![no_std]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -64,6 +65,11 @@ pub mod vsock;
 #[cfg(test)]
 #[path = "../tests/common/scripted.rs"]
 mod scripted;
+
+/// This crate's README examples, compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 
 pub use error::{Error, Result};
 pub use hal::{BufferDirection, Dma, Hal, IdentityHal, PAGE_SIZE};

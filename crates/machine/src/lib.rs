@@ -52,6 +52,11 @@ pub mod virtio;
 #[cfg(test)]
 mod tests;
 
+/// This crate's README examples, compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 pub use bus::MmioDevice;
 pub use fdt::DeviceNode;
 pub use hart::Privilege;

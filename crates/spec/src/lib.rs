@@ -35,4 +35,9 @@ pub mod split;
 pub mod status;
 pub mod vsock;
 
+/// This crate's README examples, compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 pub use le::{Le16, Le32, Le64};
