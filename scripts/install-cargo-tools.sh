@@ -7,6 +7,7 @@ set -euo pipefail
 
 TOOLS=(
     "cargo-mutants 27.1.0"
+    "cargo-deny 0.20.2"
 )
 
 want=("$@")

@@ -4,7 +4,7 @@
 # crate or feature is covered without editing this file.
 #   ./scripts/release-check.sh            # every check
 #   ./scripts/release-check.sh docs deny  # only the named ones
-# Checks: rust-version.
+# Checks: rust-version, docs, features, package, deny.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +14,7 @@ step() { echo "release-check: $*" >&2; }
 
 # meta QUERY: answers from `cargo metadata` about the workspace members.
 #   published        the crates published to crates.io (no `publish = false`)
+#   published-versions  "name-version" of each of those
 #   rust-versions    "crate rust-version" per member
 #   feature-sets     "crate|cargo feature flags" per feature combination
 #                    of every member that has features
@@ -27,6 +28,8 @@ pkgs = sorted((p for p in meta["packages"] if p["id"] in members), key=lambda p:
 for p in pkgs:
     if query == "published" and p["publish"] != []:
         print(p["name"])
+    elif query == "published-versions" and p["publish"] != []:
+        print(p["name"] + "-" + p["version"])
     elif query == "rust-versions":
         print(p["name"], p["rust_version"] or "none")
     elif query == "feature-sets":
@@ -38,13 +41,15 @@ for p in pkgs:
             sets = [c for n in range(len(features) + 1) for c in itertools.combinations(features, n)]
         else:
             sets = [()] + [(f,) for f in features] + [tuple(features)]
+        # As shipped (default features), unless a combination above is it.
+        default = set(p["features"].get("default", []))
+        if default and all(set(s) != default for s in sets):
+            print(p["name"] + "|")
         for s in sets:
             flags = "--no-default-features"
             if s:
                 flags += " --features " + ",".join(s)
             print(p["name"] + "|" + flags)
-        if "default" in p["features"]:
-            print(p["name"] + "|")  # as shipped: default features
 ' "$1"
 }
 
@@ -64,6 +69,70 @@ if want rust-version; then
         echo "release-check: set rust-version (workspace.package) to the toolchain CI uses" >&2
         exit 1
     fi
+fi
+
+if want docs; then
+    # What docs.rs renders: every crate, every feature; warnings (broken
+    # intra-doc links included) fail.
+    step "cargo doc --no-deps --all-features, warnings denied"
+    RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features --locked
+fi
+
+if want features; then
+    # Each crate that has features, built (lints denied) with each
+    # combination: no default features, each subset, as shipped.
+    while IFS='|' read -r name flags; do
+        step "features: $name ${flags:-(default)}"
+        # shellcheck disable=SC2086 # flags are separate words
+        cargo clippy -p "$name" --lib --locked $flags -- -D warnings
+        # shellcheck disable=SC2086
+        cargo test -p "$name" --release --lib --locked $flags -q
+    done < <(meta feature-sets)
+fi
+
+if want package; then
+    # Package every published crate as crates.io would get it, in
+    # dependency order, and build each from its archive alone: a missing
+    # file, a path dependency without a version or a crate that does not
+    # build outside the workspace fails here. Unpublished sibling crates
+    # resolve from the archives made in the same run (cargo's local
+    # overlay of crates.io), so nothing needs to be on crates.io first.
+    mapfile -t published < <(meta published)
+    # Cargo unpacks the overlay's archives under its registry cache and
+    # never unpacks the same name and version again: drop copies of ours
+    # left by an earlier run, or the build would check stale sources.
+    while read -r name_version; do
+        for d in "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/; do
+            case "$(basename "$d")" in index.crates.io-*) continue ;; esac
+            rm -rf "${d:?}$name_version"
+        done
+    done < <(meta published-versions)
+    step "cargo package: ${published[*]}"
+    args=()
+    for p in "${published[@]}"; do args+=(-p "$p"); done
+    # Cargo treats a registry crate of one name and version as immutable
+    # and reuses its build: our crates change without a version bump, so
+    # the verification builds start from an empty target directory.
+    # --allow-dirty: a developer runs this before committing; CI's clone is clean.
+    rm -rf target/release-check-package
+    cargo package --locked --allow-dirty --target-dir target/release-check-package "${args[@]}"
+fi
+
+if want deny; then
+    ./scripts/install-cargo-tools.sh cargo-deny
+    # Licenses and sources of everything built, dev-dependencies included.
+    step "cargo deny check licenses sources (whole workspace)"
+    cargo deny --workspace --all-features check licenses sources
+    # Duplicate major versions: in what users of the published crates
+    # compile (normal and build dependencies, every feature).
+    excluded=()
+    while read -r name; do excluded+=(--exclude "$name"); done < <(
+        comm -23 <(cargo metadata --format-version 1 --no-deps |
+            python3 -c 'import json,sys; m=json.load(sys.stdin); print("\n".join(sorted(p["name"] for p in m["packages"])))') \
+            <(meta published | sort)
+    )
+    step "cargo deny check bans (published crates, no dev-dependencies)"
+    cargo deny --workspace --all-features --exclude-dev "${excluded[@]}" check bans
 fi
 
 step "all checks passed"
