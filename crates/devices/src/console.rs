@@ -58,6 +58,9 @@ pub const MAX_PENDING_INPUT: usize = 64 * 1024;
 /// sends at most a page per buffer.
 pub const MAX_TX_CHAIN_BYTES: u64 = 1 << 20;
 
+/// Most bytes [`Console::capture`] keeps, in bytes (16 MiB).
+pub const CAPTURE_LIMIT: usize = 16 << 20;
+
 /// Size of the host buffer transmitted bytes are copied through, in bytes.
 const TX_CHUNK: usize = 4096;
 
@@ -217,12 +220,22 @@ impl<M> Console<M> {
     /// A console whose output is appended to a shared buffer, returned
     /// alongside (for tests and for hosts that show output themselves).
     ///
-    /// The buffer has no size limit: the guest decides how much it
-    /// transmits, so a long-running host must drain it (take the bytes out
-    /// under the lock) or use [`Console::new`] with a bounded writer.
+    /// The buffer holds at most [`CAPTURE_LIMIT`] bytes: the guest decides
+    /// how much it transmits, so when a write would pass the limit the
+    /// oldest bytes are dropped (the latest ones, at least half the limit,
+    /// stay). See [`Console::capture_with_limit`].
     pub fn capture() -> (Self, Arc<Mutex<Vec<u8>>>) {
+        Self::capture_with_limit(CAPTURE_LIMIT)
+    }
+
+    /// As [`Console::capture`], keeping at most `limit` bytes (at least 1).
+    pub fn capture_with_limit(limit: usize) -> (Self, Arc<Mutex<Vec<u8>>>) {
         let buf = Arc::new(Mutex::new(Vec::new()));
-        (Self::new(Box::new(Capture(buf.clone()))), buf)
+        let capture = Capture {
+            buf: buf.clone(),
+            limit: limit.max(1),
+        };
+        (Self::new(Box::new(capture)), buf)
     }
 
     /// Sets `cols` and `rows` (character cells) before the device runs;
@@ -588,16 +601,30 @@ impl TxState<'_> {
     }
 }
 
-/// An output sink appending to a shared buffer.
-struct Capture(Arc<Mutex<Vec<u8>>>);
+/// An output sink appending to a shared buffer of at most `limit` bytes.
+struct Capture {
+    buf: Arc<Mutex<Vec<u8>>>,
+    limit: usize,
+}
 
 impl Write for Capture {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.0
+        let mut buf = self
+            .buf
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .extend_from_slice(data);
-        Ok(data.len())
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let taken = data.len();
+        // Only the last `limit` bytes of `data` can stay.
+        let data = &data[data.len().saturating_sub(self.limit)..];
+        if buf.len() + data.len() > self.limit {
+            // Drop down to half the limit at once, so that a flood costs
+            // amortised O(1) per byte instead of a full move per write.
+            let keep = (self.limit / 2).saturating_sub(data.len());
+            let drop = buf.len().saturating_sub(keep);
+            buf.drain(..drop);
+        }
+        buf.extend_from_slice(data);
+        Ok(taken)
     }
 
     fn flush(&mut self) -> io::Result<()> {

@@ -232,3 +232,33 @@ fn unix_socket_carries_both_directions() {
     fx.m.read_slice(&mut got, GuestAddress(b)).unwrap();
     assert_eq!(&got, b"pong");
 }
+
+/// `Console::capture` is bounded: a guest that transmits without end cannot
+/// make the host buffer grow past the limit; the latest bytes stay.
+#[test]
+fn capture_keeps_at_most_its_limit_and_the_latest_bytes() {
+    use std::io::Write as _;
+    const LIMIT: usize = 1000;
+    let buf = Arc::new(Mutex::new(Vec::new()));
+    let mut sink = super::Capture {
+        buf: buf.clone(),
+        limit: LIMIT,
+    };
+    let mut peak = 0;
+    for i in 0..10_000u32 {
+        let chunk = [(i % 251) as u8; 7];
+        sink.write_all(&chunk).unwrap();
+        peak = peak.max(buf.lock().unwrap().len());
+    }
+    assert!(peak <= LIMIT, "peak {peak}");
+    let kept = buf.lock().unwrap().clone();
+    assert!(kept.len() >= LIMIT / 2);
+    assert_eq!(kept[kept.len() - 7..], [(9_999 % 251) as u8; 7]);
+    // One write larger than the limit keeps its tail.
+    let big: Vec<u8> = (0..3 * LIMIT).map(|i| i as u8).collect();
+    sink.write_all(&big).unwrap();
+    assert_eq!(buf.lock().unwrap()[..], big[2 * LIMIT..]);
+    // Through the device API too.
+    let (_dev, out) = Console::<Mem>::capture_with_limit(0);
+    assert!(out.lock().unwrap().is_empty());
+}
