@@ -34,6 +34,7 @@ use crate::bus::Bus;
 use crate::decode::{decode, AmoOp, Insn, Kind};
 use crate::layout::TIMEBASE_HZ;
 use crate::plic::IrqShared;
+use crate::trap_loop::{TrapLoopGuard, TRAP_LOOP_LIMIT};
 use crate::ExitReason;
 
 /// CSR numbers (Privileged spec Table 2.2 and §4.1).
@@ -252,8 +253,9 @@ pub(crate) struct Hart {
     pub(crate) bus: Bus,
     pub(crate) irq: Arc<IrqShared>,
     clock: Instant,
-    /// Set by the SBI when the guest asks to stop.
+    /// Set by the SBI when the guest asks to stop, or by the trap-loop budget.
     pub(crate) exit: Option<ExitReason>,
+    trap_loop: TrapLoopGuard,
     /// Ends the current batch after this instruction (pending interrupts may have changed).
     pub(crate) break_batch: bool,
     /// The hart executed WFI and waits for an interrupt.
@@ -312,6 +314,7 @@ impl Hart {
             irq,
             clock: Instant::now(),
             exit: None,
+            trap_loop: TrapLoopGuard::default(),
             break_batch: false,
             wfi: false,
             trace: None,
@@ -955,6 +958,19 @@ impl Hart {
                 "trap: async:{} cause:{cause:#x} epc:{:#018x} tval:{tval:#x} priv:{:?}",
                 interrupt as u8, self.pc, self.prv
             );
+        }
+        if !interrupt && self.trap_loop.observe(cause, self.pc, tval, self.instret) {
+            log::error!(
+                "guest stuck: {TRAP_LOOP_LIMIT} traps in a row with cause {cause:#x} at pc \
+                 {:#x} (tval {tval:#x}) and no instruction completed in between; stopping",
+                self.pc
+            );
+            self.exit = Some(ExitReason::TrapLoop {
+                cause,
+                pc: self.pc,
+                tval,
+            });
+            self.break_batch = true;
         }
         self.sepc = self.pc;
         self.scause = cause | (u64::from(interrupt) << 63);

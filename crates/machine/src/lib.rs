@@ -46,6 +46,7 @@ pub mod layout;
 mod machine;
 mod plic;
 mod sbi;
+mod trap_loop;
 mod uart;
 pub mod virtio;
 
@@ -62,6 +63,7 @@ pub use fdt::DeviceNode;
 pub use hart::Privilege;
 pub use machine::{BootInfo, Machine, MachineConfig};
 pub use plic::IrqLine;
+pub use trap_loop::TRAP_LOOP_LIMIT;
 pub use uart::ConsoleInput;
 pub use virtio::{
     BoxedVirtioDevice, LevelIrq, VirtioHandle, VirtioSlot, VirtioStats, VirtioWindow,
@@ -80,6 +82,17 @@ pub enum ExitReason {
     InstructionLimit,
     /// [`MachineConfig::timeout`] elapsed.
     Timeout,
+    /// The guest took the same synchronous trap [`TRAP_LOOP_LIMIT`] times in
+    /// a row without completing an instruction (e.g. its trap vector itself
+    /// faults): it cannot make progress, so the machine stopped it.
+    TrapLoop {
+        /// `scause` of the trap.
+        cause: u64,
+        /// Where the hart was stuck (`sepc`), a guest virtual address.
+        pc: u64,
+        /// `stval` of the trap.
+        tval: u64,
+    },
 }
 
 /// Host-side errors of the machine (the guest's misdeeds are guest exceptions, never these).
