@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 
 wanted=("$@")
 want() { ((${#wanted[@]} == 0)) || [[ " ${wanted[*]} " == *" $1 "* ]]; }
-step() { echo "release-check: $*" >&2; }
+# Each line says how many seconds the script had run: what each check costs.
+step() { echo "release-check: [${SECONDS}s] $*" >&2; }
 
 # meta QUERY: answers from `cargo metadata` about the workspace members.
 #   published        the crates published to crates.io (no `publish = false`)
