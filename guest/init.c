@@ -14,7 +14,7 @@
  *      fds 0/1/2 are the console and prints "vmmio-init: started";
  *   2. reads /proc/cmdline and runs the tests named in vmmio.tests=LIST
  *      (virtio, blk, rng, hvc, blkreqs, dd, vsock, vsockbw, crash,
- *      blkresize), in the order given, each
+ *      blkresize, net, netbw), in the order given, each
  *      printing one "vmmio-init: <test> OK ..." or "... FAIL <reason>" line;
  *   3. prints a summary and "vmmio-init: done", syncs and powers off.
  *
@@ -689,12 +689,6 @@ out_fail:
 }
 
 /* ------------------------------------------------------------------------ */
-/* Setup, option parsing, power off                                          */
-/* ------------------------------------------------------------------------ */
-
-/* mkdir (ignore EEXIST) + mount; returns 0, or errno. EBUSY counts as
- * success (already mounted, e.g. by CONFIG_DEVTMPFS_MOUNT). */
-/* ------------------------------------------------------------------------ */
 /* vsock: AF_VSOCK stream sockets to the host through virtio-vsock.          */
 /* nolibc 6.1 has no socket calls: raw system calls and the uapi layout of   */
 /* struct sockaddr_vm (linux/vm_sockets.h).                                   */
@@ -914,6 +908,231 @@ static void test_vsockbw(void)
 	ok();
 }
 
+/* ------------------------------------------------------------------------ */
+/* net: eth0 (virtio-net) with a static address, TCP echo with a peer on    */
+/* the host side of the link. nolibc 6.1 has no socket or ioctl wrappers:   */
+/* raw system calls and the uapi layouts of sockaddr_in and ifreq.          */
+/* ------------------------------------------------------------------------ */
+
+#define AF_INET_ 2
+#define SOCK_DGRAM_ 2
+#define SIOCGIFFLAGS_ 0x8913
+#define SIOCSIFFLAGS_ 0x8914
+#define SIOCSIFADDR_ 0x8916
+#define SIOCSIFNETMASK_ 0x891c
+#define IFF_UP_ 0x1
+/* 10.0.2.15/24 here, the peer at 10.0.2.2 port 7 (echo); QEMU user
+ * networking's numbers, so the same init runs behind either. */
+#define NET_ADDR ((10U << 24) | (0U << 16) | (2U << 8) | 15U)
+#define NET_PEER ((10U << 24) | (0U << 16) | (2U << 8) | 2U)
+#define NET_MASK 0xffffff00U
+#define NET_ECHO_PORT 7
+#define NET_ECHO_BYTES (4UL * 1024UL * 1024UL)
+#define NET_CHUNK (32UL * 1024UL)
+/* netbw: bytes sent to the peer's discard port 9, and received from its
+ * chargen-like port 19. */
+#define NET_BW_BYTES (16UL * 1024UL * 1024UL)
+
+struct sockaddr_in_ {
+	unsigned short sin_family;
+	unsigned short sin_port; /* big-endian */
+	unsigned int sin_addr;   /* big-endian */
+	unsigned char sin_zero[8];
+};
+
+struct ifreq_ {
+	char ifr_name[16];
+	union {
+		struct sockaddr_in_ addr;
+		short flags;
+		unsigned char pad[24];
+	} u;
+};
+
+static unsigned short net_htons(unsigned short v)
+{
+	return (unsigned short)((v << 8) | (v >> 8));
+}
+
+static unsigned int net_htonl(unsigned int v)
+{
+	return (v >> 24) | ((v >> 8) & 0xff00U) | ((v << 8) & 0xff0000U) | (v << 24);
+}
+
+static void net_sockaddr(struct sockaddr_in_ *a, unsigned int addr, unsigned short port)
+{
+	memset(a, 0, sizeof(*a));
+	a->sin_family = AF_INET_;
+	a->sin_port = net_htons(port);
+	a->sin_addr = net_htonl(addr);
+}
+
+/* eth0 up with NET_ADDR/24 through SIOCSIFADDR, SIOCSIFNETMASK and
+ * SIOCSIFFLAGS; 0 or prints why and returns -1. */
+static int net_eth0_up(void)
+{
+	struct ifreq_ ifr;
+	long s = my_syscall3(__NR_socket, AF_INET_, SOCK_DGRAM_, 0), r;
+
+	if (s < 0) {
+		printf(PREFIX "net FAIL socket errno=%ld\n", -s);
+		return -1;
+	}
+	memset(&ifr, 0, sizeof(ifr));
+	strcpy(ifr.ifr_name, "eth0");
+	net_sockaddr(&ifr.u.addr, NET_ADDR, 0);
+	r = my_syscall3(__NR_ioctl, s, SIOCSIFADDR_, &ifr);
+	if (!r) {
+		net_sockaddr(&ifr.u.addr, NET_MASK, 0);
+		r = my_syscall3(__NR_ioctl, s, SIOCSIFNETMASK_, &ifr);
+	}
+	if (!r) {
+		memset(&ifr.u, 0, sizeof(ifr.u));
+		r = my_syscall3(__NR_ioctl, s, SIOCGIFFLAGS_, &ifr);
+	}
+	if (!r) {
+		ifr.u.flags |= IFF_UP_;
+		r = my_syscall3(__NR_ioctl, s, SIOCSIFFLAGS_, &ifr);
+	}
+	close(s);
+	if (r < 0) {
+		printf(PREFIX "net FAIL eth0 setup errno=%ld\n", -r);
+		return -1;
+	}
+	return 0;
+}
+
+/* A TCP connection to the peer's port; fd or -errno. The peer may need
+ * a moment (ARP, its listener): a refused or timed-out connect is retried
+ * a few times. */
+static long net_connect_peer(unsigned short port)
+{
+	struct sockaddr_in_ a;
+	long fd = -1, r = -1;
+	int tries;
+
+	net_sockaddr(&a, NET_PEER, port);
+	for (tries = 0; tries < 10; tries++) {
+		fd = my_syscall3(__NR_socket, AF_INET_, SOCK_STREAM_, 0);
+		if (fd < 0)
+			return fd;
+		r = my_syscall3(__NR_connect, fd, &a, sizeof(a));
+		if (!r)
+			return fd;
+		close(fd);
+		sleep(1);
+	}
+	return r;
+}
+
+/* 4 MiB of pattern to the peer's echo port, 32 KiB per round trip, each
+ * chunk checked as it comes back; then a clean close. */
+static void test_net(void)
+{
+	unsigned long off;
+	long fd, r = 0;
+
+	if (net_eth0_up()) {
+		fail();
+		return;
+	}
+	fd = net_connect_peer(NET_ECHO_PORT);
+	if (fd < 0) {
+		printf(PREFIX "net FAIL connect to the peer's port %u errno=%ld\n",
+		       NET_ECHO_PORT, -fd);
+		fail();
+		return;
+	}
+	for (off = 0; off < NET_ECHO_BYTES && !r; off += NET_CHUNK) {
+		fill_pattern(buf_a, NET_CHUNK, opt_seed ^ 0x6e6574UL, off);
+		r = sock_write_all(fd, buf_a, NET_CHUNK);
+		if (!r)
+			r = sock_read_all(fd, buf_b, NET_CHUNK);
+		if (!r && first_diff(buf_a, buf_b, NET_CHUNK) >= 0) {
+			printf(PREFIX "net FAIL echo differs at byte %lu\n",
+			       off + first_diff(buf_a, buf_b, NET_CHUNK));
+			close(fd);
+			fail();
+			return;
+		}
+	}
+	close(fd);
+	if (r < 0) {
+		printf(PREFIX "net FAIL echo at %lu errno=%ld\n", off, -r);
+		fail();
+		return;
+	}
+	printf(PREFIX "net OK echoed=%lu\n", NET_ECHO_BYTES);
+	ok();
+}
+
+/* netbw: NET_BW_BYTES guest -> peer (port 9, which discards and closes
+ * after the guest's shutdown), then NET_BW_BYTES peer -> guest (port 19,
+ * which sends that many bytes and closes); prints both rates in MB/s. */
+static void test_netbw(void)
+{
+	unsigned long long t0, t1, t2;
+	unsigned long off = 0;
+	long fd, r = 0, n;
+
+	if (net_eth0_up()) {
+		fail();
+		return;
+	}
+	fd = net_connect_peer(9);
+	if (fd < 0) {
+		printf(PREFIX "netbw FAIL connect to port 9 errno=%ld\n", -fd);
+		fail();
+		return;
+	}
+	fill_pattern(buf_a, NET_CHUNK, opt_seed, 0);
+	t0 = now_ns();
+	for (off = 0; off < NET_BW_BYTES && !r; off += NET_CHUNK)
+		r = sock_write_all(fd, buf_a, NET_CHUNK);
+	my_syscall2(__NR_shutdown, fd, SHUT_WR_);
+	if (!r)
+		r = my_syscall3(__NR_read, fd, buf_b, 1);
+	t1 = now_ns();
+	close(fd);
+	if (r != 0) {
+		printf(PREFIX "netbw FAIL send at %lu returned %ld\n", off, r);
+		fail();
+		return;
+	}
+	fd = net_connect_peer(19);
+	if (fd < 0) {
+		printf(PREFIX "netbw FAIL connect to port 19 errno=%ld\n", -fd);
+		fail();
+		return;
+	}
+	t1 = now_ns();
+	for (off = 0;;) {
+		n = my_syscall3(__NR_read, fd, buf_b, BLK_REGION);
+		if (n <= 0)
+			break;
+		off += n;
+	}
+	t2 = now_ns();
+	close(fd);
+	if (off != NET_BW_BYTES) {
+		printf(PREFIX "netbw FAIL received %lu bytes\n", off);
+		fail();
+		return;
+	}
+	printf(PREFIX "netbw OK bytes=%lu tx MB/s=", NET_BW_BYTES);
+	print_fixed2(t1 > t0 ? (unsigned long long)NET_BW_BYTES * 100000ULL / (t1 - t0) : 0);
+	printf(" rx MB/s=");
+	print_fixed2(t2 > t1 ? (unsigned long long)NET_BW_BYTES * 100000ULL / (t2 - t1) : 0);
+	printf("\n");
+	ok();
+}
+
+/* ------------------------------------------------------------------------ */
+/* Setup, option parsing, power off                                          */
+/* ------------------------------------------------------------------------ */
+
+/* mkdir (ignore EEXIST) + mount; returns 0, or errno. EBUSY counts as
+ * success (already mounted, e.g. by CONFIG_DEVTMPFS_MOUNT). */
 static int mount_fs(const char *fstype, const char *dir, unsigned long flags)
 {
 	mkdir(dir, 0755);
@@ -1029,6 +1248,10 @@ static void run_test(const char *name)
 		test_crash();
 	else if (!strcmp(name, "blkresize"))
 		test_blkresize();
+	else if (!strcmp(name, "net"))
+		test_net();
+	else if (!strcmp(name, "netbw"))
+		test_netbw();
 	else if (name[0]) {
 		printf(PREFIX "%s FAIL unknown test\n", name);
 		fail();

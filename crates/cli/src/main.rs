@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use vmmio_devices::net::{Net, Stream, Tap};
 use vmmio_devices::vsock::{Vsock, VsockOptions};
 use vmmio_devices::{Block, BlockOptions, Console, Rng};
 use vmmio_machine::{
@@ -122,6 +123,17 @@ struct BootArgs {
     /// The guest's vsock context ID (3..=4294967294).
     #[arg(long, value_name = "CID", default_value_t = 3, requires = "vsock")]
     vsock_cid: u64,
+    /// Attach a virtio-net device (the guest's eth0). "stream:PATH" connects to the Unix
+    /// socket listening at PATH and exchanges Ethernet frames each preceded by its length
+    /// as a 4-byte big-endian number: the framing of QEMU's "-netdev stream", so the peer
+    /// can be QEMU (-netdev stream,server=on,addr.type=unix,addr.path=PATH), a TCP/IP stack
+    /// in a test, or a switch. "tap:NAME" opens the Linux TAP device NAME (created if
+    /// missing; needs CAP_NET_ADMIN), with checksum offload through the virtio-net header.
+    #[arg(long, value_name = "stream:PATH|tap:NAME", value_parser = parse_net)]
+    net: Option<NetBackend>,
+    /// MAC address of the net device, six hex bytes separated by ':'.
+    #[arg(long, value_name = "MAC", value_parser = parse_mac, requires = "net")]
+    net_mac: Option<[u8; 6]>,
     /// Present legacy virtio-mmio windows (Version 1: GuestPageSize, QueueAlign, QueuePFN)
     /// instead of Version 2.
     #[arg(long)]
@@ -274,6 +286,38 @@ fn disk_control(disk: &Block<GuestMem>) -> Result<DiskControl, BoxError> {
     })
 }
 
+/// Where `--net` frames go.
+#[derive(Clone, Debug)]
+enum NetBackend {
+    /// A Unix stream socket with QEMU's `-netdev stream` framing.
+    Stream(PathBuf),
+    /// A TAP device.
+    Tap(String),
+}
+
+fn parse_net(s: &str) -> Result<NetBackend, String> {
+    match s.split_once(':') {
+        Some(("stream", path)) if !path.is_empty() => Ok(NetBackend::Stream(path.into())),
+        Some(("tap", name)) if !name.is_empty() => Ok(NetBackend::Tap(name.into())),
+        _ => Err(format!("expected stream:PATH or tap:NAME, got {s:?}")),
+    }
+}
+
+fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        let p = parts
+            .next()
+            .ok_or_else(|| format!("{s:?}: six bytes expected"))?;
+        *b = u8::from_str_radix(p, 16).map_err(|e| format!("{s:?}: {e}"))?;
+    }
+    if parts.next().is_some() {
+        return Err(format!("{s:?}: six bytes expected"));
+    }
+    Ok(mac)
+}
+
 /// Attaches the virtio devices `args` asks for; returns their handles, the init tests
 /// that fit them, and what live requests (control socket, SIGWINCH) can change.
 fn attach_devices(
@@ -351,6 +395,26 @@ fn attach_devices(
         let vsock = Vsock::with_options(args.vsock_cid, path, opts)?;
         handles.push(machine.add_virtio_device(version, Box::new(vsock))?);
         // The init's vsock test needs host programs on PATH_1234 and PATH: not a default.
+    }
+    if let Some(backend) = &args.net {
+        let backend: Box<dyn vmmio_devices::net::Backend> = match backend {
+            NetBackend::Stream(path) => Box::new(
+                Stream::connect(path)
+                    .map_err(|e| format!("cannot connect to {}: {e}", path.display()))?,
+            ),
+            NetBackend::Tap(name) => {
+                Box::new(Tap::open(name).map_err(|e| format!("cannot open TAP {name}: {e}"))?)
+            }
+        };
+        let mut net = Net::new(backend);
+        if let Some(mac) = args.net_mac {
+            net = net.with_mac(mac);
+        }
+        if let Some(n) = args.queue_size {
+            net = net.with_queue_size(n);
+        }
+        handles.push(machine.add_virtio_device(version, Box::new(net))?);
+        // The init's net test needs a peer on the link: not a default.
     }
     Ok((handles, tests, controls))
 }
