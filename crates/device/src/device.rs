@@ -136,10 +136,12 @@ pub trait VirtioDevice<M: GuestMemory>: Send {
     /// device runs (`QueueReady` = 0, legacy `QueuePFN` = 0; virtio v1.4
     /// §4.2.2.1: the device MUST NOT access a queue whose `QueueReady` is
     /// 0). Only called between a successful `activate` and `reset`.
-    /// Default: nothing.
-    fn queue_reset(&mut self, index: u16) {
-        let _ = index;
-    }
+    ///
+    /// Required, with no default: a device that kept using the queue
+    /// after this call would break that MUST, so every device says what
+    /// it does (even if that is "nothing: this device never touches its
+    /// queues outside `queue_notify`").
+    fn queue_reset(&mut self, index: u16);
 
     /// The driver re-enabled queue `index` after a queue reset, while the
     /// device runs. Default: ignore the queue.

@@ -477,6 +477,19 @@ impl VirtioDevice<Mem> for MemConsole {
             s.active = None;
         }
     }
+    fn queue_reset(&mut self, index: u16) {
+        // Host input must not reach a queue the driver reset: mark it not
+        // ready, so that `serve_rx` finds it unusable.
+        if let Ok(mut s) = self.state.0.lock() {
+            if let Some(q) = s
+                .active
+                .as_mut()
+                .and_then(|a| a.queues.get_mut(usize::from(index)))
+            {
+                q.set_ready(false);
+            }
+        }
+    }
 }
 
 /// Makes sure the generic memory bound the devices rely on holds.

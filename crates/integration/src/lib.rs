@@ -263,3 +263,57 @@ pub fn window_in(
         line,
     }
 }
+
+/// Pearson's chi-square statistic of `data` against bytes uniform over
+/// 0..=255 (255 degrees of freedom): `sum((count - n/256)^2 / (n/256))`.
+pub fn chi_square_bytes(data: &[u8]) -> f64 {
+    let mut counts = [0u64; 256];
+    for &b in data {
+        counts[usize::from(b)] += 1;
+    }
+    let expected = data.len() as f64 / 256.0;
+    counts
+        .iter()
+        .map(|&c| (c as f64 - expected).powi(2) / expected)
+        .sum()
+}
+
+/// Asserts that `data` (at least 4096 bytes) looks like uniform random
+/// bytes: its chi-square statistic ([`chi_square_bytes`], 255 degrees of
+/// freedom, mean 255) lies in 141..415, the two-sided band a uniform
+/// source leaves with probability about 2 * 10^-9 (Wilson-Hilferty, six
+/// standard deviations). Constant bytes, a counter (too even: near 0),
+/// a narrow range or a biased source fail.
+pub fn assert_uniform_bytes(data: &[u8], what: &str) {
+    assert!(data.len() >= 4096, "{what}: too few bytes for the test");
+    let chi2 = chi_square_bytes(data);
+    assert!(
+        (141.0..415.0).contains(&chi2),
+        "{what}: chi-square {chi2:.1} of {} bytes is outside 141..415",
+        data.len()
+    );
+}
+
+#[cfg(test)]
+mod chi_square_tests {
+    use super::*;
+
+    #[test]
+    fn chi_square_band_accepts_random_and_refuses_patterns() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let random: Vec<u8> = (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
+            .collect();
+        assert_uniform_bytes(&random, "xorshift");
+        let counter: Vec<u8> = (0..4096u32).map(|i| i as u8).collect();
+        assert!(chi_square_bytes(&counter) < 1.0);
+        assert!(chi_square_bytes(&[7u8; 4096]) > 1e5);
+        let half: Vec<u8> = random.iter().map(|b| b & 0x7f).collect();
+        assert!(chi_square_bytes(&half) > 415.0);
+    }
+}

@@ -108,9 +108,14 @@ impl Ram {
 
     /// Loads `N` (1, 2, 4 or 8) bytes at RAM offset `off`, zero-extended.
     ///
-    /// The caller guarantees `off + N <= len` (from [`Ram::offset`]) and `off % N == 0`.
+    /// # Safety
+    ///
+    /// `off + N <= len` (as [`Ram::offset`]`(pa, N)` returning `off`
+    /// proves) and `off % N == 0`. Unchecked in release builds: this is
+    /// the hart's hot path.
     #[inline(always)]
-    pub(crate) fn load<const N: usize>(&self, off: usize) -> u64 {
+    pub(crate) unsafe fn load<const N: usize>(&self, off: usize) -> u64 {
+        const { assert!(N == 1 || N == 2 || N == 4 || N == 8) };
         debug_assert!(off.is_multiple_of(N) && (off + N) as u64 <= self.len);
         // SAFETY:
         // - validity: `off + N <= len` (caller, from `offset`), so `ptr + off .. + N` lies in
@@ -132,9 +137,12 @@ impl Ram {
 
     /// Stores the low `N` (1, 2, 4 or 8) bytes of `v` at RAM offset `off`.
     ///
-    /// The caller guarantees `off + N <= len` and `off % N == 0`.
+    /// # Safety
+    ///
+    /// As [`Ram::load`]: `off + N <= len` and `off % N == 0`.
     #[inline(always)]
-    pub(crate) fn store<const N: usize>(&self, off: usize, v: u64) {
+    pub(crate) unsafe fn store<const N: usize>(&self, off: usize, v: u64) {
+        const { assert!(N == 1 || N == 2 || N == 4 || N == 8) };
         debug_assert!(off.is_multiple_of(N) && (off + N) as u64 <= self.len);
         // SAFETY: as in `load`: in bounds and aligned by the caller's guarantee, the mapping
         // is alive while `self` is, and every hart access is atomic.
@@ -150,8 +158,12 @@ impl Ram {
     }
 
     /// Atomically replaces the 8 bytes at `off` if they still hold `old` (for PTE A/D
-    /// updates). Same caller guarantees as [`Ram::load`].
-    pub(crate) fn compare_exchange_u64(&self, off: usize, old: u64, new: u64) -> bool {
+    /// updates).
+    ///
+    /// # Safety
+    ///
+    /// As [`Ram::load`] with `N` = 8: `off + 8 <= len` and `off % 8 == 0`.
+    pub(crate) unsafe fn compare_exchange_u64(&self, off: usize, old: u64, new: u64) -> bool {
         debug_assert!(off.is_multiple_of(8) && (off + 8) as u64 <= self.len);
         // SAFETY: as in `load`.
         unsafe {
@@ -283,12 +295,20 @@ impl Bus {
     pub(crate) fn read_phys(&mut self, pa: u64, size: usize) -> Option<u64> {
         if let Some(off) = self.ram.offset(pa, size as u64) {
             if off % size == 0 {
-                return Some(match size {
-                    1 => self.ram.load::<1>(off),
-                    2 => self.ram.load::<2>(off),
-                    4 => self.ram.load::<4>(off),
-                    _ => self.ram.load::<8>(off),
-                });
+                // SAFETY: `offset(pa, size)` proved `off + size <= len`, and
+                // `off % size == 0`; each arm loads exactly `size` bytes.
+                let v = unsafe {
+                    match size {
+                        1 => Some(self.ram.load::<1>(off)),
+                        2 => Some(self.ram.load::<2>(off)),
+                        4 => Some(self.ram.load::<4>(off)),
+                        8 => Some(self.ram.load::<8>(off)),
+                        _ => None,
+                    }
+                };
+                if v.is_some() {
+                    return v;
+                }
             }
         }
         self.mmio_read(pa, size)
@@ -298,13 +318,19 @@ impl Bus {
     pub(crate) fn write_phys(&mut self, pa: u64, size: usize, v: u64) -> bool {
         if let Some(off) = self.ram.offset(pa, size as u64) {
             if off % size == 0 {
-                match size {
-                    1 => self.ram.store::<1>(off, v),
-                    2 => self.ram.store::<2>(off, v),
-                    4 => self.ram.store::<4>(off, v),
-                    _ => self.ram.store::<8>(off, v),
-                }
-                return true;
+                // SAFETY: as in `read_phys`: in bounds and aligned for
+                // exactly the `size` bytes each arm stores.
+                let done = unsafe {
+                    match size {
+                        1 => self.ram.store::<1>(off, v),
+                        2 => self.ram.store::<2>(off, v),
+                        4 => self.ram.store::<4>(off, v),
+                        8 => self.ram.store::<8>(off, v),
+                        _ => return self.mmio_write(pa, size, v),
+                    }
+                    true
+                };
+                return done;
             }
         }
         self.mmio_write(pa, size, v)

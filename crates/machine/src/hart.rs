@@ -379,7 +379,10 @@ impl Hart {
         } else {
             self.fetch_slow(pc)?
         };
-        let raw = self.bus.ram.load::<4>(off) as u32;
+        // SAFETY: the fetch page was checked to be RAM when cached
+        // (`fetch_slow`: `offset(page, 4096)`), so `off + 4 <= len`; `pc`
+        // is 4-aligned, hence `off` too.
+        let raw = unsafe { self.bus.ram.load::<4>(off) } as u32;
         let slot = (off >> 2) & (DCACHE_SIZE - 1);
         let entry = self.dcache[slot];
         let insn = if entry.raw == raw {
@@ -596,7 +599,9 @@ impl Hart {
             // table < 2^56 and index * 8 < 4096: no overflow.
             let addr = table + index * 8;
             let off = self.bus.ram.offset(addr, 8).ok_or(acc.access_fault(va))?;
-            let pte = self.bus.ram.load::<8>(off);
+            // SAFETY: `offset(addr, 8)` proved it in bounds; `addr` is a
+            // page-aligned table plus `index * 8`: 8-aligned.
+            let pte = unsafe { self.bus.ram.load::<8>(off) };
             // Invalid, W without R, or reserved / Svpbmt / Svnapot bits (not implemented).
             if pte & pte::V == 0 || (pte & pte::R == 0 && pte & pte::W != 0) || pte >> 54 != 0 {
                 return Err(pf);
@@ -637,7 +642,9 @@ impl Hart {
         if acc == Access::Write {
             new |= pte::D;
         }
-        if new != pte && !self.bus.ram.compare_exchange_u64(pte_off, pte, new) {
+        // SAFETY: `pte_off` is the in-bounds, 8-aligned offset the PTE was
+        // loaded from.
+        if new != pte && !unsafe { self.bus.ram.compare_exchange_u64(pte_off, pte, new) } {
             // The PTE changed under us (device DMA into a page table): let the guest retry.
             return Err(pf);
         }
@@ -658,7 +665,10 @@ impl Hart {
         }
         let pa = self.translate(va, Access::Read)?;
         if let Some(off) = self.bus.ram.offset(pa, N as u64) {
-            return Ok(self.bus.ram.load::<N>(off));
+            // SAFETY: `offset(pa, N)` proved it in bounds; `va` is
+            // N-aligned (checked above) and translation keeps the page
+            // offset, so `pa` and `off` are too.
+            return Ok(unsafe { self.bus.ram.load::<N>(off) });
         }
         self.mmio_load(va, pa, N)
     }
@@ -670,7 +680,8 @@ impl Hart {
         }
         let pa = self.translate(va, Access::Write)?;
         if let Some(off) = self.bus.ram.offset(pa, N as u64) {
-            self.bus.ram.store::<N>(off, v);
+            // SAFETY: as in `load`.
+            unsafe { self.bus.ram.store::<N>(off, v) };
             return Ok(());
         }
         self.mmio_store(va, pa, N, v)

@@ -357,6 +357,7 @@ mod tests {
         }
         fn queue_notify(&mut self, _index: u16, _data: Option<NotificationData>) {}
         fn reset(&mut self) {}
+        fn queue_reset(&mut self, _index: u16) {}
     }
 
     fn machine() -> Machine {
@@ -480,6 +481,7 @@ mod tests {
         }
         fn queue_notify(&mut self, _index: u16, _data: Option<NotificationData>) {}
         fn reset(&mut self) {}
+        fn queue_reset(&mut self, _index: u16) {}
         fn backend_fds(&self) -> Vec<vmmio_device::BackendFd> {
             use std::os::fd::AsRawFd;
             vec![vmmio_device::BackendFd {
