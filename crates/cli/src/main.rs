@@ -489,6 +489,7 @@ fn boot(args: &BootArgs) -> Result<(ExitReason, bool), BoxError> {
             "vmmio: {n} instructions in {secs:.2} s ({idle:.2} s idle in WFI): {:.1} MIPS while busy",
             n as f64 / busy / 1e6
         );
+        print_memory_stats(&machine);
         for h in &handles {
             let st = h.stats();
             let at = h
@@ -510,4 +511,32 @@ fn boot(args: &BootArgs) -> Result<(ExitReason, bool), BoxError> {
     // Drop the machine (and the devices' output sinks with it) before the caller prints.
     drop(machine);
     Ok((reason, fail_seen.load(Ordering::SeqCst)))
+}
+
+/// `--stats` memory line: the process's peak RSS, the guest RAM resident now (what the
+/// guest touched), and their difference, the host-side cost of the machine and devices.
+fn print_memory_stats(machine: &Machine) {
+    // SAFETY: `usage` is a live, writable `rusage` for the duration of the call.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_SELF is always valid.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let guest = machine.ram_resident_bytes();
+    match (rc, guest) {
+        (0, Ok(guest)) => {
+            // ru_maxrss is in KiB on Linux.
+            let peak = u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024;
+            let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
+            eprintln!(
+                "vmmio: peak RSS {:.1} MiB, guest RAM touched {:.1} MiB, host overhead {:.1} MiB",
+                mib(peak),
+                mib(guest),
+                mib(peak.saturating_sub(guest))
+            );
+        }
+        (_, Err(e)) => eprintln!("vmmio: guest RAM residency unknown: {e}"),
+        _ => eprintln!(
+            "vmmio: peak RSS unknown: {}",
+            std::io::Error::last_os_error()
+        ),
+    }
 }

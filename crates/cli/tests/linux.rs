@@ -121,6 +121,21 @@ fn assert_default_devices_work(run: &Run, version: &str) {
         "kernel WARN:\n{}",
         run.dump()
     );
+    // --stats reports memory: the guest touched some RAM, and the peak RSS covers it.
+    let mem_line = run
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("vmmio: peak RSS "))
+        .unwrap_or_else(|| panic!("no memory stats:\n{}", run.dump()));
+    let figures: Vec<f64> = mem_line
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let [peak, guest, overhead] = figures[..] else {
+        panic!("memory stats {mem_line:?}")
+    };
+    assert!(guest > 1.0 && peak >= guest, "{mem_line}");
+    assert!((peak - guest - overhead).abs() < 0.2, "{mem_line}");
     // Each window was driven in the layout asked for: a Version 2 driver must negotiate
     // VIRTIO_F_VERSION_1, a legacy one cannot.
     let windows = run.windows();

@@ -94,6 +94,21 @@ impl Ram {
         self.len
     }
 
+    /// Bytes of RAM resident in host memory now (`mincore(2)` over the mapping): the
+    /// pages the guest (or a loader, or a device) touched and the host has not dropped.
+    pub(crate) fn resident_bytes(&self) -> std::io::Result<u64> {
+        const PAGE: u64 = 4096;
+        let len = usize::try_from(self.len).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+        let mut vec = vec![0u8; len.div_ceil(PAGE as usize)];
+        // SAFETY: `ptr` is the page-aligned start of the live `len`-byte RAM mapping (kept
+        // alive by `self.mem`); `vec` has one byte per page of it, as mincore(2) writes.
+        let rc = unsafe { libc::mincore(self.ptr.cast(), len, vec.as_mut_ptr()) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(vec.iter().filter(|&&b| b & 1 != 0).count() as u64 * PAGE)
+    }
+
     /// The RAM offset of `[pa, pa + size)` if all of it is RAM.
     #[inline(always)]
     pub(crate) fn offset(&self, pa: u64, size: u64) -> Option<usize> {

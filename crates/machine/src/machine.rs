@@ -204,6 +204,15 @@ impl Machine {
         self.hart.bus.ram.len()
     }
 
+    /// Bytes of guest RAM resident in host memory now (pages touched by the guest, the
+    /// loader or devices; RAM is mapped lazily, so untouched pages cost nothing).
+    ///
+    /// # Errors
+    /// The `mincore(2)` error.
+    pub fn ram_resident_bytes(&self) -> std::io::Result<u64> {
+        self.hart.bus.ram.resident_bytes()
+    }
+
     /// Maps `device` at the half-open window `[base, base + len)` (guest-physical bytes).
     /// Guest loads and stores inside it reach the device with window-relative offsets and the
     /// instruction's access width; see [`MmioDevice`].
