@@ -935,3 +935,126 @@ impl<R: RegisterIo, H: Hal + Clone> Drop for Vsock<R, H> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scripted::{ArenaHal, Scripted};
+
+    fn device(version: u32, cid: u64) -> Scripted {
+        let mut s = Scripted::new(version, device_id::VSOCK, 3, 16);
+        s.device_features |= bit(F_STREAM) | bit(F_NO_IMPLIED_STREAM);
+        s.config = cid.to_le_bytes().to_vec();
+        s
+    }
+
+    /// A packet from the host (CID 2) to `cid`.
+    fn pkt(cid: u64, opc: u16, type_: u16, src_port: u32, dst_port: u32, len: u32) -> Header {
+        Header {
+            src_cid: Le64::new(HOST_CID),
+            dst_cid: Le64::new(cid),
+            src_port: Le32::new(src_port),
+            dst_port: Le32::new(dst_port),
+            len: Le32::new(len),
+            type_: Le16::new(type_),
+            op: Le16::new(opc),
+            buf_alloc: Le32::new(4096),
+            ..Header::default()
+        }
+    }
+
+    /// §5.10.3.1: the driver SHOULD accept NO_IMPLIED_STREAM; §5.10.4:
+    /// `guest_cid` is read at initialisation (Version 2: two 32-bit reads).
+    #[test]
+    fn negotiates_stream_features_and_reads_the_guest_cid() {
+        for version in [1, 2] {
+            let mut s = device(version, 0x1234_5678);
+            let t = Transport::probe(&mut s).unwrap().unwrap();
+            let mut vs = Vsock::new(t, ArenaHal).unwrap();
+            assert_eq!(vs.guest_cid(), 0x1234_5678);
+            // Legacy windows have 32 feature bits: both fit.
+            assert!(vs.transport().has_feature(F_STREAM));
+            assert!(vs.transport().has_feature(F_NO_IMPLIED_STREAM));
+        }
+    }
+
+    /// §5.10.6.4 (driver): a RST reply for a packet of unknown `type`; and
+    /// a packet for another CID, or with `len` beyond what the device
+    /// wrote, is dropped.
+    #[test]
+    fn unknown_type_is_answered_with_rst() {
+        let mut s = device(2, 5);
+        let t = Transport::probe(&mut s).unwrap().unwrap();
+        let mut vs = Vsock::new(t, ArenaHal).unwrap();
+        vs.listen(80).unwrap();
+        vs.packet(&pkt(5, op::REQUEST, 7, 1000, 80, 0).to_bytes());
+        assert!(vs.accept(80).is_none());
+        let rst = vs.replies.front().copied().expect("a RST reply");
+        assert_eq!(rst.op.get(), op::RST);
+        assert_eq!(rst.type_.get(), 7);
+        assert_eq!((rst.src_cid.get(), rst.dst_cid.get()), (5, HOST_CID));
+        assert_eq!((rst.src_port.get(), rst.dst_port.get()), (80, 1000));
+        vs.replies.clear();
+        vs.packet(&pkt(6, op::REQUEST, TYPE_STREAM, 1000, 80, 0).to_bytes());
+        let mut short = pkt(5, op::REQUEST, TYPE_STREAM, 1000, 80, 10)
+            .to_bytes()
+            .to_vec();
+        short.extend_from_slice(&[0; 9]);
+        vs.packet(&short);
+        vs.packet(&[0; 20]);
+        assert!(vs.replies.is_empty() && vs.accept(80).is_none());
+        assert_eq!(vs.stats().malformed, 3);
+    }
+
+    /// §5.10.6.6 (driver): on TRANSPORT_RESET the driver MUST fetch
+    /// `guest_cid` again, MUST shut down existing connections, and listen
+    /// sockets MUST remain operational with the current CID.
+    #[test]
+    fn transport_reset_rereads_the_cid_drops_connections_keeps_listeners() {
+        let mut s = device(2, 5);
+        let t = Transport::probe(&mut s).unwrap().unwrap();
+        let mut vs = Vsock::new(t, ArenaHal).unwrap();
+        vs.listen(80).unwrap();
+        let out = vs.connect(HOST_CID, 1234).unwrap();
+        vs.packet(&pkt(5, op::REQUEST, TYPE_STREAM, 1000, 80, 0).to_bytes());
+        let inc = vs.accept(80).unwrap();
+        vs.transport().io_mut().config = 9u64.to_le_bytes().to_vec();
+        vs.transport_reset().unwrap();
+        assert_eq!(vs.guest_cid(), 9);
+        assert_eq!((vs.state(out), vs.state(inc)), (None, None));
+        // Still listening, at the new CID; the old CID is gone.
+        vs.packet(&pkt(5, op::REQUEST, TYPE_STREAM, 1001, 80, 0).to_bytes());
+        assert!(vs.accept(80).is_none());
+        vs.packet(&pkt(9, op::REQUEST, TYPE_STREAM, 1001, 80, 0).to_bytes());
+        let again = vs.accept(80).unwrap();
+        assert_eq!(vs.state(again), Some(ConnState::Connected));
+        assert_eq!(vs.stats().transport_resets, 1);
+    }
+
+    /// The device is held to the credit the driver granted: payload
+    /// beyond `buf_alloc` resets the connection.
+    #[test]
+    fn device_exceeding_the_driver_credit_is_reset() {
+        let mut s = device(2, 5);
+        let t = Transport::probe(&mut s).unwrap().unwrap();
+        let opts = VsockOptions {
+            buf_alloc: 16,
+            ..VsockOptions::default()
+        };
+        let mut vs = Vsock::with_options(t, ArenaHal, opts).unwrap();
+        vs.listen(80).unwrap();
+        vs.packet(&pkt(5, op::REQUEST, TYPE_STREAM, 1000, 80, 0).to_bytes());
+        let id = vs.accept(80).unwrap();
+        let mut rw = pkt(5, op::RW, TYPE_STREAM, 1000, 80, 16)
+            .to_bytes()
+            .to_vec();
+        rw.extend_from_slice(&[1; 16]);
+        vs.packet(&rw);
+        assert_eq!(vs.state(id), Some(ConnState::Connected));
+        let mut rw = pkt(5, op::RW, TYPE_STREAM, 1000, 80, 1).to_bytes().to_vec();
+        rw.push(2);
+        vs.packet(&rw);
+        assert_eq!(vs.state(id), None);
+        assert_eq!(vs.replies.back().map(|h| h.op.get()), Some(op::RST));
+    }
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use vmmio_device::TransportVersion;
 use vmmio_devices::vsock::{Vsock as VsockDevice, VsockOptions as DeviceOptions};
-use vmmio_driver::vsock::{ConnId, ConnState, Vsock, VsockOptions, HOST_CID};
+use vmmio_driver::vsock::{ConnId, ConnState, Vsock, VsockOptions, F_NO_IMPLIED_STREAM, HOST_CID};
 use vmmio_driver::Transport;
 use vmmio_integration::{window, GuestHal, Loopback, Mem};
 
@@ -21,8 +21,9 @@ fn boot(version: TransportVersion, path: &Path, dev: DeviceOptions, drv: VsockOp
     let dev = VsockDevice::<Mem>::with_options(CID, path, dev).unwrap();
     let w = window(version, Box::new(dev));
     let t = Transport::probe(w.io).unwrap().unwrap();
-    let vs = Vsock::with_options(t, w.hal, drv).unwrap();
+    let mut vs = Vsock::with_options(t, w.hal, drv).unwrap();
     assert_eq!(vs.guest_cid(), CID);
+    assert!(vs.transport().has_feature(F_NO_IMPLIED_STREAM));
     vs
 }
 

@@ -533,13 +533,17 @@ fn reset_with_connections_sends_transport_reset() {
 }
 
 #[test]
-fn no_implied_stream_without_stream_cannot_activate() {
+fn offers_stream_and_no_implied_stream_and_needs_stream() {
     let dir = TempDir::new();
     let mut dev = Vsock::<Mem>::new(CID, dir.0.join("s")).unwrap();
     let (irq, _line) = interrupt();
     let r = dev.activate(mem(), irq, vec![], bit(F_NO_IMPLIED_STREAM));
     assert!(r.is_err());
-    assert_eq!(dev.device_features() & bit(F_SEQPACKET), 0);
+    // §5.10.3.2: the device SHOULD offer NO_IMPLIED_STREAM (with STREAM).
+    let f = VirtioDevice::<Mem>::device_features(&dev);
+    assert_ne!(f & bit(F_NO_IMPLIED_STREAM), 0);
+    assert_ne!(f & bit(F_STREAM), 0);
+    assert_eq!(f & bit(F_SEQPACKET), 0);
 }
 
 mod hostile {
