@@ -8,6 +8,7 @@ set -euo pipefail
 TOOLS=(
     "cargo-mutants 27.1.0"
     "cargo-deny 0.20.2"
+    "cargo-fuzz 0.13.1"
 )
 
 want=("$@")

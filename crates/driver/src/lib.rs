@@ -76,6 +76,6 @@ pub use hal::{BufferDirection, Dma, Hal, IdentityHal, PAGE_SIZE};
 pub use io::{MmioWindow, RegisterIo};
 pub use queue::{Segment, Used, VirtQueue};
 pub use transport::{
-    InterruptEvents, Limits, ShmRegion, Transport, Version, DEFAULT_TRANSPORT_FEATURES,
-    TRANSPORT_FEATURES,
+    InterruptEvents, Limits, QueueResetError, ShmRegion, Transport, Version,
+    DEFAULT_TRANSPORT_FEATURES, TRANSPORT_FEATURES,
 };

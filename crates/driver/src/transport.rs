@@ -528,17 +528,36 @@ impl<R: RegisterIo> Transport<R> {
     ///
     /// # Errors
     ///
+    /// A [`QueueResetError`] that hands `q` back: with
     /// [`Error::FeatureNotNegotiated`] without RING_RESET (nothing
-    /// written); [`Error::Timeout`] when `QueueReset` never reads 0 (memory
-    /// leaked).
-    pub fn reset_queue<H: Hal + Clone>(&mut self, mut q: VirtQueue<H>) -> Result<()> {
+    /// written); with [`Error::Timeout`] when `QueueReset` or `QueueReady`
+    /// never reads 0 (the device may still use the ring). The caller keeps
+    /// the queue and decides: reset the whole device
+    /// ([`reset`](Self::reset)) and then [`teardown_queue`](Self::teardown_queue)
+    /// frees it cleanly, or drop it to leak its memory.
+    // The error carries the queue back by value, as it came in: no bigger a
+    // move than the argument's, and no allocation on this path.
+    #[allow(clippy::result_large_err)]
+    pub fn reset_queue<H: Hal + Clone>(
+        &mut self,
+        mut q: VirtQueue<H>,
+    ) -> core::result::Result<(), QueueResetError<H>> {
         if !self.has_feature(VIRTIO_F_RING_RESET) {
-            return Err(Error::FeatureNotNegotiated(VIRTIO_F_RING_RESET));
+            return Err(QueueResetError {
+                error: Error::FeatureNotNegotiated(VIRTIO_F_RING_RESET),
+                queue: q,
+            });
         }
         self.io.write_reg(mmio::QUEUE_SEL, u32::from(q.index()));
         self.io.write_reg(mmio::QUEUE_RESET, 1);
-        self.poll_zero(mmio::QUEUE_RESET, "QueueReset to read 0")?;
-        self.poll_zero(mmio::QUEUE_READY, "QueueReady to read 0 after queue reset")?;
+        let stopped = self
+            .poll_zero(mmio::QUEUE_RESET, "QueueReset to read 0")
+            .and_then(|()| {
+                self.poll_zero(mmio::QUEUE_READY, "QueueReady to read 0 after queue reset")
+            });
+        if let Err(error) = stopped {
+            return Err(QueueResetError { error, queue: q });
+        }
         q.release();
         Ok(())
     }
@@ -819,6 +838,37 @@ impl<R: RegisterIo> Transport<R> {
         for (i, b) in (0u64..).zip(bytes) {
             self.io.write_config_u8(offset.saturating_add(i), *b);
         }
+    }
+}
+
+/// A failed [`Transport::reset_queue`]: why, and the queue, handed back
+/// so that the caller can still free it after a device reset (or drop it,
+/// which leaks its memory, the safe choice while the device may use it).
+pub struct QueueResetError<H: Hal + Clone> {
+    /// Why the queue was not reset.
+    pub error: Error,
+    /// The queue, untouched by the failed reset.
+    pub queue: VirtQueue<H>,
+}
+
+impl<H: Hal + Clone> core::fmt::Debug for QueueResetError<H> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("QueueResetError")
+            .field("error", &self.error)
+            .field("queue", &self.queue)
+            .finish()
+    }
+}
+
+impl<H: Hal + Clone> core::fmt::Display for QueueResetError<H> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "queue {} not reset: {}", self.queue.index(), self.error)
+    }
+}
+
+impl<H: Hal + Clone> From<QueueResetError<H>> for Error {
+    fn from(e: QueueResetError<H>) -> Self {
+        e.error
     }
 }
 
@@ -1412,7 +1462,7 @@ mod tests {
         let mut t = ready(&mut s, 0);
         let q = t.setup_queue(IdentityHal, 0, 8).unwrap();
         assert_eq!(
-            t.reset_queue(q).unwrap_err(),
+            t.reset_queue(q).unwrap_err().error,
             Error::FeatureNotNegotiated(VIRTIO_F_RING_RESET)
         );
         assert!(s.writes_to(mmio::QUEUE_RESET).is_empty());
@@ -1458,7 +1508,12 @@ mod tests {
             ..Limits::default()
         });
         let q = t.setup_queue(IdentityHal, 0, 8).unwrap();
-        assert!(matches!(t.reset_queue(q), Err(Error::Timeout { .. })));
+        let failed = t.reset_queue(q).unwrap_err();
+        assert!(matches!(failed.error, Error::Timeout { .. }));
+        // The queue comes back: after a device reset it is freed cleanly.
+        assert_eq!(failed.queue.index(), 0);
+        t.reset().unwrap();
+        t.teardown_queue(failed.queue).unwrap();
     }
 
     #[test]

@@ -85,16 +85,19 @@ fn queue_reset_is_ignored_by_qemu_and_the_driver_recovers(mode: Mode) {
             // Legacy devices have 32 feature bits: no RING_RESET.
             assert!(!t.has_feature(VIRTIO_F_RING_RESET));
             assert!(matches!(
-                t.reset_queue(q),
+                t.reset_queue(q).map_err(|e| e.error),
                 Err(Error::FeatureNotNegotiated(VIRTIO_F_RING_RESET))
             ));
         }
         Mode::Modern => {
             assert!(t.has_feature(VIRTIO_F_RING_RESET), "QEMU offers it");
-            let err = t.reset_queue(q).expect_err("QEMU ignores QueueReset");
-            assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+            let failed = t.reset_queue(q).expect_err("QEMU ignores QueueReset");
+            assert!(matches!(failed.error, Error::Timeout { .. }), "{failed:?}");
             assert_eq!(raw_readl(&qemu, mmio::QUEUE_READY), 1, "queue still on");
-            // The way back: reset the whole device and start over.
+            // The way back: reset the whole device, free the queue handed
+            // back, and start over.
+            t.reset().expect("reset");
+            t.teardown_queue(failed.queue).expect("the old queue freed");
             t.begin_init(0).expect("renegotiated after reset");
             let mut q = t
                 .setup_queue(qemu.hal(), 0, QUEUE_SIZE / 2)
@@ -121,7 +124,7 @@ fn queue_reset_not_offered_is_refused(mode: Mode) {
     entropy_request(&mut t, &mut q);
     assert!(!t.has_feature(VIRTIO_F_RING_RESET));
     assert!(matches!(
-        t.reset_queue(q),
+        t.reset_queue(q).map_err(|e| e.error),
         Err(Error::FeatureNotNegotiated(VIRTIO_F_RING_RESET))
     ));
 }
