@@ -177,6 +177,8 @@ impl<H: Hal> Dma<H> {
     /// [`Error::DmaOutOfBounds`] when the range leaves the region.
     pub fn write_bytes(&mut self, offset: usize, data: &[u8]) -> Result<()> {
         self.check(offset, data.len())?;
+        #[cfg(test)]
+        write_log::record(self.paddr + offset as u64, data.len());
         // SAFETY:
         // - validity: `check` proved `offset + len <= self.len()`, and the
         //   Hal promised `self.len()` bytes writable at `vaddr`;
@@ -217,6 +219,8 @@ impl<H: Hal> Dma<H> {
 
     /// Fills the whole region with zeroes (volatile: the device may look).
     pub fn zero(&mut self) {
+        #[cfg(test)]
+        write_log::record(self.paddr, self.len());
         for i in 0..self.len() {
             // SAFETY: `i < self.len()`, inside the allocation the Hal
             // promised writable.
@@ -264,20 +268,62 @@ impl<H: Hal> Dma<H> {
 
     /// Volatile store of a `u16` at `offset` (memory representation).
     pub(crate) fn store16(&mut self, offset: usize, v: u16) {
+        #[cfg(test)]
+        write_log::record(self.paddr + offset as u64, 2);
         // SAFETY: as in `load16`, writable.
         unsafe { self.typed::<u16>(offset).write_volatile(v) }
     }
 
     /// Volatile store of a `u32` at `offset` (memory representation).
     pub(crate) fn store32(&mut self, offset: usize, v: u32) {
+        #[cfg(test)]
+        write_log::record(self.paddr + offset as u64, 4);
         // SAFETY: as in `load16`, writable.
         unsafe { self.typed::<u32>(offset).write_volatile(v) }
     }
 
     /// Volatile store of a `u64` at `offset` (memory representation).
     pub(crate) fn store64(&mut self, offset: usize, v: u64) {
+        #[cfg(test)]
+        write_log::record(self.paddr + offset as u64, 8);
         // SAFETY: as in `load16`, writable; offsets used are 8-aligned.
         unsafe { self.typed::<u64>(offset).write_volatile(v) }
+    }
+}
+
+/// Test-only ordering oracle: the device address and length of every
+/// write through a [`Dma`] on this thread, in program order, while
+/// recording (`start` .. `take`).
+#[cfg(test)]
+pub(crate) mod write_log {
+    use std::cell::RefCell;
+    use std::vec::Vec;
+
+    std::thread_local! {
+        static LOG: RefCell<Option<Vec<(u64, usize)>>> = const { RefCell::new(None) };
+    }
+
+    /// Starts (or restarts) recording, with an empty log.
+    pub(crate) fn start() {
+        LOG.with(|l| *l.borrow_mut() = Some(Vec::new()));
+    }
+
+    /// The writes since `start` or the previous `take`; recording goes on.
+    pub(crate) fn take() -> Vec<(u64, usize)> {
+        LOG.with(|l| {
+            l.borrow_mut()
+                .as_mut()
+                .map(core::mem::take)
+                .unwrap_or_default()
+        })
+    }
+
+    pub(super) fn record(addr: u64, len: usize) {
+        LOG.with(|l| {
+            if let Some(v) = l.borrow_mut().as_mut() {
+                v.push((addr, len));
+            }
+        });
     }
 }
 

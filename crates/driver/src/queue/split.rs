@@ -649,8 +649,8 @@ impl<H: Hal + Clone> Drop for SplitQueue<H> {
 mod tests {
     #![allow(clippy::cast_possible_truncation)]
     use super::*;
-    use crate::hal::IdentityHal;
-    use vmmio_spec::features::VIRTIO_F_EVENT_IDX;
+    use crate::hal::{write_log, IdentityHal};
+    use vmmio_spec::features::{VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC};
 
     /// Plays the device on a queue's used ring.
     fn complete(q: &mut SplitQueue<IdentityHal>, id: u32, len: u32) {
@@ -872,6 +872,109 @@ mod tests {
         let used_event = q.avail_off + avail::used_event(4) as usize;
         assert_eq!(u16::from_le(q.mem.load16(used_event)), 1);
         q.release();
+    }
+
+    /// Checks the driver's writes of one `add`: descriptors (main table
+    /// or indirect table) first, then the available-ring entry, then
+    /// `avail.idx`, written once and last (§2.7.13.1-3); nothing in the
+    /// used ring (the device's).
+    fn check_add_writes(q: &SplitQueue<IdentityHal>, writes: &[(u64, usize)], slot: u16) {
+        let base = q.mem.paddr();
+        let at = |off: usize| base + off as u64;
+        let entry = at(q.avail_off + 4 + 2 * usize::from(slot));
+        let idx = at(q.avail_off + 2);
+        let used = at(q.used_off)..at(q.used_off + 6 + 8 * usize::from(q.size));
+        assert_eq!(
+            writes.last(),
+            Some(&(idx, 2)),
+            "avail.idx last: {writes:x?}"
+        );
+        assert_eq!(writes.iter().filter(|w| w.0 == idx).count(), 1);
+        let entry_pos = writes.iter().position(|w| *w == (entry, 2));
+        let entry_pos = entry_pos.unwrap_or_else(|| panic!("no ring entry: {writes:x?}"));
+        assert_eq!(
+            entry_pos,
+            writes.len() - 2,
+            "entry right before idx: {writes:x?}"
+        );
+        let descs = &writes[..entry_pos];
+        assert!(!descs.is_empty(), "no descriptor written");
+        for &(a, len) in descs {
+            let in_table = a >= base && a + len as u64 <= at(q.avail_off);
+            let in_indirect = q
+                .tables
+                .iter()
+                .any(|t| a >= t.paddr() && a + len as u64 <= t.paddr() + t.len() as u64);
+            assert!(in_table || in_indirect, "{a:#x}+{len} is not a descriptor");
+        }
+        for &(a, _) in writes {
+            assert!(
+                !used.contains(&a),
+                "the driver wrote the used ring at {a:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn descriptors_then_avail_entry_then_avail_idx() {
+        for features in [0, bit(VIRTIO_F_INDIRECT_DESC)] {
+            let mut q = SplitQueue::new(IdentityHal, 0, 4, false, features).unwrap();
+            for k in 0..6u16 {
+                write_log::start();
+                // SAFETY: addresses never dereferenced.
+                let t = unsafe { q.add_segments(&[seg(0x100, 1)], &[seg(0x200, 8)]) }.unwrap();
+                let writes = write_log::take();
+                check_add_writes(&q, &writes, k % 4);
+                complete(&mut q, u32::from(t), 8);
+                write_log::take();
+                q.pop_used().unwrap().unwrap();
+                // Without EVENT_IDX, popping writes nothing.
+                assert_eq!(write_log::take(), []);
+            }
+            q.release();
+        }
+    }
+
+    #[test]
+    fn used_event_is_the_only_write_of_a_pop_with_event_idx() {
+        let mut q = SplitQueue::new(IdentityHal, 0, 4, false, bit(VIRTIO_F_EVENT_IDX)).unwrap();
+        let used_event = q.mem.paddr() + (q.avail_off + avail::used_event(4) as usize) as u64;
+        // SAFETY: addresses never dereferenced.
+        let t = unsafe { q.add_segments(&[seg(0, 1)], &[]) }.unwrap();
+        complete(&mut q, u32::from(t), 0);
+        write_log::start();
+        q.pop_used().unwrap().unwrap();
+        assert_eq!(write_log::take(), [(used_event, 2)]);
+        q.release();
+    }
+
+    #[test]
+    fn event_idx_kick_decisions_across_the_16_bit_wrap() {
+        // avail.idx goes 65534 -> 1 with three chains: the device asked to
+        // be notified when the entry avail_event is made available, so a
+        // kick is due iff avail_event is 65534, 65535 or 0 (§2.7.10).
+        for (avail_event, want) in [
+            (65532u16, false),
+            (65533, false),
+            (65534, true),
+            (65535, true),
+            (0, true),
+            (1, false),
+            (32767, false),
+        ] {
+            let mut q = SplitQueue::new(IdentityHal, 0, 4, false, bit(VIRTIO_F_EVENT_IDX)).unwrap();
+            q.avail_idx = 65534;
+            q.kicked_idx = 65534;
+            for _ in 0..3 {
+                // SAFETY: addresses never dereferenced.
+                unsafe { q.add_segments(&[seg(0, 1)], &[]) }.unwrap();
+            }
+            assert_eq!(u16::from_le(q.mem.load16(q.avail_off + 2)), 1);
+            let at = q.used_off + used::avail_event(4) as usize;
+            q.mem.store16(at, avail_event.to_le());
+            assert_eq!(q.should_notify(), want, "avail_event {avail_event}");
+            q.release();
+        }
     }
 
     #[test]
