@@ -57,6 +57,26 @@ enum Data<'a> {
 /// One request for the non-blocking interface ([`Block::start`],
 /// [`Block::poll`]): what an interrupt-driven kernel uses instead of the
 /// blocking calls. Data transfers are at most [`MAX_TRANSFER`] bytes.
+///
+/// # Example
+///
+/// ```
+/// # use vmmio_driver::{blk::{Block, Request}, Hal, RegisterIo, Result};
+/// // Start a read, then go do something else (or halt).
+/// fn begin<R: RegisterIo, H: Hal + Clone>(disk: &mut Block<R, H>) -> Result<()> {
+///     disk.start(Request::Read { sector: 0, len: 512 })
+/// }
+///
+/// // The device's interrupt handler: acknowledge, then complete the read
+/// // if the device is done with it (`Some(512)`, the data in `out`).
+/// fn on_interrupt<R: RegisterIo, H: Hal + Clone>(
+///     disk: &mut Block<R, H>,
+///     out: &mut [u8; 512],
+/// ) -> Result<Option<usize>> {
+///     disk.handle_interrupt()?;
+///     disk.poll(out)
+/// }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Request<'a> {
     /// Read `len` bytes (a multiple of 512) starting at `sector`
