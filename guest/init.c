@@ -14,7 +14,7 @@
  *      fds 0/1/2 are the console and prints "vmmio-init: started";
  *   2. reads /proc/cmdline and runs the tests named in vmmio.tests=LIST
  *      (virtio, blk, rng, hvc, blkreqs, dd, vsock, vsockbw, crash,
- *      blkresize, net, netbw), in the order given, each
+ *      blkresize, net, netbw, features), in the order given, each
  *      printing one "vmmio-init: <test> OK ..." or "... FAIL <reason>" line;
  *   3. prints a summary and "vmmio-init: done", syncs and powers off.
  *
@@ -1226,6 +1226,44 @@ static void start_watchdog(void)
 	power_off();
 }
 
+/* features: each virtio device's negotiated feature bits as Linux shows
+ * them (/sys/bus/virtio/devices/NAME/features: one '0'/'1' per bit, bit 0
+ * first), and bit 34 (VIRTIO_F_RING_PACKED) on its own. */
+static void test_features(void)
+{
+	char dents[2048], path[128], bits[128];
+	int fd, n, i, count = 0;
+
+	fd = open("/sys/bus/virtio/devices", O_RDONLY | O_DIRECTORY, 0);
+	if (fd < 0) {
+		printf(PREFIX "features FAIL no /sys/bus/virtio/devices errno=%d\n", errno);
+		fail();
+		return;
+	}
+	while ((n = getdents64(fd, (struct linux_dirent64 *)dents, sizeof(dents))) > 0) {
+		for (i = 0; i < n;) {
+			struct linux_dirent64 *d = (struct linux_dirent64 *)(dents + i);
+
+			i += d->d_reclen;
+			if (d->d_name[0] == '.')
+				continue;
+			strcpy(path, "/sys/bus/virtio/devices/");
+			strlcat(path, d->d_name, sizeof(path));
+			strlcat(path, "/features", sizeof(path));
+			if (read_text(path, bits, sizeof(bits)) < 35) {
+				printf(PREFIX "features FAIL %s unreadable\n", d->d_name);
+				fail();
+				continue;
+			}
+			printf(PREFIX "features %s bits=%s ring_packed=%c\n", d->d_name, bits, bits[34]);
+			count++;
+		}
+	}
+	close(fd);
+	printf(PREFIX "features OK count=%d\n", count);
+	ok();
+}
+
 static void run_test(const char *name)
 {
 	if (!strcmp(name, "virtio"))
@@ -1252,6 +1290,8 @@ static void run_test(const char *name)
 		test_net();
 	else if (!strcmp(name, "netbw"))
 		test_netbw();
+	else if (!strcmp(name, "features"))
+		test_features();
 	else if (name[0]) {
 		printf(PREFIX "%s FAIL unknown test\n", name);
 		fail();

@@ -138,6 +138,11 @@ struct BootArgs {
     /// instead of Version 2.
     #[arg(long)]
     legacy: bool,
+    /// Offer packed virtqueues (VIRTIO_F_RING_PACKED, virtio v1.4 §2.8) on every Version 2
+    /// window; Linux then drives every queue as a packed ring. The init also runs its
+    /// `features` test (the negotiated bits of each device, bit 34 among them).
+    #[arg(long, conflicts_with = "legacy")]
+    packed: bool,
     /// Cap QueueSizeMax of every queue of every device at N descriptors (a power of two,
     /// 1..=32768). Default: each device's own (256).
     #[arg(long, value_name = "N", value_parser = parse_queue_size)]
@@ -415,6 +420,12 @@ fn attach_devices(
         }
         handles.push(machine.add_virtio_device(version, Box::new(net))?);
         // The init's net test needs a peer on the link: not a default.
+    }
+    if args.packed {
+        for h in &handles {
+            h.with_transport(|t| t.set_packed_ring(true));
+        }
+        tests.push("features");
     }
     Ok((handles, tests, controls))
 }
