@@ -7,8 +7,8 @@
 //! file, the frame on the socket and QEMU's exit status
 //! (`isa-debug-exit`).
 //!
-//! Cost: one release build of the kernel (about 15 s cold, shared by both
-//! tests), then well under a second of TCG per boot.
+//! Cost: one release build of the kernel (about 35 s cold on 2 cores,
+//! shared by both tests), then well under a second of TCG per boot.
 
 use std::fs;
 use std::io::{Read, Write};
