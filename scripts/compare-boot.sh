@@ -16,7 +16,9 @@
 # their ratio (ours / QEMU: below 1 means we are faster).
 #
 # Environment: VMMIO_GUEST_DIR (use this Image + initramfs.cpio instead of
-# guest/build.sh), CARGO_TARGET_DIR (where the release `vmmio` is built).
+# guest/build.sh), CARGO_TARGET_DIR (where the release `vmmio` is built),
+# VMMIO_EXEC (our device execution mode, `vmmio boot --exec`: worker, the
+# default, or sync).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -53,7 +55,8 @@ run_ours() {
 	local start log=$TMP/ours.log
 	start=$EPOCHREALTIME
 	"$VMMIO" boot --kernel "$GUEST/Image" --initrd "$GUEST/initramfs.cpio" \
-		--cmdline "$CMDLINE" --mem 256 --no-stdin --timeout 300 </dev/null 2>"$TMP/ours.err" |
+		--cmdline "$CMDLINE" --mem 256 --no-stdin --timeout 300 \
+		--exec "${VMMIO_EXEC:-worker}" </dev/null 2>"$TMP/ours.err" |
 		{
 			local started=""
 			while IFS= read -r line; do

@@ -18,11 +18,11 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use vmmio_device::TransportVersion;
+use vmmio_device::{ExecMode, TransportVersion};
 use vmmio_devices::{Block as BlockDevice, BlockOptions, FileBackend};
 use vmmio_driver::blk::{Block, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
 use vmmio_driver::{Dma, Segment, Transport, VirtQueue};
-use vmmio_integration::{window, GuestHal, Loopback, Mem};
+use vmmio_integration::{window_in, GuestHal, Loopback, Mem};
 use vmmio_spec::features::bit;
 
 /// Size of the disk file in bytes (64 MiB).
@@ -188,8 +188,9 @@ impl Pread {
     }
 }
 
-/// Puts a block device over `disk` behind a loopback window and probes it.
-fn probe(disk: &DiskFile) -> io::Result<(Transport<Loopback>, GuestHal)> {
+/// Puts a block device over `disk` behind a loopback window (run as `exec`
+/// says) and probes it.
+fn probe(disk: &DiskFile, exec: ExecMode) -> io::Result<(Transport<Loopback>, GuestHal)> {
     let dev: BlockDevice<Mem, FileBackend> = BlockDevice::from_path_with_options(
         disk.path(),
         BlockOptions {
@@ -198,7 +199,7 @@ fn probe(disk: &DiskFile) -> io::Result<(Transport<Loopback>, GuestHal)> {
         },
     )
     .map_err(io::Error::other)?;
-    let w = window(TransportVersion::Modern, Box::new(dev));
+    let w = window_in(exec, TransportVersion::Modern, Box::new(dev));
     let t = Transport::probe(w.io)
         .map_err(|e| io::Error::other(e.to_string()))?
         .ok_or_else(|| io::Error::other("no device behind the loopback window"))?;
@@ -225,7 +226,7 @@ impl BlockApi {
     /// # Errors
     /// Setup failures.
     pub fn new(disk: &DiskFile, len: usize) -> io::Result<Self> {
-        let (t, hal) = probe(disk)?;
+        let (t, hal) = probe(disk, ExecMode::Sync)?;
         let blk = Block::new(t, hal).map_err(driver_error)?;
         let mut storage = Vec::new();
         let range = aligned(&mut storage, len);
@@ -279,7 +280,12 @@ pub struct RawQueue {
     len: usize,
     depth: usize,
     tokens: Vec<u16>,
+    exec: ExecMode,
 }
+
+/// Used-ring polls a worker-mode batch waits at most (far more than a
+/// loaded machine needs).
+const WORKER_POLLS: u64 = 1 << 32;
 
 /// Offset of the status bytes in the request page.
 const STATUS_AT: usize = 2048;
@@ -292,8 +298,18 @@ impl RawQueue {
     /// # Errors
     /// Setup failures.
     pub fn new(disk: &DiskFile, len: usize, depth: usize) -> io::Result<Self> {
+        Self::new_in(disk, len, depth, ExecMode::Sync)
+    }
+
+    /// As [`RawQueue::new`], with the device run as `exec` says
+    /// ([`ExecMode::Worker`]: on its own thread; a batch then polls the
+    /// used ring until the worker completed it).
+    ///
+    /// # Errors
+    /// Setup failures.
+    pub fn new_in(disk: &DiskFile, len: usize, depth: usize, exec: ExecMode) -> io::Result<Self> {
         let depth = depth.clamp(1, DEPTH);
-        let (mut transport, hal) = probe(disk)?;
+        let (mut transport, hal) = probe(disk, exec)?;
         transport
             .begin_init(bit(VIRTIO_BLK_F_FLUSH))
             .map_err(driver_error)?;
@@ -311,6 +327,7 @@ impl RawQueue {
             len,
             depth,
             tokens: Vec::with_capacity(DEPTH),
+            exec,
         })
     }
 
@@ -367,10 +384,22 @@ impl RawQueue {
             .notify_if_needed(queue)
             .map_err(driver_error)?;
         let mut done = 0;
+        let mut waits = 0u64;
         while done < n {
             match queue.pop_used().map_err(driver_error)? {
                 Some(_) => done += 1,
-                None => return Err(io::Error::other("request not completed by the kick")),
+                None if self.exec == ExecMode::Sync => {
+                    return Err(io::Error::other("request not completed by the kick"))
+                }
+                // The worker completes the batch on its own thread.
+                None if waits < WORKER_POLLS => {
+                    waits += 1;
+                    std::hint::spin_loop();
+                    if waits % 64 == 0 {
+                        std::thread::yield_now();
+                    }
+                }
+                None => return Err(io::Error::other("the worker never completed the batch")),
             }
         }
         let mut got = [0u8; DEPTH];
