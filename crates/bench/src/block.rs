@@ -395,7 +395,7 @@ impl RawQueue {
                 None if waits < WORKER_POLLS => {
                     waits += 1;
                     std::hint::spin_loop();
-                    if waits % 64 == 0 {
+                    if waits.is_multiple_of(64) {
                         std::thread::yield_now();
                     }
                 }
