@@ -98,6 +98,9 @@ pub struct RingFeatures {
     /// Offer VIRTIO_F_RING_RESET (feature bit 40; Version 2 only). Note
     /// that QEMU 10's virtio-mmio offers it but ignores `QueueReset`.
     pub queue_reset: bool,
+    /// Offer VIRTIO_F_RING_PACKED (feature bit 34, the `packed` property;
+    /// Version 2 only, off by default as in QEMU).
+    pub packed: bool,
 }
 
 impl Default for RingFeatures {
@@ -106,6 +109,7 @@ impl Default for RingFeatures {
             event_idx: true,
             indirect_desc: true,
             queue_reset: true,
+            packed: false,
         }
     }
 }
@@ -247,10 +251,11 @@ impl QemuBuilder {
     pub fn args(&self, dir: &Path) -> Vec<String> {
         let on_off = |b: bool| if b { "on" } else { "off" };
         let ring = format!(
-            "event_idx={},indirect_desc={},queue_reset={}",
+            "event_idx={},indirect_desc={},queue_reset={},packed={}",
             on_off(self.ring.event_idx),
             on_off(self.ring.indirect_desc),
-            on_off(self.ring.queue_reset)
+            on_off(self.ring.queue_reset),
+            on_off(self.ring.packed)
         );
         let mut args: Vec<String> = vec![
             "-M".into(),

@@ -175,6 +175,7 @@ const fn offer(event_idx: bool, indirect_desc: bool) -> RingFeatures {
         event_idx,
         indirect_desc,
         queue_reset: true,
+        packed: false,
     }
 }
 

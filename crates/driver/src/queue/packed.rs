@@ -445,14 +445,12 @@ impl<H: Hal + Clone> PackedQueue<H> {
         // Read id and len only after seeing the flags.
         fence(Ordering::Acquire);
         let d = usize::from(self.last_used.index) * 16;
-        let flags = u16::from_le(self.mem.load16(d + 14));
         let id = u16::from_le(self.mem.load16(d + 12));
-        // Without WRITE the length is reserved (§2.8.4): nothing written.
-        let len = if flags & VIRTQ_DESC_F_WRITE != 0 {
-            u32::from_le(self.mem.load32(d + 8))
-        } else {
-            0
-        };
+        // §2.8.4 makes `len` reserved in a used descriptor without
+        // VIRTQ_DESC_F_WRITE, but QEMU (as of 10) never sets WRITE there
+        // and Linux reads `len` whatever the flag: so does this driver
+        // (still bounded by the chain's writable bytes below).
+        let len = u32::from_le(self.mem.load32(d + 8));
         let Some(flight) = self.in_flight.get(usize::from(id)) else {
             return Err(Error::UsedIdOutOfRange {
                 queue: self.index,
