@@ -7,6 +7,9 @@
 //! - [`block`]: the loopback block path (`vmmio-driver` -> `MmioTransport`
 //!   -> `vmmio-devices` block -> a file in the page cache) against
 //!   `pread` / `pwrite` of the same offsets of the same file.
+//! - [`vsock`]: one loopback vsock connection (driver -> device -> a host
+//!   Unix stream) against a Unix socket pair: throughput and connection
+//!   setup rate.
 //! - [`report`]: every workload once with a plain timing loop, as a table
 //!   ([`report::run`], [`report::print_table`]): what `vmmio bench` shows.
 //!
@@ -19,5 +22,6 @@
 pub mod block;
 pub mod queue;
 pub mod report;
+pub mod vsock;
 
 pub use report::{print_table, run, Row};

@@ -351,10 +351,11 @@ pub fn try_run(quick: bool) -> io::Result<Vec<Row>> {
         ));
     }
 
-    match failure.into_inner() {
-        Some(e) => Err(e),
-        None => Ok(rows),
+    if let Some(e) = failure.into_inner() {
+        return Err(e);
     }
+    vsock_rows(timing, &mut rows)?;
+    Ok(rows)
 }
 
 /// Formats `rows` as a table with the columns measure, ours, peer, ratio,
@@ -402,6 +403,63 @@ pub fn print_table(rows: &[Row]) {
     print!("{}", format_table(rows));
 }
 
+/// The vsock rows: one connection's guest-to-host throughput and the
+/// connection setup rate, each against a plain Unix socket pair.
+fn vsock_rows(timing: Timing, rows: &mut Vec<Row>) -> io::Result<()> {
+    use crate::vsock::{pair_setup, pair_transfer, Loop, TRANSFER};
+
+    let failure: RefCell<Option<io::Error>> = RefCell::new(None);
+    let check = |r: io::Result<u64>| match r {
+        Ok(n) => n,
+        Err(e) => {
+            failure.borrow_mut().get_or_insert(e);
+            // Count nothing; the error is returned below.
+            0
+        }
+    };
+    let data: Vec<u8> = (0..TRANSFER).map(|i| (i % 251) as u8).collect();
+    let mut lp = Loop::new()?;
+    let (id, mut host) = lp.connect()?;
+    let (mut a, mut b) = std::os::unix::net::UnixStream::pair()?;
+    a.set_nonblocking(true)?;
+    b.set_nonblocking(true)?;
+    let (x, y) = compare(
+        timing,
+        &mut || check(lp.transfer(id, &mut host, &data)),
+        &mut || check(pair_transfer(&mut a, &mut b, &data)),
+    );
+    if let Some(e) = failure.borrow_mut().take() {
+        return Err(e);
+    }
+    rows.push(Row::compared(
+        "vsock loopback, one connection guest->host (peer: Unix socket pair)".into(),
+        x / 1e6,
+        y / 1e6,
+        "MB/s",
+    ));
+    lp.close(id)?;
+
+    let dir = std::env::temp_dir().join(format!("vmmio-bench-unix-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("l.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path)?;
+    let (x, y) = compare(timing, &mut || check(lp.setup()), &mut || {
+        check(pair_setup(&listener, &path))
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Some(e) = failure.borrow_mut().take() {
+        return Err(e);
+    }
+    rows.push(Row::compared(
+        "vsock connection setup+close (peer: Unix connect+accept)".into(),
+        x / 1e3,
+        y / 1e3,
+        "k conn/s",
+    ));
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,7 +481,7 @@ mod tests {
     #[test]
     fn quick_run_produces_every_row() {
         let rows = try_run(true).unwrap();
-        assert_eq!(rows.len(), 16);
+        assert_eq!(rows.len(), 18);
         assert!(rows.iter().all(|r| r.ours.is_finite()));
     }
 }
