@@ -638,6 +638,11 @@ mod hostile {
                         c.0 = p.buf_alloc;
                         c.1 = p.fwd_cnt;
                     }
+                    if p.op == op::RST {
+                        // The guest ended the connection: a later REQUEST
+                        // on the tuple is a new one, counting from 0.
+                        credit.remove(&key);
+                    }
                     if p.op == op::REQUEST {
                         credit.entry(key).or_insert((p.buf_alloc, p.fwd_cnt, 0));
                     }
