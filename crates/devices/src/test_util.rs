@@ -17,10 +17,7 @@ pub const MEM_SIZE: usize = 1 << 20;
 /// Where [`TestRing`] data buffers start.
 pub const DATA_BASE: u64 = 0x1_0000;
 
-/// `VIRTQ_DESC_F_NEXT`.
-pub const F_NEXT: u16 = 1;
-/// `VIRTQ_DESC_F_WRITE`.
-pub const F_WRITE: u16 = 2;
+pub use vmmio_spec::split::{VIRTQ_DESC_F_NEXT as F_NEXT, VIRTQ_DESC_F_WRITE as F_WRITE};
 
 /// 1 MiB of zeroed guest memory at address 0.
 pub fn mem() -> Mem {

@@ -15,7 +15,8 @@ use crate::transport::{Transport, Version};
 
 /// Sector size in bytes: the unit of `capacity` and of request positions,
 /// whatever `blk_size` says (virtio v1.4 §5.2.5).
-pub const SECTOR_SIZE: usize = 512;
+#[allow(clippy::cast_possible_truncation)] // 512 fits every usize
+pub const SECTOR_SIZE: usize = vmmio_spec::blk::SECTOR_SIZE as usize;
 pub use vmmio_spec::blk::ID_BYTES;
 /// Largest data transfer of one request, in bytes; longer reads and writes
 /// are split (128 KiB).
@@ -32,10 +33,7 @@ pub use vmmio_spec::blk::types::{
     OUT as VIRTIO_BLK_T_OUT,
 };
 
-/// Config offset of `capacity` (le64, in 512-byte sectors).
-const CFG_CAPACITY: u64 = 0;
-/// Config offset of `blk_size` (le32, bytes).
-const CFG_BLK_SIZE: u64 = 20;
+use vmmio_spec::blk::config::{BLK_SIZE as CFG_BLK_SIZE, CAPACITY as CFG_CAPACITY};
 
 /// Offset of the status byte in the request page (after the 16-byte
 /// header).

@@ -16,6 +16,40 @@ pub const ID_BYTES: usize = 20;
 /// Size of one `struct virtio_blk_discard_write_zeroes` segment in bytes.
 pub const SEGMENT_SIZE: u64 = 16;
 
+/// Byte offsets of the fields of `struct virtio_blk_config` (virtio v1.4
+/// §5.2.4) in the device configuration space; multi-byte fields are
+/// little-endian.
+pub mod config {
+    /// `capacity`, le64, in 512-byte sectors.
+    pub const CAPACITY: u64 = 0;
+    /// `size_max`, le32, bytes (VIRTIO_BLK_F_SIZE_MAX).
+    pub const SIZE_MAX: u64 = 8;
+    /// `seg_max`, le32 (VIRTIO_BLK_F_SEG_MAX).
+    pub const SEG_MAX: u64 = 12;
+    /// `geometry`, 4 bytes (VIRTIO_BLK_F_GEOMETRY).
+    pub const GEOMETRY: u64 = 16;
+    /// `blk_size`, le32, bytes (VIRTIO_BLK_F_BLK_SIZE).
+    pub const BLK_SIZE: u64 = 20;
+    /// `topology`, 8 bytes (VIRTIO_BLK_F_TOPOLOGY).
+    pub const TOPOLOGY: u64 = 24;
+    /// `writeback`, u8 (VIRTIO_BLK_F_CONFIG_WCE).
+    pub const WRITEBACK: u64 = 32;
+    /// `num_queues`, le16 (VIRTIO_BLK_F_MQ).
+    pub const NUM_QUEUES: u64 = 34;
+    /// `max_discard_sectors`, le32 (VIRTIO_BLK_F_DISCARD).
+    pub const MAX_DISCARD_SECTORS: u64 = 36;
+    /// `max_discard_seg`, le32.
+    pub const MAX_DISCARD_SEG: u64 = 40;
+    /// `discard_sector_alignment`, le32, sectors.
+    pub const DISCARD_SECTOR_ALIGNMENT: u64 = 44;
+    /// `max_write_zeroes_sectors`, le32 (VIRTIO_BLK_F_WRITE_ZEROES).
+    pub const MAX_WRITE_ZEROES_SECTORS: u64 = 48;
+    /// `max_write_zeroes_seg`, le32.
+    pub const MAX_WRITE_ZEROES_SEG: u64 = 52;
+    /// `write_zeroes_may_unmap`, u8.
+    pub const WRITE_ZEROES_MAY_UNMAP: u64 = 56;
+}
+
 /// Request types (`type` field of the header, virtio v1.4 §5.2.6).
 pub mod types {
     /// Read sectors into the writable data.

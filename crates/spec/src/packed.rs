@@ -3,12 +3,9 @@
 
 use crate::le::{Le16, Le32, Le64};
 
-/// Descriptor flag: the buffer continues in the next descriptor.
-pub const VIRTQ_DESC_F_NEXT: u16 = 1;
-/// Descriptor flag: the buffer is device-writable.
-pub const VIRTQ_DESC_F_WRITE: u16 = 2;
-/// Descriptor flag: the buffer holds an indirect descriptor table.
-pub const VIRTQ_DESC_F_INDIRECT: u16 = 4;
+/// NEXT, WRITE and INDIRECT mean and weigh the same in both ring formats
+/// (§2.8.1 reuses §2.7.5's flags): defined once, in [`crate::split`].
+pub use crate::split::{VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
 /// Descriptor flag bit 7: available.
 pub const VIRTQ_DESC_F_AVAIL: u16 = 1 << 7;
 /// Descriptor flag bit 15: used.

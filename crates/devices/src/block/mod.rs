@@ -280,25 +280,35 @@ impl<M, B: Backend> Block<M, B> {
 
         let sectors_per_block = options.blk_size / 512;
         let mut config = [0u8; CONFIG_SIZE];
-        let mut put = |at: usize, bytes: &[u8]| config[at..at + bytes.len()].copy_from_slice(bytes);
+        let mut put = |at: u64, bytes: &[u8]| {
+            let at = at as usize; // offsets below CONFIG_SIZE
+            config[at..at + bytes.len()].copy_from_slice(bytes);
+        };
         // Offsets and fields of struct virtio_blk_config (§5.2.4). Fields
         // left 0: geometry (16..20) and topology (24..32), not offered;
         // writeback (32) and unused0 (33), and unused1 (57..60), which
         // must be 0 (§5.2.5.1); write_zeroes_may_unmap (56): zeroes are
         // written, never unmapped.
-        put(0, &capacity.get().to_le_bytes());
-        put(8, &options.size_max.to_le_bytes());
-        put(12, &seg_max.to_le_bytes());
-        put(20, &options.blk_size.to_le_bytes());
-        put(34, &options.num_queues.to_le_bytes());
+        use vmmio_spec::blk::config as off;
+        put(off::CAPACITY, &capacity.get().to_le_bytes());
+        put(off::SIZE_MAX, &options.size_max.to_le_bytes());
+        put(off::SEG_MAX, &seg_max.to_le_bytes());
+        put(off::BLK_SIZE, &options.blk_size.to_le_bytes());
+        put(off::NUM_QUEUES, &options.num_queues.to_le_bytes());
         if discard {
-            put(36, &MAX_SEGMENT_SECTORS.to_le_bytes()); // max_discard_sectors
-            put(40, &MAX_SEGMENTS.to_le_bytes()); // max_discard_seg
-            put(44, &sectors_per_block.to_le_bytes()); // discard_sector_alignment
+            put(off::MAX_DISCARD_SECTORS, &MAX_SEGMENT_SECTORS.to_le_bytes());
+            put(off::MAX_DISCARD_SEG, &MAX_SEGMENTS.to_le_bytes());
+            put(
+                off::DISCARD_SECTOR_ALIGNMENT,
+                &sectors_per_block.to_le_bytes(),
+            );
         }
         if write_zeroes {
-            put(48, &MAX_SEGMENT_SECTORS.to_le_bytes()); // max_write_zeroes_sectors
-            put(52, &MAX_SEGMENTS.to_le_bytes()); // max_write_zeroes_seg
+            put(
+                off::MAX_WRITE_ZEROES_SECTORS,
+                &MAX_SEGMENT_SECTORS.to_le_bytes(),
+            );
+            put(off::MAX_WRITE_ZEROES_SEG, &MAX_SEGMENTS.to_le_bytes());
         }
 
         let limits = Limits {

@@ -354,8 +354,7 @@ fn covered(ranges: &[(u64, u64)], w: &Write) -> bool {
 /// `[start, end)` of every buffer a descriptor of a queue's table marks
 /// device-writable, directly or in an indirect table it points to.
 fn writable_buffers(mem: &Mem, queues: &[&Queue]) -> Vec<(u64, u64)> {
-    const F_WRITE: u16 = 2;
-    const F_INDIRECT: u16 = 4;
+    use vmmio_spec::split::{VIRTQ_DESC_F_INDIRECT as F_INDIRECT, VIRTQ_DESC_F_WRITE as F_WRITE};
     let desc = |at: u64| -> Option<(u64, u64, u16)> {
         let raw: [u8; 16] = mem.read_obj(GuestAddress(at)).ok()?;
         let addr = u64::from_le_bytes(raw[0..8].try_into().ok()?);
