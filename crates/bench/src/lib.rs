@@ -7,6 +7,9 @@
 //! - [`block`]: the loopback block path (`vmmio-driver` -> `MmioTransport`
 //!   -> `vmmio-devices` block -> a file in the page cache) against
 //!   `pread` / `pwrite` of the same offsets of the same file.
+//! - [`net`]: the loopback network path (two drivers, two net devices, a
+//!   Unix socket pair between their `-netdev stream` backends) against the
+//!   same length-prefixed frames over a plain Unix socket pair.
 //! - [`vsock`]: one loopback vsock connection (driver -> device -> a host
 //!   Unix stream) against a Unix socket pair: throughput and connection
 //!   setup rate.
@@ -20,6 +23,7 @@
 #![deny(missing_docs)]
 
 pub mod block;
+pub mod net;
 pub mod queue;
 pub mod report;
 pub mod vsock;

@@ -16,6 +16,7 @@ use vmmio_device::ExecMode;
 use crate::block::{
     random_offsets, BlockApi, DiskFile, Pread, RawQueue, DEPTH, FILE_SIZE, LARGE, OFFSETS, SMALL,
 };
+use crate::net::{NetLoop, SocketPair};
 use crate::queue::{self, QueueBench, Shape};
 
 /// One line of the table.
@@ -115,7 +116,8 @@ fn compare(
 /// Runs every workload and returns the table: the queue against
 /// virtio-queue (both shapes), then the loopback block path against
 /// `pread`/`pwrite` (4 KiB random reads at depth 1 and 32, 1 MiB sequential
-/// reads and writes). `quick` shortens each measure (about 0.3 s instead
+/// reads and writes), then loopback network frames of 64 and 1514 bytes
+/// against a Unix socket pair. `quick` shortens each measure (about 0.3 s instead
 /// of 1.5 s per measure; about 3 s or 15 s in all, plus writing a 64 MiB
 /// scratch file).
 ///
@@ -351,6 +353,40 @@ pub fn try_run(quick: bool) -> io::Result<Vec<Row>> {
         ));
     }
 
+    // Network frames, 64 and 1514 bytes (a full 1500-byte-MTU frame).
+    for len in [64usize, 1514] {
+        let mut ours = NetLoop::new(len)?;
+        let mut peer = SocketPair::new(len)?;
+        let (a, b) = compare(
+            timing,
+            &mut || {
+                let r = ours.batch();
+                let n = *r.as_ref().unwrap_or(&0);
+                check(r.map(|_| ()));
+                n.max(1)
+            },
+            &mut || {
+                let r = peer.batch();
+                let n = *r.as_ref().unwrap_or(&0);
+                check(r.map(|_| ()));
+                n.max(1)
+            },
+        );
+        rows.push(Row::compared(
+            format!("net loopback {len}-byte frames, driver+device pair (peer: Unix socketpair)"),
+            a / 1e6,
+            b / 1e6,
+            "M frames/s",
+        ));
+        let bits = (len * 8) as f64;
+        rows.push(Row::compared(
+            format!("net loopback {len}-byte frames (peer: Unix socketpair)"),
+            a * bits / 1e9,
+            b * bits / 1e9,
+            "Gbit/s",
+        ));
+    }
+
     if let Some(e) = failure.into_inner() {
         return Err(e);
     }
@@ -481,7 +517,7 @@ mod tests {
     #[test]
     fn quick_run_produces_every_row() {
         let rows = try_run(true).unwrap();
-        assert_eq!(rows.len(), 18);
+        assert_eq!(rows.len(), 20);
         assert!(rows.iter().all(|r| r.ours.is_finite()));
     }
 }

@@ -66,8 +66,10 @@ enum Cmd {
     /// Measure vmmio against the peers a user would pick instead, in one run, and print
     /// one table (measure, ours, peer, ratio, unit): the device-role split queue against
     /// rust-vmm's virtio-queue, and loopback block I/O (our driver, transport and block
-    /// device over a page-cached file) against pread/pwrite of the same file, and one
-    /// loopback vsock connection (throughput, setup rate) against a Unix socket pair. The
+    /// device over a page-cached file) against pread/pwrite of the same file, one loopback
+    /// vsock connection (throughput, setup rate) against a Unix socket pair, and loopback
+    /// network frames (two drivers and two net devices joined by a Unix socket pair) against
+    /// the same frames over a plain socket pair. The
     /// criterion benches (`cargo bench -p vmmio-bench`) measure the same workloads.
     Bench(BenchArgs),
 }
