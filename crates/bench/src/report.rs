@@ -517,7 +517,7 @@ mod tests {
     #[test]
     fn quick_run_produces_every_row() {
         let rows = try_run(true).unwrap();
-        assert_eq!(rows.len(), 20);
+        assert_eq!(rows.len(), 22);
         assert!(rows.iter().all(|r| r.ours.is_finite()));
     }
 }
