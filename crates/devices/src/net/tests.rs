@@ -576,3 +576,26 @@ fn stream_backend_end_to_end() {
     m.read_slice(&mut d, GuestAddress(b + 12)).unwrap();
     assert_eq!(&d, b"abc");
 }
+
+#[test]
+fn unknown_flags_are_ignored_and_csum_fields_unused_without_needs_csum() {
+    // §5.1.6.2.2: flag bits the device does not know are ignored; without
+    // NEEDS_CSUM, csum_start / csum_offset are not used (here they point
+    // inside the frame: using them would change bytes).
+    let h = NetHdr {
+        flags: !HDR_F_NEEDS_CSUM,
+        csum_start: Le16::new(14),
+        csum_offset: Le16::new(2),
+        ..NetHdr::default()
+    };
+    for takes_hdr in [false, true] {
+        let mut fx = setup(takes_hdr, MODERN | bit(F_CSUM));
+        let f = frame(60);
+        fx.send(&h.to_bytes(), &f);
+        fx.dev.queue_notify(TRANSMITQ, None);
+        let sent = fx.sent();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].1, f, "frame unchanged");
+        assert_eq!(fx.stats().tx_dropped, 0);
+    }
+}
