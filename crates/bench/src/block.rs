@@ -265,6 +265,63 @@ impl BlockApi {
     }
 }
 
+/// Ours through the class driver's zero-copy calls
+/// ([`Block::read_blocks_dma`] / [`Block::write_blocks_dma`]): the device
+/// reads and writes the caller's DMA buffer, no bounce copy.
+pub struct BlockApiDma {
+    blk: Block<Loopback, GuestHal>,
+    /// Always `Some` between calls.
+    buf: Option<Dma<GuestHal>>,
+    len: usize,
+}
+
+impl BlockApiDma {
+    /// A driver for a device over `disk`, with a DMA buffer of `len` bytes.
+    ///
+    /// # Errors
+    /// Setup failures.
+    pub fn new(disk: &DiskFile, len: usize) -> io::Result<Self> {
+        let (t, hal) = probe(disk, ExecMode::Sync)?;
+        let buf = Dma::new(hal.clone(), len).map_err(driver_error)?;
+        let blk = Block::new(t, hal).map_err(driver_error)?;
+        Ok(Self {
+            blk,
+            buf: Some(buf),
+            len,
+        })
+    }
+
+    /// Reads the buffer's length at byte `offset`.
+    ///
+    /// # Errors
+    /// Driver errors.
+    #[inline(never)]
+    pub fn read(&mut self, offset: u64) -> io::Result<()> {
+        let buf = self.buf.take().ok_or_else(torn_down)?;
+        let buf = self
+            .blk
+            .read_blocks_dma(offset / 512, buf, self.len)
+            .map_err(driver_error)?;
+        self.buf = Some(buf);
+        Ok(())
+    }
+
+    /// Writes the buffer at byte `offset`.
+    ///
+    /// # Errors
+    /// Driver errors.
+    #[inline(never)]
+    pub fn write(&mut self, offset: u64) -> io::Result<()> {
+        let buf = self.buf.take().ok_or_else(torn_down)?;
+        let buf = self
+            .blk
+            .write_blocks_dma(offset / 512, buf, self.len)
+            .map_err(driver_error)?;
+        self.buf = Some(buf);
+        Ok(())
+    }
+}
+
 /// Ours through the driver's queue, as a guest kernel drives it: up to
 /// [`DEPTH`] requests posted, one kick, completions popped; the data
 /// buffers are DMA (guest) pages used in place, no bounce copy.

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use vmmio_device::ExecMode;
 
 use crate::block::{
-    random_offsets, BlockApi, DiskFile, Pread, RawQueue, DEPTH, FILE_SIZE, LARGE, OFFSETS, SMALL,
+    random_offsets, BlockApi, BlockApiDma, DiskFile, Pread, RawQueue, DEPTH, FILE_SIZE, LARGE,
+    OFFSETS, SMALL,
 };
 use crate::net::{NetLoop, SocketPair};
 use crate::queue::{self, QueueBench, Shape};
@@ -300,8 +301,9 @@ pub fn try_run(quick: bool) -> io::Result<Vec<Row>> {
     for write in [false, true] {
         let mut raw = RawQueue::new(&disk, LARGE, 1)?;
         let mut api = BlockApi::new(&disk, LARGE)?;
+        let mut zero_copy = BlockApiDma::new(&disk, LARGE)?;
         let mut p = Pread::new(&disk, LARGE)?;
-        let (mut i, mut j, mut k) = (0u64, 0u64, 0u64);
+        let (mut i, mut j, mut k, mut z) = (0u64, 0u64, 0u64, 0u64);
         let bytes = LARGE as u64;
         let mut ours = || {
             i = (i + 1) % positions;
@@ -334,6 +336,20 @@ pub fn try_run(quick: bool) -> io::Result<Vec<Row>> {
             },
             &mut peer,
         );
+        let (e, f) = compare(
+            timing,
+            &mut || {
+                z = (z + 1) % positions;
+                let r = if write {
+                    zero_copy.write(z * bytes)
+                } else {
+                    zero_copy.read(z * bytes)
+                };
+                check(black_box(r));
+                bytes
+            },
+            &mut peer,
+        );
         let (what, peer_name) = if write {
             ("write", "pwrite")
         } else {
@@ -349,6 +365,12 @@ pub fn try_run(quick: bool) -> io::Result<Vec<Row>> {
             format!("blk 1M sequential {what}, Block API (peer: {peer_name})"),
             c / 1e9,
             d / 1e9,
+            "GB/s",
+        ));
+        rows.push(Row::compared(
+            format!("blk 1M sequential {what}, Block API zero-copy (peer: {peer_name})"),
+            e / 1e9,
+            f / 1e9,
             "GB/s",
         ));
     }
@@ -517,7 +539,7 @@ mod tests {
     #[test]
     fn quick_run_produces_every_row() {
         let rows = try_run(true).unwrap();
-        assert_eq!(rows.len(), 22);
+        assert_eq!(rows.len(), 24);
         assert!(rows.iter().all(|r| r.ours.is_finite()));
     }
 }

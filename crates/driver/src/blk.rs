@@ -7,6 +7,8 @@
 
 use vmmio_spec::device_id;
 
+use alloc::vec::Vec;
+
 use crate::error::{Error, Result};
 use crate::hal::{Dma, Hal, PAGE_SIZE};
 use crate::io::RegisterIo;
@@ -50,6 +52,32 @@ enum Data<'a> {
     None,
     In(usize),
     Out(&'a [u8]),
+    /// The device writes straight into this caller DMA segment.
+    InDma(Segment),
+    /// The device reads straight from this caller DMA segment.
+    OutDma(Segment),
+}
+
+impl Data<'_> {
+    /// Bytes of data in the request.
+    fn len(&self) -> usize {
+        match self {
+            Data::None => 0,
+            Data::In(n) => *n,
+            Data::Out(b) => b.len(),
+            // A segment length is a u32.
+            Data::InDma(s) | Data::OutDma(s) => s.len as usize,
+        }
+    }
+
+    /// Bytes the device writes before the status byte.
+    fn device_written(&self) -> usize {
+        match self {
+            Data::In(n) => *n,
+            Data::InDma(s) => s.len as usize,
+            _ => 0,
+        }
+    }
 }
 
 /// One request for the non-blocking interface ([`Block::start`],
@@ -136,6 +164,10 @@ pub struct Block<R: RegisterIo, H: Hal + Clone> {
     broken: bool,
     /// Initialisation failed and FAILED was set: keep it visible.
     failed: bool,
+    /// Caller buffers of zero-copy requests that failed while the device
+    /// may still use them: freed once the device is reset, leaked if it
+    /// never stops.
+    orphans: Vec<Dma<H>>,
 }
 
 impl<R: RegisterIo, H: Hal + Clone> core::fmt::Debug for Block<R, H> {
@@ -191,6 +223,7 @@ impl<R: RegisterIo, H: Hal + Clone> Block<R, H> {
             flush: false,
             broken: false,
             failed: false,
+            orphans: Vec::new(),
         };
         b.init()?;
         Ok(b)
@@ -244,10 +277,13 @@ impl<R: RegisterIo, H: Hal + Clone> Block<R, H> {
             for d in [self.req.take(), self.data.take()].into_iter().flatten() {
                 d.leak();
             }
+            self.orphans.drain(..).for_each(Dma::leak);
             return Err(Error::Timeout {
                 what: "the device to stop",
             });
         }
+        // The device is reset: it no longer touches the orphaned buffers.
+        self.orphans.clear();
         self.init()
     }
 
@@ -355,6 +391,73 @@ impl<R: RegisterIo, H: Hal + Clone> Block<R, H> {
         Ok(())
     }
 
+    /// Zero-copy read: the device writes `len` bytes (a multiple of 512,
+    /// at most `buf.len()`) starting at `sector` straight into the
+    /// caller's DMA buffer `buf`, from its byte 0, in requests of at most
+    /// [`MAX_TRANSFER`] bytes; no bounce copy. Returns the buffer.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::DmaOutOfBounds`] when `len > buf.len()`; then as
+    /// [`read_blocks`](Self::read_blocks). On an error the buffer is gone:
+    /// freed at once if the device cannot be using it, otherwise kept by
+    /// the driver until the device is reset ([`reinit`](Self::reinit) or
+    /// drop), and leaked if it never stops.
+    pub fn read_blocks_dma(&mut self, sector: u64, buf: Dma<H>, len: usize) -> Result<Dma<H>> {
+        self.dma_transfer(VIRTIO_BLK_T_IN, sector, buf, len)
+    }
+
+    /// Zero-copy write: the device reads `len` bytes (a multiple of 512,
+    /// at most `buf.len()`) from byte 0 of the caller's DMA buffer `buf`
+    /// and writes them starting at `sector`. Returns the buffer.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ReadOnly`], [`Error::DmaOutOfBounds`]; then as
+    /// [`read_blocks_dma`](Self::read_blocks_dma).
+    pub fn write_blocks_dma(&mut self, sector: u64, buf: Dma<H>, len: usize) -> Result<Dma<H>> {
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
+        self.dma_transfer(VIRTIO_BLK_T_OUT, sector, buf, len)
+    }
+
+    /// The zero-copy transfers: blocking requests whose data segment is a
+    /// slice of the caller's `buf`.
+    fn dma_transfer(&mut self, kind: u32, sector: u64, buf: Dma<H>, len: usize) -> Result<Dma<H>> {
+        if len > buf.len() {
+            return Err(Error::DmaOutOfBounds {
+                offset: 0,
+                len,
+                size: buf.len(),
+            });
+        }
+        self.check_range(sector, len)?;
+        let (mut s, mut off) = (sector, 0usize);
+        while off < len {
+            let n = (len - off).min(MAX_TRANSFER);
+            let seg = Segment {
+                addr: buf.paddr() + off as u64,
+                len: u32::try_from(n).map_err(|_| Error::ChainTooLong(n as u64))?,
+            };
+            let data = if kind == VIRTIO_BLK_T_IN {
+                Data::InDma(seg)
+            } else {
+                Data::OutDma(seg)
+            };
+            if let Err(e) = self.request(kind, s, data, &mut []) {
+                if self.broken {
+                    // The chain may still be in flight.
+                    self.orphans.push(buf);
+                }
+                return Err(e);
+            }
+            off += n;
+            s += (n / SECTOR_SIZE) as u64;
+        }
+        Ok(buf)
+    }
+
     /// Flushes the device's write cache (`VIRTIO_BLK_T_FLUSH`, sector 0,
     /// no data: virtio v1.4 §5.2.6.1). Without VIRTIO_BLK_F_FLUSH the
     /// cache is write-through and this returns at once.
@@ -414,11 +517,7 @@ impl<R: RegisterIo, H: Hal + Clone> Block<R, H> {
             Request::Flush => (VIRTIO_BLK_T_FLUSH, 0, Data::None),
             Request::GetId => (VIRTIO_BLK_T_GET_ID, 0, Data::In(ID_BYTES)),
         };
-        let len = match &data {
-            Data::None => 0,
-            Data::In(n) => *n,
-            Data::Out(b) => b.len(),
-        };
+        let len = data.len();
         if len > MAX_TRANSFER {
             return Err(Error::ChainTooLong(len as u64));
         }
@@ -491,11 +590,7 @@ impl<R: RegisterIo, H: Hal + Clone> Block<R, H> {
             return Err(Error::WrongPhase("a block request is already in flight"));
         }
         let legacy = self.transport.version() == Version::Legacy;
-        let data_len = match &data {
-            Data::None => 0,
-            Data::In(n) => *n,
-            Data::Out(b) => b.len(),
-        };
+        let data_len = data.len();
         // The header: le32 type, le32 reserved, le64 sector (guest-native
         // on legacy devices, virtio v1.4 §5.2.6.3).
         let mut header = [0u8; 17];
@@ -510,12 +605,14 @@ impl<R: RegisterIo, H: Hal + Clone> Block<R, H> {
         let req = self.req.as_mut().ok_or(Error::Broken)?;
         req.write_bytes(0, &header)?;
         let req_addr = req.paddr();
-        if data_len > 0 && self.data.as_ref().is_none_or(|d| d.len() < data_len) {
+        let bounced = matches!(data, Data::In(_) | Data::Out(_));
+        if bounced && data_len > 0 && self.data.as_ref().is_none_or(|d| d.len() < data_len) {
             self.data = None;
             self.data = Some(Dma::new(self.hal.clone(), data_len)?);
         }
-        let data_seg = match self.data.as_mut() {
-            Some(d) if data_len > 0 => {
+        let data_seg = match (&data, self.data.as_mut()) {
+            (Data::InDma(seg) | Data::OutDma(seg), _) => Some(*seg),
+            (_, Some(d)) if data_len > 0 => {
                 if let Data::Out(b) = &data {
                     d.write_bytes(0, b)?;
                 }
@@ -539,16 +636,18 @@ impl<R: RegisterIo, H: Hal + Clone> Block<R, H> {
         let mut readable = heapless_pair(hdr);
         let mut writable = heapless_pair(status);
         match (&data, data_seg) {
-            (Data::Out(_), Some(seg)) => readable.push(seg),
-            (Data::In(_), Some(seg)) => writable.insert(seg),
+            (Data::Out(_) | Data::OutDma(_), Some(seg)) => readable.push(seg),
+            (Data::In(_) | Data::InDma(_), Some(seg)) => writable.insert(seg),
             _ => {}
         }
         let q = self.queue.as_mut().ok_or(Error::Broken)?;
         // SAFETY: the segments lie in `self.req` and `self.data`, DMA
-        // memory this driver owns; they are not touched until the chain
-        // completes, and on any error below `broken` is set so they are
-        // never reused, and leaked (not freed) by `Drop`, while the device
-        // may still write them.
+        // memory this driver owns, or (zero-copy requests) in a caller's
+        // `Dma` that `dma_transfer` owns for the duration; they are not
+        // touched until the chain completes, and on any error below
+        // `broken` is set so they are never reused, and leaked (not freed)
+        // by `Drop`, while the device may still write them (a caller's
+        // buffer moves into `orphans` for that).
         let token = unsafe { q.add_segments(readable.as_slice(), writable.as_slice())? };
         self.broken = true;
         self.transport.notify_if_needed(q)?;
@@ -556,10 +655,7 @@ impl<R: RegisterIo, H: Hal + Clone> Block<R, H> {
         self.in_flight = Some(InFlight {
             token,
             kind,
-            data_in: match data {
-                Data::In(n) => n,
-                _ => 0,
-            },
+            data_in: data.device_written(),
         });
         Ok(())
     }
@@ -643,6 +739,7 @@ impl<R: RegisterIo, H: Hal + Clone> Drop for Block<R, H> {
             for d in [self.req.take(), self.data.take()].into_iter().flatten() {
                 d.leak();
             }
+            self.orphans.drain(..).for_each(Dma::leak);
         }
     }
 }
