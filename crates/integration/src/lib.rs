@@ -105,6 +105,8 @@ struct Pages {
 #[derive(Clone)]
 pub struct GuestHal {
     mem: Mem,
+    /// Guest-physical address of the first page handed out.
+    base: u64,
     pages: Arc<Mutex<Pages>>,
 }
 
@@ -112,9 +114,16 @@ impl GuestHal {
     /// A HAL over `mem`, handing out pages from [`DMA_BASE`] to the end of
     /// the first region.
     pub fn new(mem: Mem) -> Self {
+        Self::from(mem, DMA_BASE)
+    }
+
+    /// A HAL handing out the pages from guest-physical `base` (page
+    /// aligned, inside `mem`'s last region) to the end of memory.
+    pub fn from(mem: Mem, base: u64) -> Self {
         let end = mem.last_addr().0 + 1;
-        let n = usize::try_from((end - DMA_BASE) / PAGE_SIZE as u64).unwrap_or(0);
+        let n = usize::try_from(end.saturating_sub(base) / PAGE_SIZE as u64).unwrap_or(0);
         Self {
+            base,
             mem,
             pages: Arc::new(Mutex::new(Pages {
                 used: vec![false; n],
@@ -145,7 +154,7 @@ impl GuestHal {
             if p.used[start..start + pages].iter().all(|u| !u) {
                 p.used[start..start + pages].fill(true);
                 p.hint = start + pages;
-                return Some(DMA_BASE + (start * PAGE_SIZE) as u64);
+                return Some(self.base + (start * PAGE_SIZE) as u64);
             }
         }
         None
@@ -154,7 +163,7 @@ impl GuestHal {
     fn free(&self, paddr: u64, pages: usize) {
         if let Ok(mut p) = self.pages.lock() {
             let Some(start) = paddr
-                .checked_sub(DMA_BASE)
+                .checked_sub(self.base)
                 .and_then(|o| usize::try_from(o / PAGE_SIZE as u64).ok())
             else {
                 return;
@@ -255,11 +264,36 @@ pub fn window_in(
         ExecMode::Worker => Box::new(WorkerDevice::new(device).expect("device worker")),
     };
     let mem = Mem::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).expect("guest memory");
+    window_on(mem, DMA_BASE, version, device)
+}
+
+/// Guest-physical address of the memory above 4 GiB of [`window_high`].
+pub const HIGH_BASE: u64 = 0x1_2340_0000;
+
+/// As [`window`], with guest memory in two regions, [`MEM_SIZE`] at 0 and
+/// 16 MiB at [`HIGH_BASE`], and every DMA page (rings, indirect tables,
+/// buffers) above 4 GiB: the QueueDesc/Driver/DeviceHigh registers (or a
+/// legacy QueuePFN past 2^20) carry real bits.
+pub fn window_high(version: TransportVersion, device: Box<dyn VirtioDevice<Mem> + Send>) -> Window {
+    let mem = Mem::from_ranges(&[
+        (GuestAddress(0), MEM_SIZE),
+        (GuestAddress(HIGH_BASE), 16 << 20),
+    ])
+    .expect("guest memory");
+    window_on(mem, HIGH_BASE, version, device)
+}
+
+fn window_on(
+    mem: Mem,
+    dma_base: u64,
+    version: TransportVersion,
+    device: Box<dyn VirtioDevice<Mem> + Send>,
+) -> Window {
     let line = Arc::new(Line::default());
     let transport = MmioTransport::new(version, device, mem.clone(), line.clone());
     Window {
         io: Loopback { transport },
-        hal: GuestHal::new(mem),
+        hal: GuestHal::from(mem, dma_base),
         line,
     }
 }
