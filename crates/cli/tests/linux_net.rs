@@ -4,7 +4,7 @@
 //! `net` test (guest/init.c) brings eth0 up as 10.0.2.15/24 with ioctls, connects to port
 //! 7, where this peer echoes, and checks 4 MiB of pattern echoed back; `netbw` sends
 //! 16 MiB to port 9 (discarded) and receives 16 MiB from port 19, timed. Version 2 and
-//! legacy windows, worker and sync execution.
+//! legacy windows, worker and sync execution; and the netbw figures against QEMU virt.
 
 use std::io;
 use std::os::unix::net::UnixListener;
@@ -286,16 +286,99 @@ fn linux_net_sync_execution() {
     echo_test(&["--exec", "sync"]);
 }
 
-/// In-guest TCP throughput both ways (printed by the init; see the closing note of
-/// issue 13 for figures). Also a 16 MiB transfer each way checked for length.
+/// The `netbw` figures (`tx MB/s=A rx MB/s=B`) of a run's output.
+fn netbw_rates(out: &str) -> Option<(f64, f64)> {
+    let line = out.lines().find(|l| l.contains("netbw OK"))?;
+    let num = |key: &str| -> Option<f64> {
+        let rest = &line[line.find(key)? + key.len()..];
+        rest.split_whitespace().next()?.parse().ok()
+    };
+    Some((num("tx MB/s=")?, num("rx MB/s=")?))
+}
+
+/// The same kernel, initramfs, init test and smoltcp peer on QEMU's `virt` board (TCG),
+/// its `virtio-net-device` on `-netdev stream` to the peer's socket.
+fn qemu_virt_netbw() -> (Run, PeerLog) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("link.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let peer = peer(listener, stop.clone());
+    let guest = guest_dir();
+    let start = Instant::now();
+    let out = Command::new("timeout")
+        .arg("240")
+        .arg("qemu-system-riscv64")
+        .args([
+            "-M",
+            "virt",
+            "-cpu",
+            "rv64",
+            "-m",
+            "256",
+            "-nographic",
+            "-no-reboot",
+        ])
+        .args(["-bios", "default", "-kernel"])
+        .arg(guest.join("Image"))
+        .arg("-initrd")
+        .arg(guest.join("initramfs.cpio"))
+        .args([
+            "-append",
+            "console=ttyS0 panic=-1 vmmio.tests=netbw vmmio.timeout=200",
+        ])
+        .arg("-netdev")
+        .arg(format!(
+            "stream,id=n0,server=off,addr.type=unix,addr.path={}",
+            path.display()
+        ))
+        .args([
+            "-device",
+            "virtio-net-device,netdev=n0,mac=52:54:00:12:34:56",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run qemu-system-riscv64 (scripts/install-deps.sh installs it)");
+    eprintln!("qemu virt netbw: {:.2} s", start.elapsed().as_secs_f64());
+    stop.store(true, Ordering::SeqCst);
+    let log = peer.join().unwrap().unwrap();
+    let run = Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    (run, log)
+}
+
+/// In-guest TCP throughput both ways, the vmmio machine and QEMU's `virt` with the same
+/// kernel, initramfs and stream peer, in the same run; the figures and their ratio are
+/// printed (no timing assertion). Each side also moves 16 MiB each way, checked for
+/// length.
 #[test]
-fn linux_net_throughput() {
+fn linux_net_throughput_against_qemu_virt() {
     let (run, log) = net_test("netbw", &[]);
     assert_eq!(run.code, Some(0), "{}", run.dump());
     run.assert_has("vmmio-init: netbw OK bytes=16777216");
     assert_eq!(log.discarded, BW_BYTES);
     assert_eq!(log.generated, BW_BYTES);
-    if let Some(line) = run.stdout.lines().find(|l| l.contains("netbw OK")) {
-        eprintln!("{line}");
-    }
+    let ours = netbw_rates(&run.stdout).expect("netbw figures");
+
+    let (qrun, qlog) = qemu_virt_netbw();
+    assert!(
+        qrun.stdout.contains("vmmio-init: netbw OK bytes=16777216"),
+        "QEMU virt: {}",
+        qrun.dump()
+    );
+    assert_eq!(qlog.discarded, BW_BYTES);
+    let theirs = netbw_rates(&qrun.stdout).expect("QEMU netbw figures");
+    eprintln!(
+        "in-guest TCP, MB/s: vmmio guest->host {:.2} host->guest {:.2}; QEMU virt (TCG) \
+         guest->host {:.2} host->guest {:.2}; ratio {:.2}x / {:.2}x",
+        ours.0,
+        ours.1,
+        theirs.0,
+        theirs.1,
+        ours.0 / theirs.0,
+        ours.1 / theirs.1
+    );
 }
