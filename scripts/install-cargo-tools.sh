@@ -9,6 +9,7 @@ TOOLS=(
     "cargo-mutants 27.1.0"
     "cargo-deny 0.20.2"
     "cargo-fuzz 0.13.1"
+    "vhost-device-vsock 0.3.0"
 )
 
 want=("$@")

@@ -11,6 +11,10 @@ cd "$(dirname "$0")/.."
 guest_dir="$(./guest/build.sh | tail -n 1)"
 echo "test: default guest in $guest_dir" >&2
 
+# The independent vsock device the qtest vsock test runs our driver against
+# (a one-time build of a few minutes, then found in ~/.cargo/bin).
+./scripts/install-cargo-tools.sh vhost-device-vsock
+
 echo "test: no_std build of the driver" >&2
 cargo build -p vmmio-driver --no-default-features
 

@@ -18,7 +18,8 @@
 //!   QEMU change a device while the driver runs (`block_resize`).
 //!
 //! The tests live in `tests/`; they need `qemu-system-x86_64` on `PATH` and
-//! fail (never skip) without it.
+//! fail (never skip) without it; `tests/vsock.rs` also needs rust-vmm's
+//! `vhost-device-vsock` (`scripts/install-cargo-tools.sh`).
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]

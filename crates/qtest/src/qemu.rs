@@ -141,6 +141,14 @@ pub enum Device {
         /// The device's MAC address.
         mac: [u8; 6],
     },
+    /// `vhost-user-vsock-device` talking vhost-user over the Unix socket
+    /// at `socket`, where a backend (rust-vmm's `vhost-device-vsock`)
+    /// listens; the guest RAM is a shared memory backend, as vhost-user
+    /// needs. Ring feature options do not apply (the backend decides).
+    VhostUserVsock {
+        /// Path of the vhost-user socket the backend listens on.
+        socket: std::path::PathBuf,
+    },
 }
 
 impl Device {
@@ -151,6 +159,7 @@ impl Device {
             Device::Rng => 4,
             Device::Console => 3,
             Device::Net { .. } => 1,
+            Device::VhostUserVsock { .. } => 19,
         }
     }
 }
@@ -335,6 +344,12 @@ impl QemuBuilder {
                     args.push("-device".into());
                     args.push(format!("virtio-net-device,netdev=n{i},mac={mac},{ring}"));
                 }
+                Device::VhostUserVsock { socket } => {
+                    args.push("-chardev".into());
+                    args.push(format!("socket,id=v{i},path={}", socket.display()));
+                    args.push("-device".into());
+                    args.push(format!("vhost-user-vsock-device,chardev=v{i}"));
+                }
             }
         }
         args
@@ -374,7 +389,7 @@ impl QemuBuilder {
                     images.push(path);
                 }
                 Device::Console => consoles.push(console_path(dir.path(), i)),
-                Device::Rng | Device::Net { .. } => {}
+                Device::Rng | Device::Net { .. } | Device::VhostUserVsock { .. } => {}
             }
         }
         let ram_file = OpenOptions::new()
