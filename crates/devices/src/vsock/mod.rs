@@ -350,10 +350,13 @@ impl Proto {
     }
 
     /// Drops connection `token` (closing its host stream) and tells the
-    /// guest with RST.
+    /// guest with RST, which carries the flow's credit as every packet of
+    /// it must (§5.10.6.3.2).
     fn reset(&mut self, token: u64) {
         if let Some(c) = self.remove(token) {
-            let rst = self.header(c.local_port, c.peer_port, op::RST);
+            let mut rst = self.header(c.local_port, c.peer_port, op::RST);
+            rst.buf_alloc = Le32::new(c.buf_alloc);
+            rst.fwd_cnt = Le32::new(c.fwd_cnt);
             self.replies.push_back(rst);
         }
     }

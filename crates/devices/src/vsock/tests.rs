@@ -341,6 +341,13 @@ fn guest_exceeding_its_credit_is_reset() {
     let p = f.recv();
     assert_eq!(p.len(), 1);
     assert_eq!(p[0].op(), op::RST);
+    // §5.10.6.3.2: every packet of the flow, its RST included, carries
+    // the device's credit.
+    assert_eq!(
+        (p[0].h.buf_alloc.get(), p[0].h.fwd_cnt.get()),
+        (64, 64),
+        "RST without credit fields"
+    );
     assert_eq!(f.dev.connections(), 0);
     let mut got = Vec::new();
     s.read_to_end(&mut got).unwrap();
