@@ -1,14 +1,17 @@
 //! Runs one workload in a loop for profiling (`perf record`, callgrind):
 //! `cargo run --release -p vmmio-bench --example profile -- WORKLOAD [SECONDS | Nx]`
-//! (`Nx`: exactly N iterations, for instruction counts) with WORKLOAD one of `queue1`, `queue3`, `peer1`, `peer3`, `qd1-api`,
-//! `qd1-raw`, `qd32`, `pread`, `read1m`, `write1m`.
+//! (`Nx`: exactly N iterations, for instruction counts) with WORKLOAD one of `queue1`, `queue3`, `peer1`, `peer3`,
+//! `packed1`, `packed3` (the packed ring), `qd1-api`, `qd1-raw`, `qd1-packed`, `qd32`, `qd32-packed`, `pread`, `read1m`,
+//! `write1m`.
 
 use std::time::{Duration, Instant};
 
 use vmmio_bench::block::{
     random_offsets, BlockApi, DiskFile, Pread, RawQueue, DEPTH, FILE_SIZE, LARGE, OFFSETS, SMALL,
 };
+use vmmio_bench::packed::OursPacked;
 use vmmio_bench::queue::{Ours, Peer, QueueBench, Shape};
+use vmmio_device::ExecMode;
 
 fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -21,7 +24,7 @@ fn main() -> std::io::Result<()> {
     let disk = DiskFile::create()?;
     let offsets = random_offsets(OFFSETS);
     let mut step: Box<dyn FnMut(usize) -> u64> = match what.as_str() {
-        "queue1" | "queue3" | "peer1" | "peer3" => {
+        "queue1" | "queue3" | "peer1" | "peer3" | "packed1" | "packed3" => {
             let shape = if what.ends_with('1') {
                 Shape::OneDesc
             } else {
@@ -29,6 +32,8 @@ fn main() -> std::io::Result<()> {
             };
             let mut q: Box<dyn QueueBench> = if what.starts_with("queue") {
                 Box::new(Ours::new(shape))
+            } else if what.starts_with("packed") {
+                Box::new(OursPacked::new(shape))
             } else {
                 Box::new(Peer::new(shape))
             };
@@ -49,8 +54,17 @@ fn main() -> std::io::Result<()> {
                 1
             })
         }
-        "qd32" => {
-            let mut raw = RawQueue::new(&disk, SMALL, DEPTH)?;
+        "qd1-packed" => {
+            let mut raw = RawQueue::with_ring(&disk, SMALL, 1, ExecMode::Sync, true)?;
+            Box::new(move |i| {
+                let i = i % OFFSETS;
+                raw.read(&offsets[i..i + 1]).expect("read");
+                1
+            })
+        }
+        "qd32" | "qd32-packed" => {
+            let packed = what == "qd32-packed";
+            let mut raw = RawQueue::with_ring(&disk, SMALL, DEPTH, ExecMode::Sync, packed)?;
             Box::new(move |i| {
                 let i = i * DEPTH % OFFSETS;
                 raw.read(&offsets[i..i + DEPTH]).expect("read");

@@ -21,9 +21,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use vmmio_device::{ExecMode, TransportVersion};
 use vmmio_devices::{Block as BlockDevice, BlockOptions, FileBackend};
 use vmmio_driver::blk::{Block, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
-use vmmio_driver::{Dma, Segment, Transport, VirtQueue};
+use vmmio_driver::{Dma, Segment, Transport, VirtQueue, DEFAULT_TRANSPORT_FEATURES};
 use vmmio_integration::{window_in, GuestHal, Loopback, Mem};
-use vmmio_spec::features::bit;
+use vmmio_spec::features::{bit, VIRTIO_F_RING_PACKED};
 
 /// Size of the disk file in bytes (64 MiB).
 pub const FILE_SIZE: u64 = 64 << 20;
@@ -191,6 +191,16 @@ impl Pread {
 /// Puts a block device over `disk` behind a loopback window (run as `exec`
 /// says) and probes it.
 fn probe(disk: &DiskFile, exec: ExecMode) -> io::Result<(Transport<Loopback>, GuestHal)> {
+    probe_ring(disk, exec, false)
+}
+
+/// As [`probe`]; with `packed` the window offers VIRTIO_F_RING_PACKED and
+/// the driver accepts it.
+fn probe_ring(
+    disk: &DiskFile,
+    exec: ExecMode,
+    packed: bool,
+) -> io::Result<(Transport<Loopback>, GuestHal)> {
     let dev: BlockDevice<Mem, FileBackend> = BlockDevice::from_path_with_options(
         disk.path(),
         BlockOptions {
@@ -199,10 +209,14 @@ fn probe(disk: &DiskFile, exec: ExecMode) -> io::Result<(Transport<Loopback>, Gu
         },
     )
     .map_err(io::Error::other)?;
-    let w = window_in(exec, TransportVersion::Modern, Box::new(dev));
-    let t = Transport::probe(w.io)
+    let mut w = window_in(exec, TransportVersion::Modern, Box::new(dev));
+    w.io.transport.set_packed_ring(packed);
+    let mut t = Transport::probe(w.io)
         .map_err(|e| io::Error::other(e.to_string()))?
         .ok_or_else(|| io::Error::other("no device behind the loopback window"))?;
+    if packed {
+        t.set_transport_features(DEFAULT_TRANSPORT_FEATURES | bit(VIRTIO_F_RING_PACKED));
+    }
     Ok((t, w.hal))
 }
 
@@ -365,14 +379,32 @@ impl RawQueue {
     /// # Errors
     /// Setup failures.
     pub fn new_in(disk: &DiskFile, len: usize, depth: usize, exec: ExecMode) -> io::Result<Self> {
+        Self::with_ring(disk, len, depth, exec, false)
+    }
+
+    /// As [`RawQueue::new_in`], on a packed ring (VIRTIO_F_RING_PACKED,
+    /// virtio v1.4 §2.8) when `packed`, else on a split ring.
+    ///
+    /// # Errors
+    /// Setup failures, and a packed ring that was not negotiated.
+    pub fn with_ring(
+        disk: &DiskFile,
+        len: usize,
+        depth: usize,
+        exec: ExecMode,
+        packed: bool,
+    ) -> io::Result<Self> {
         let depth = depth.clamp(1, DEPTH);
-        let (mut transport, hal) = probe(disk, exec)?;
+        let (mut transport, hal) = probe_ring(disk, exec, packed)?;
         transport
             .begin_init(bit(VIRTIO_BLK_F_FLUSH))
             .map_err(driver_error)?;
         let queue = transport
             .setup_queue(hal.clone(), 0, 128)
             .map_err(driver_error)?;
+        if queue.packed() != packed {
+            return Err(io::Error::other("ring kind not negotiated"));
+        }
         transport.finish_init().map_err(driver_error)?;
         let req = Dma::new(hal.clone(), 4096).map_err(driver_error)?;
         let data = Dma::new(hal, len * depth).map_err(driver_error)?;

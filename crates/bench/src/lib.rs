@@ -24,6 +24,7 @@
 
 pub mod block;
 pub mod net;
+pub mod packed;
 pub mod queue;
 pub mod report;
 pub mod vsock;

@@ -18,6 +18,7 @@ use crate::block::{
     OFFSETS, SMALL,
 };
 use crate::net::{NetLoop, SocketPair};
+use crate::packed::OursPacked;
 use crate::queue::{self, QueueBench, Shape};
 
 /// One line of the table.
@@ -159,6 +160,22 @@ pub fn try_run(quick: bool) -> io::Result<Vec<Row>> {
             "M chains/s",
         ));
     }
+    // The same workload on a packed ring, against ours on a split ring.
+    for shape in [Shape::OneDesc, Shape::ThreeDesc] {
+        let mut packed = OursPacked::new(shape);
+        let mut split = queue::Ours::new(shape);
+        let (a, b) = compare(timing, &mut || packed.batch(), &mut || split.batch());
+        rows.push(Row::compared(
+            format!(
+                "queue pop+add_used, {}-descriptor chains, batch {}, packed ring (peer: our split ring)",
+                shape.descriptors().len(),
+                queue::BATCH
+            ),
+            a / 1e6,
+            b / 1e6,
+            "M chains/s",
+        ));
+    }
 
     let disk = DiskFile::create()?;
     let offsets = random_offsets(OFFSETS);
@@ -257,6 +274,32 @@ pub fn try_run(quick: bool) -> io::Result<Vec<Row>> {
             "  overhead per request over pread".into(),
             1e9 / a - 1e9 / b,
             "ns/req",
+        ));
+    }
+
+    // Packed ring against split ring, same raw queue, depth 1 and 32.
+    for depth in [1, DEPTH] {
+        let mut packed = RawQueue::with_ring(&disk, SMALL, depth, ExecMode::Sync, true)?;
+        let mut split = RawQueue::new(&disk, SMALL, depth)?;
+        let (mut i, mut j) = (0usize, 0usize);
+        let (a, b) = compare(
+            timing,
+            &mut || {
+                i = (i + depth) % OFFSETS;
+                check(packed.read(&offsets[i..i + depth]));
+                depth as u64
+            },
+            &mut || {
+                j = (j + depth) % OFFSETS;
+                check(split.read(&offsets[j..j + depth]));
+                depth as u64
+            },
+        );
+        rows.push(Row::compared(
+            format!("blk 4K random read QD{depth}, raw queue, packed ring (peer: split ring)"),
+            a / 1e3,
+            b / 1e3,
+            "k req/s",
         ));
     }
 
@@ -539,7 +582,7 @@ mod tests {
     #[test]
     fn quick_run_produces_every_row() {
         let rows = try_run(true).unwrap();
-        assert_eq!(rows.len(), 24);
+        assert_eq!(rows.len(), 28);
         assert!(rows.iter().all(|r| r.ours.is_finite()));
     }
 }

@@ -9,7 +9,6 @@
 //! §2.8.6), so chains may complete in any order. The driver area and the
 //! device area are the two event suppression structures (§2.8.10).
 
-use std::collections::VecDeque;
 use std::sync::atomic::{fence, Ordering};
 
 use vm_memory::{Address, GuestAddress, GuestMemory, Permissions};
@@ -135,8 +134,9 @@ pub(crate) struct PackedQueue {
     /// (0: not in flight); `size` entries once the layout is checked.
     in_flight: Vec<u32>,
     /// `(start, id)` of recent pops `undo_pop` may give back, newest last;
-    /// at most `size` entries.
-    undo: VecDeque<(Pos, u16)>,
+    /// at most `size` entries (cleared when full: only the latest pops of
+    /// a long run can be given back, which is what a device needs).
+    undo: Vec<(Pos, u16)>,
     /// The device event suppression value last written (`flags << 16 |
     /// desc`), so that an unchanged value is not stored again.
     published: Option<u32>,
@@ -160,7 +160,7 @@ impl PackedQueue {
             next_used: Pos::START,
             signalled: Pos::START,
             in_flight: Vec::new(),
-            undo: VecDeque::new(),
+            undo: Vec::new(),
             published: None,
             layout_ok: false,
         }
@@ -536,14 +536,14 @@ impl PackedQueue {
         chain.set_head(id);
         self.next_avail = pos;
         if self.undo.len() >= usize::from(size) {
-            self.undo.pop_front();
+            self.undo.clear();
         }
-        self.undo.push_back((start, id));
+        self.undo.push((start, id));
         Ok(true)
     }
 
     pub(crate) fn undo_pop(&mut self) -> bool {
-        let Some(&(start, id)) = self.undo.back() else {
+        let Some(&(start, id)) = self.undo.last() else {
             return false;
         };
         // A chain the device already completed cannot be given back.
@@ -554,7 +554,7 @@ impl PackedQueue {
             return false;
         }
         *slot = 0;
-        self.undo.pop_back();
+        self.undo.pop();
         self.next_avail = start;
         true
     }
@@ -591,6 +591,7 @@ impl PackedQueue {
         Ok(())
     }
 
+    #[inline]
     pub(crate) fn add_used<M: GuestMemory + ?Sized>(
         &mut self,
         mem: &M,
