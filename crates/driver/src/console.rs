@@ -128,7 +128,7 @@ impl<R: RegisterIo, H: Hal + Clone> Console<R, H> {
     fn init_after_features(&mut self) -> Result<()> {
         let t = &mut self.transport;
         self.size = if t.has_feature(VIRTIO_CONSOLE_F_SIZE) {
-            Some((t.read_config_u16(0)?, t.read_config_u16(2)?))
+            Some(t.read_config_u16_pair(0, 2)?)
         } else {
             None
         };
@@ -209,13 +209,30 @@ impl<R: RegisterIo, H: Hal + Clone> Console<R, H> {
     }
 
     /// Console size `(cols, rows)` when VIRTIO_CONSOLE_F_SIZE was
-    /// negotiated.
+    /// negotiated: as read at initialisation or by the last
+    /// [`refresh_size`](Self::refresh_size) (which
+    /// [`handle_interrupt`](Self::handle_interrupt) calls on a
+    /// configuration change).
     pub fn size(&self) -> Option<(u16, u16)> {
         self.size
     }
 
-    /// Handles an interrupt: acknowledges it, then collects received
-    /// bytes (used buffers of the receive queue).
+    /// Re-reads `cols` and `rows` as one consistent pair (virtio v1.4
+    /// §5.3.4, §2.5.1); `None` without VIRTIO_CONSOLE_F_SIZE.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] when the config never reads consistently.
+    pub fn refresh_size(&mut self) -> Result<Option<(u16, u16)>> {
+        if self.transport.has_feature(VIRTIO_CONSOLE_F_SIZE) {
+            self.size = Some(self.transport.read_config_u16_pair(0, 2)?);
+        }
+        Ok(self.size)
+    }
+
+    /// Handles an interrupt: acknowledges it, re-reads the size on a
+    /// configuration change, then collects received bytes (used buffers of
+    /// the receive queue).
     ///
     /// # Errors
     ///
@@ -223,6 +240,9 @@ impl<R: RegisterIo, H: Hal + Clone> Console<R, H> {
     /// [`VirtQueue::pop_used`].
     pub fn handle_interrupt(&mut self) -> Result<InterruptEvents> {
         let ev = self.transport.ack_interrupt()?;
+        if ev.config_changed {
+            self.refresh_size()?;
+        }
         if ev.used_buffers {
             self.poll_rx()?;
         }

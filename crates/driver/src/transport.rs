@@ -720,6 +720,26 @@ impl<R: RegisterIo> Transport<R> {
         b
     }
 
+    /// Reads the two 16-bit config fields at `a` and `b` as one consistent
+    /// pair (both inside one `ConfigGeneration` check on Version 2, virtio
+    /// v1.4 §2.5.1; read until two rounds agree on legacy), e.g. a
+    /// console's `cols` and `rows`, which the host changes together.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] when the config never reads consistently.
+    pub fn read_config_u16_pair(&mut self, a: u64, b: u64) -> Result<(u16, u16)> {
+        match self.version {
+            Version::Modern => self.consistent(|io| (io.read_config_u16(a), io.read_config_u16(b))),
+            Version::Legacy => self.consistent(|io| {
+                (
+                    u16::from_ne_bytes(Self::legacy_bytes(io, a)),
+                    u16::from_ne_bytes(Self::legacy_bytes(io, b)),
+                )
+            }),
+        }
+    }
+
     /// Reads the 8-bit config field at byte `offset` of the config space.
     ///
     /// # Errors

@@ -58,3 +58,26 @@ fn refresh_capacity_sees_a_host_resize() {
         }
     }
 }
+
+/// The console driver follows a host resize (`ConsoleConfigHandle`): the
+/// configuration change interrupt makes `handle_interrupt` re-read `cols`
+/// and `rows` as one pair.
+#[test]
+fn console_driver_follows_a_host_resize() {
+    for exec in [ExecMode::Sync, ExecMode::Worker] {
+        for version in [TransportVersion::Legacy, TransportVersion::Modern] {
+            let what = format!("{exec:?} {version:?}");
+            let (dev, _out) = vmmio_devices::Console::<Mem>::capture();
+            let dev = dev.with_size(80, 25);
+            let handle = dev.config_handle();
+            let w = window_in(exec, version, Box::new(dev));
+            let transport = Transport::probe(w.io).expect("probe").expect("a device");
+            let mut c = vmmio_driver::console::Console::new(transport, w.hal).expect("driver");
+            assert_eq!(c.size(), Some((80, 25)), "{what}");
+            handle.set_size(132, 43);
+            let events = c.handle_interrupt().expect("interrupt");
+            assert!(events.config_changed, "{what}");
+            assert_eq!(c.size(), Some((132, 43)), "{what}");
+        }
+    }
+}
