@@ -59,9 +59,14 @@ fn walked_script() -> impl Strategy<Value = Vec<u8>> {
             // Handshake, all features acked.
             s.extend_from_slice(&[3, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 12]);
             // Queue 0 (and 1): size 8, desc 0x0, avail 0x1000, used 0x2000;
-            // Legacy: PFN 0 (page 4096, align 4096).
+            // Legacy: QueuePFN 1 (the op's low 32 bits; page 4096, align
+            // 4096): desc 0x1000, avail 0x1080, used 0x2000.
             for q in 0..2u8 {
-                s.extend_from_slice(&[4, q, 0, 0, 0, 0, 0x10, 0, 0x20, 8, 0, 12]);
+                if head & 1 != 0 {
+                    s.extend_from_slice(&[4, q, 0, 1, 0, 0, 0, 0, 0x20, 8, 0, 12]);
+                } else {
+                    s.extend_from_slice(&[4, q, 0, 0, 0, 0, 0x10, 0, 0x20, 8, 0, 12]);
+                }
             }
             s.extend_from_slice(&[5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
             for q in 0..2u8 {
