@@ -545,7 +545,10 @@ impl<M: GuestMemory + Send> VirtioDevice<M> for Net<M> {
             return Vec::new();
         }
         let readable = !self.backlog_full();
-        let writable = self.backend.wants_write();
+        // A refused frame waits for writability whether or not the backend
+        // keeps output of its own (a TAP does not: its `wants_write` is
+        // always false).
+        let writable = self.backend.wants_write() || self.tx_blocked;
         if !readable && !writable {
             return Vec::new();
         }

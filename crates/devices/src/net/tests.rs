@@ -26,6 +26,9 @@ struct Wire {
     /// Called after each frame sent: a driver adding chains meanwhile
     /// (as a vCPU does while a worker thread serves the queue).
     on_send: Option<Box<dyn FnMut() + Send>>,
+    /// As a TAP: refuses frames (`busy`) without holding output of its own,
+    /// so `wants_write` stays false.
+    no_output_buffer: bool,
 }
 
 /// A backend over [`Wire`]; its fd (one end of a socket pair) is only
@@ -66,7 +69,8 @@ impl Backend for Fake {
         }))
     }
     fn wants_write(&self) -> bool {
-        self.wire.lock().unwrap().busy
+        let w = self.wire.lock().unwrap();
+        w.busy && !w.no_output_buffer
     }
 }
 
@@ -532,6 +536,34 @@ fn busy_backend_keeps_chains_in_the_ring_until_writable() {
     assert_eq!(sent.len(), 2);
     assert_eq!(sent[1].1.len(), 61);
     assert_eq!(fx.tx.take_used(&fx.m).len(), 2);
+}
+
+/// A backend without an output buffer of its own (a TAP: `wants_write` is
+/// always false) that refuses a frame: the device itself waits for the fd
+/// to be writable, else transmit stays blocked until a frame happens to
+/// arrive (or forever while the backlog is full).
+#[test]
+fn busy_backend_without_output_buffer_is_waited_on_for_writability() {
+    let mut fx = setup(false, MODERN);
+    {
+        let mut w = fx.wire.lock().unwrap();
+        w.busy = true;
+        w.no_output_buffer = true;
+    }
+    fx.send(&hdr12(), &frame(60));
+    fx.dev.queue_notify(TRANSMITQ, None);
+    assert!(fx.tx.take_used(&fx.m).is_empty());
+    let fds = fx.dev.backend_fds();
+    assert_eq!(fds.len(), 1);
+    assert!(
+        fds[0].writable,
+        "blocked transmit must wait for writability"
+    );
+    fx.wire.lock().unwrap().busy = false;
+    fx.dev.backend_event(BACKEND_TOKEN);
+    assert_eq!(fx.sent().len(), 1);
+    assert_eq!(fx.tx.take_used(&fx.m).len(), 1);
+    assert!(!fx.dev.backend_fds()[0].writable);
 }
 
 #[test]
