@@ -18,7 +18,8 @@ use vmmio_integration::{window, GuestHal, Loopback, Mem};
 /// Bytes moved per call of the throughput workloads.
 pub const TRANSFER: usize = 1 << 20;
 /// Bytes per `write` on the socket pair (the driver's packets carry at
-/// most 4052 bytes each; the pair gets its best case).
+/// most `vmmio_driver::vsock::MAX_TX_PAYLOAD` bytes each; the pair gets
+/// its best case).
 const PAIR_CHUNK: usize = 64 * 1024;
 /// Pump rounds without progress before a workload gives up (a bug).
 const STALL: u32 = 1_000_000;

@@ -41,7 +41,7 @@ pub const RX_BUFFER_SIZE: usize = PAGE_SIZE;
 /// Transmit slots (packets in flight at once).
 pub const TX_SLOTS: usize = 16;
 /// Bytes per transmit slot (header included).
-pub const TX_SLOT_SIZE: usize = PAGE_SIZE;
+pub const TX_SLOT_SIZE: usize = 4 * PAGE_SIZE;
 /// Largest payload of one packet this driver sends, in bytes.
 pub const MAX_TX_PAYLOAD: usize = TX_SLOT_SIZE - HEADER_SIZE;
 /// Event buffers kept posted (each [`EVENT_SIZE`] bytes, 8 apart).
