@@ -187,7 +187,14 @@ fn check_rows_are_backed(section_name: &str, section: &str) -> Vec<String> {
 fn conformance_rows_name_a_test_or_say_why_they_hold_by_construction() {
     let doc = conformance_doc();
     let mut problems = Vec::new();
-    for name in ["registers", "device", "driver", "queue", "device-types"] {
+    for name in [
+        "registers",
+        "device",
+        "driver",
+        "queue",
+        "packed",
+        "device-types",
+    ] {
         problems.extend(check_rows_are_backed(name, section(&doc, name)));
     }
     assert!(
