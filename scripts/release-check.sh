@@ -4,7 +4,7 @@
 # crate or feature is covered without editing this file.
 #   ./scripts/release-check.sh            # every check
 #   ./scripts/release-check.sh docs deny  # only the named ones
-# Checks: rust-version, docs, features, package, deny.
+# Checks: rust-version, docs, features, publish, deny.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -94,13 +94,14 @@ if want features; then
     done < <(meta feature-sets)
 fi
 
-if want package; then
-    # Package every published crate as crates.io would get it, in
-    # dependency order, and build each from its archive alone: a missing
-    # file, a path dependency without a version or a crate that does not
-    # build outside the workspace fails here. Unpublished sibling crates
-    # resolve from the archives made in the same run (cargo's local
-    # overlay of crates.io), so nothing needs to be on crates.io first.
+if want publish; then
+    # `cargo publish --dry-run` of every published crate, as crates.io
+    # would get them: cargo packages them in dependency order, puts each
+    # archive in a temporary registry that overlays crates.io, and builds
+    # each crate from its archive alone against its siblings' archives, so
+    # nothing needs to be on crates.io first. A missing file, a path
+    # dependency without a version or a crate that does not build outside
+    # the workspace fails here. Crates with `publish = false` are skipped.
     mapfile -t published < <(meta published)
     # Cargo unpacks the overlay's archives under its registry cache and
     # never unpacks the same name and version again: drop copies of ours
@@ -111,15 +112,13 @@ if want package; then
             rm -rf "${d:?}$name_version"
         done
     done < <(meta published-versions)
-    step "cargo package: ${published[*]}"
-    args=()
-    for p in "${published[@]}"; do args+=(-p "$p"); done
-    # Cargo treats a registry crate of one name and version as immutable
-    # and reuses its build: our crates change without a version bump, so
-    # the verification builds start from an empty target directory.
-    # --allow-dirty: a developer runs this before committing; CI's clone is clean.
+    # Cargo also treats a registry crate of one name and version as
+    # immutable and reuses its build: our crates change without a version
+    # bump, so the verification builds start from an empty target directory.
     rm -rf target/release-check-package
-    cargo package --locked --allow-dirty --target-dir target/release-check-package "${args[@]}"
+    step "cargo publish --workspace --dry-run: ${published[*]}"
+    # --allow-dirty: a developer runs this before committing; CI's clone is clean.
+    cargo publish --workspace --dry-run --locked --allow-dirty --target-dir target/release-check-package
 fi
 
 if want deny; then
