@@ -161,3 +161,25 @@ fn linux_vsock_legacy() {
 fn linux_vsock_sync_execution() {
     vsock_test(&["--exec", "sync"]);
 }
+
+/// The init's `vsockbw`: 16 MiB guest -> host port 1235, where this test
+/// discards them; the guest prints its rate (a figure, not asserted).
+#[test]
+fn linux_vsock_guest_to_host_bulk() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vm.sock");
+    let sink = host_port(&path, 1235, false);
+    let p = path.to_str().unwrap();
+    let run = boot(&[
+        "--vsock",
+        p,
+        "--cmdline",
+        "console=ttyS0 earlycon=sbi panic=-1 vmmio.tests=vsockbw vmmio.timeout=200",
+    ]);
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    run.assert_has("vmmio-init: vsockbw OK bytes=16777216");
+    assert_eq!(sink.join().unwrap(), 16 << 20);
+    if let Some(line) = run.stdout.lines().find(|l| l.contains("vsockbw OK")) {
+        eprintln!("{line}");
+    }
+}
