@@ -23,16 +23,28 @@
 //! With the `smoltcp` feature, [`Net`] implements
 //! `smoltcp::phy::Device`:
 //!
-//! ```ignore
+//! ```
+//! # #[cfg(feature = "smoltcp")]
+//! # fn up<R: vmmio_driver::RegisterIo, H: vmmio_driver::Hal + Clone>(
+//! #     transport: vmmio_driver::Transport<R>,
+//! #     hal: H,
+//! # ) -> vmmio_driver::Result<()> {
 //! use smoltcp::iface::{Config, Interface, SocketSet};
-//! use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
+//! use smoltcp::time::Instant;
+//! use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address};
+//!
 //! let mut net = vmmio_driver::net::Net::new(transport, hal)?;
-//! let mac = EthernetAddress(net.mac());
-//! let mut iface = Interface::new(Config::new(HardwareAddress::Ethernet(mac)), &mut net, now);
-//! iface.update_ip_addrs(|a| a.push(IpCidr::new([10, 0, 0, 2].into(), 24)).unwrap());
+//! let mac = HardwareAddress::Ethernet(EthernetAddress(net.mac()));
+//! let mut iface = Interface::new(Config::new(mac), &mut net, Instant::from_millis(0));
+//! iface.update_ip_addrs(|a| {
+//!     a.push(IpCidr::new(Ipv4Address::new(10, 0, 2, 15).into(), 24)).unwrap();
+//! });
 //! let mut sockets = SocketSet::new(Vec::new());
-//! // ... add a TCP socket, then in the event loop:
-//! iface.poll(now, &mut net, &mut sockets);
+//! // Add TCP sockets to `sockets`, then, in the event loop (and from the
+//! // interrupt handler, after `net.handle_interrupt()`):
+//! iface.poll(Instant::from_millis(1), &mut net, &mut sockets);
+//! # Ok(())
+//! # }
 //! ```
 
 use alloc::vec::Vec;
