@@ -618,7 +618,14 @@ mod hostile {
                 l.set_nonblocking(true).unwrap();
             }
             let mut hosts = Vec::new();
-            // (host port, guest port) -> (guest's buf_alloc, fwd_cnt, payload received)
+            // (host port, guest port) -> the guest's last buf_alloc, fwd_cnt
+            let mut advertised: HashMap<(u32, u32), (u32, u32)> = HashMap::new();
+            // Connections the device accepted (its RESPONSE seen), same key
+            // -> (guest's buf_alloc, fwd_cnt, payload received). A
+            // RESPONSE starts the count: a RST the device owed for an
+            // earlier packet on the tuple may reach the guest after the
+            // guest's next REQUEST, so the RST cannot end the model's view
+            // of the connection by itself.
             let mut credit: HashMap<(u32, u32), (u32, u32, u32)> = HashMap::new();
             for p in ps {
                 let mut h = hdr(p.src_port, p.dst_port, p.op);
@@ -641,17 +648,10 @@ mod hostile {
                 }
                 if p.wrong_cid > 1 && p.type_ == TYPE_STREAM {
                     let key = (p.dst_port, p.src_port);
+                    advertised.insert(key, (p.buf_alloc, p.fwd_cnt));
                     if let Some(c) = credit.get_mut(&key) {
                         c.0 = p.buf_alloc;
                         c.1 = p.fwd_cnt;
-                    }
-                    if p.op == op::RST {
-                        // The guest ended the connection: a later REQUEST
-                        // on the tuple is a new one, counting from 0.
-                        credit.remove(&key);
-                    }
-                    if p.op == op::REQUEST {
-                        credit.entry(key).or_insert((p.buf_alloc, p.fwd_cnt, 0));
                     }
                 }
                 for l in &ls {
@@ -674,8 +674,12 @@ mod hostile {
                         op::RST if pkt.h.src_cid.get() == HOST_CID => {
                             credit.remove(&key);
                         }
+                        op::RESPONSE => {
+                            let (b, f) = advertised.get(&key).copied().unwrap_or_default();
+                            credit.insert(key, (b, f, 0));
+                        }
                         op::RW => {
-                            let c = credit.get_mut(&key).expect("RW on a connection the guest opened");
+                            let c = credit.get_mut(&key).expect("RW on a connection the device accepted");
                             c.2 = c.2.wrapping_add(pkt.data.len() as u32);
                             let in_flight = c.2.wrapping_sub(c.1);
                             prop_assert!(in_flight <= c.0, "in flight {in_flight} > buf_alloc {}", c.0);
