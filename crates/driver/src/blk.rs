@@ -24,6 +24,12 @@ pub use vmmio_spec::blk::ID_BYTES;
 /// are split (128 KiB).
 pub const MAX_TRANSFER: usize = 128 * 1024;
 
+/// Largest data transfer of one zero-copy request
+/// ([`Block::read_blocks_dma`]), in bytes: one segment, no bounce buffer
+/// to bound, so 1 MiB (VIRTIO_BLK_F_SIZE_MAX is not negotiated, so the
+/// device accepts any segment size, virtio v1.4 §5.2.3).
+pub const MAX_DMA_TRANSFER: usize = 1 << 20;
+
 pub use vmmio_spec::blk::features::{
     BLK_SIZE as VIRTIO_BLK_F_BLK_SIZE, FLUSH as VIRTIO_BLK_F_FLUSH, RO as VIRTIO_BLK_F_RO,
 };
@@ -394,7 +400,7 @@ impl<R: RegisterIo, H: Hal + Clone> Block<R, H> {
     /// Zero-copy read: the device writes `len` bytes (a multiple of 512,
     /// at most `buf.len()`) starting at `sector` straight into the
     /// caller's DMA buffer `buf`, from its byte 0, in requests of at most
-    /// [`MAX_TRANSFER`] bytes; no bounce copy. Returns the buffer.
+    /// [`MAX_DMA_TRANSFER`] bytes; no bounce copy. Returns the buffer.
     ///
     /// # Errors
     ///
@@ -435,7 +441,7 @@ impl<R: RegisterIo, H: Hal + Clone> Block<R, H> {
         self.check_range(sector, len)?;
         let (mut s, mut off) = (sector, 0usize);
         while off < len {
-            let n = (len - off).min(MAX_TRANSFER);
+            let n = (len - off).min(MAX_DMA_TRANSFER);
             let seg = Segment {
                 addr: buf.paddr() + off as u64,
                 len: u32::try_from(n).map_err(|_| Error::ChainTooLong(n as u64))?,

@@ -350,11 +350,11 @@ fn block_zero_copy_through_a_caller_dma_buffer() {
             indirect: false,
             packed: false,
         };
-        let (dev, disk) = MemBlock::new(1024, OFFERED | bit(VIRTIO_BLK_F_FLUSH));
+        let (dev, disk) = MemBlock::new(8192, OFFERED | bit(VIRTIO_BLK_F_FLUSH));
         let w = window_in(cfg.exec, cfg.version, Box::new(dev));
         let hal = w.hal.clone();
         let mut b = Block::new(probe(cfg, w.io), w.hal).unwrap();
-        let len = 300 * 512; // more than one MAX_TRANSFER request
+        let len = (2 << 20) + 3 * 512; // three MAX_DMA_TRANSFER requests
         let mut buf = Dma::new(hal.clone(), len).unwrap();
         let data = pattern(9, len);
         buf.write_bytes(0, &data).unwrap();
