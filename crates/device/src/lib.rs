@@ -23,6 +23,7 @@
 pub mod config;
 pub mod device;
 pub mod interrupt;
+pub mod log_limit;
 pub mod queue;
 pub mod recording;
 pub mod transport;
@@ -36,6 +37,7 @@ pub struct ReadmeDoctests;
 pub use config::LiveConfig;
 pub use device::{ActivateError, BackendFd, SharedMemoryRegion, VirtioDevice};
 pub use interrupt::{Interrupt, InterruptCause, InterruptStatus};
+pub use log_limit::LogLimiter;
 pub use queue::{DescriptorChain, Queue, QueueError};
 pub use transport::{MmioTransport, TransportVersion};
 pub use worker::{ExecMode, WorkerDevice};

@@ -19,7 +19,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use log::{debug, warn};
+use log::{debug, log, warn};
 use vm_memory::GuestMemory;
 use vmmio_spec::features::{self, bit};
 use vmmio_spec::mmio::{self, Direction, Layout};
@@ -31,6 +31,7 @@ use vmmio_spec::status::{
 
 use crate::device::{BackendFd, SharedMemoryRegion, VirtioDevice};
 use crate::interrupt::{Interrupt, InterruptCause, InterruptStatus};
+use crate::log_limit::LogLimiter;
 use crate::queue::Queue;
 
 mod queue_regs;
@@ -99,22 +100,21 @@ const STATUS_ORDER: &[(u32, u32)] = &[
 /// Logs driver faults, the first [`FAULT_LOG_LIMIT`] at `warn` level.
 #[derive(Debug, Default)]
 struct FaultLog {
-    logged: u32,
+    limiter: LogLimiter<FAULT_LOG_LIMIT>,
 }
 
 impl FaultLog {
     fn report(&mut self, device_type: u32, args: fmt::Arguments<'_>) {
-        match self.logged.cmp(&FAULT_LOG_LIMIT) {
-            std::cmp::Ordering::Less => warn!("virtio-mmio (device type {device_type}): {args}"),
-            std::cmp::Ordering::Equal => warn!(
+        let level = self.limiter.level();
+        if self.limiter.was_last_warning() {
+            log!(
+                level,
                 "virtio-mmio (device type {device_type}): {args} \
                  (further driver faults of this window are logged at debug level)"
-            ),
-            std::cmp::Ordering::Greater => {
-                debug!("virtio-mmio (device type {device_type}): {args}")
-            }
+            );
+        } else {
+            log!(level, "virtio-mmio (device type {device_type}): {args}");
         }
-        self.logged = self.logged.saturating_add(1);
     }
 }
 

@@ -305,28 +305,11 @@ impl<'a> Region<'a> {
     }
 }
 
-/// Counts peer faults of one kind so that a guest cannot flood the host log:
-/// the first [`LogLimiter::LIMIT`] are logged at warn level, the rest at
-/// debug level.
-#[derive(Debug, Default)]
-pub(crate) struct LogLimiter {
-    count: u32,
-}
-
-impl LogLimiter {
-    /// How many events are logged at warn level.
-    pub(crate) const LIMIT: u32 = 16;
-
-    /// The level to log the next event at.
-    pub(crate) fn level(&mut self) -> log::Level {
-        self.count = self.count.saturating_add(1);
-        if self.count <= Self::LIMIT {
-            log::Level::Warn
-        } else {
-            log::Level::Debug
-        }
-    }
-}
+/// Counts peer faults of one kind so that a guest cannot flood the host
+/// log: the first 16 of each kind per device are logged at warn level, the
+/// rest at debug level (the limiter is `vmmio-device`'s, shared with the
+/// transport).
+pub(crate) type LogLimiter = vmmio_device::LogLimiter<16>;
 
 /// Most batches of `size` chains served per notification; a driver that
 /// keeps adding chains as fast as they are used waits for its next
@@ -530,7 +513,7 @@ mod tests {
             .serve(&mut (), |_| true, |_, _, _| 0);
             assert!(broken, "every break is still reported");
         }
-        assert_eq!(log.count, breaks);
+        assert_eq!(log.count(), breaks);
         assert_eq!(log.level(), log::Level::Debug);
     }
 }
