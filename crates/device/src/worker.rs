@@ -43,6 +43,13 @@
 //! A config access from the vCPU thread waits for the device call the
 //! worker is in (one batch of requests) at most.
 //!
+//! Backend fds are waited on level-triggered, as `poll(2)` does in the
+//! synchronous mode: a device must stop listing an fd (or its readable /
+//! writable interest) while it cannot make progress on it (no receive
+//! buffers, peer hung up), or the worker wakes for it again at once.
+//! An fd closed and reopened under the same number with the same token and
+//! interest between two listings is not noticed: give a new fd a new token.
+//!
 //! Not carried over: the notification data of VIRTIO_F_NOTIFICATION_DATA
 //! (an eventfd carries a count, not a value): the wrapper does not offer
 //! that feature, and the device is told `queue_notify(index, None)`.
