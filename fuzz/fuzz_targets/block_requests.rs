@@ -50,14 +50,19 @@ fn w(t: &mut MmioTransport<Mem>, off: u64, v: u32) {
 }
 
 fn start(t: &mut MmioTransport<Mem>, mem: &Mem) {
-    mem.write_slice(&[0u8; 4], GuestAddress(AVAIL)).expect("avail");
+    mem.write_slice(&[0u8; 4], GuestAddress(AVAIL))
+        .expect("avail");
     mem.write_slice(&[0u8; 4 + 8 * QSIZE as usize], GuestAddress(USED))
         .expect("used");
     w(t, mmio::STATUS, 0);
     w(t, mmio::STATUS, 1);
     w(t, mmio::STATUS, 3);
     w(t, mmio::DRIVER_FEATURES_SEL, 0);
-    w(t, mmio::DRIVER_FEATURES, 1 << vmmio_spec::blk::features::FLUSH);
+    w(
+        t,
+        mmio::DRIVER_FEATURES,
+        1 << vmmio_spec::blk::features::FLUSH,
+    );
     w(t, mmio::DRIVER_FEATURES_SEL, 1);
     w(t, mmio::DRIVER_FEATURES, 1);
     w(t, mmio::STATUS, 11);
@@ -113,10 +118,16 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let contents = &contents[..contents.len().min(MEM - DATA as usize)];
-    mem.write_slice(contents, GuestAddress(DATA)).expect("contents");
+    mem.write_slice(contents, GuestAddress(DATA))
+        .expect("contents");
     let block = Block::<Mem, _>::with_backend(MemoryBackend::new(MEM), BlockOptions::default())
         .expect("block");
-    let mut t = MmioTransport::new(TransportVersion::Modern, Box::new(block), mem.clone(), Arc::new(Line));
+    let mut t = MmioTransport::new(
+        TransportVersion::Modern,
+        Box::new(block),
+        mem.clone(),
+        Arc::new(Line),
+    );
 
     let rounds = if flags & 2 != 0 { 2 } else { 1 };
     for _ in 0..rounds {

@@ -60,17 +60,17 @@ fuzz_target!(|data: &[u8]| {
         TransportVersion::Modern
     };
     let mem = Mem::from_ranges(&[(GuestAddress(0), 0x1000)]).expect("guest memory");
-    let (device, host): (Box<dyn vmmio_device::VirtioDevice<Mem> + Send>, Host) =
-        if head & 2 != 0 {
-            let (console, _out) = Console::<Mem>::capture_with_limit(4096);
-            let handle = console.config_handle();
-            (Box::new(console), Host::Console(handle))
-        } else {
-            let block = Block::<Mem, _>::with_backend(MemoryBackend::new(4096), BlockOptions::default())
+    let (device, host): (Box<dyn vmmio_device::VirtioDevice<Mem> + Send>, Host) = if head & 2 != 0 {
+        let (console, _out) = Console::<Mem>::capture_with_limit(4096);
+        let handle = console.config_handle();
+        (Box::new(console), Host::Console(handle))
+    } else {
+        let block =
+            Block::<Mem, _>::with_backend(MemoryBackend::new(4096), BlockOptions::default())
                 .expect("block device");
-            let handle = block.config_handle();
-            (Box::new(block), Host::Block(handle))
-        };
+        let handle = block.config_handle();
+        (Box::new(block), Host::Block(handle))
+    };
     let mut t = MmioTransport::new(version, device, mem, Arc::new(Line));
     for op in ops.chunks_exact(10).take(4096) {
         let (kind, a) = (op[0], op[1]);
@@ -96,7 +96,11 @@ fuzz_target!(|data: &[u8]| {
                     }
                 };
                 if changed {
-                    assert_ne!(t.config_generation(), before, "a host change kept the generation");
+                    assert_ne!(
+                        t.config_generation(),
+                        before,
+                        "a host change kept the generation"
+                    );
                     if version == TransportVersion::Modern {
                         assert_ne!(read32(&mut t, mmio::CONFIG_GENERATION), before);
                     }
