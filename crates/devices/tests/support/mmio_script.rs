@@ -10,7 +10,8 @@
 //! small `QueueSizeMax` of 8; bit 4: two guest-memory regions; bit 5: a
 //! Net device over a `-netdev stream` socket pair instead; bit 6: a Vsock
 //! device, guest CID 3, on a socket in a fresh temporary directory with a
-//! host program listening on port 0, the port zeroed memory names), bytes 1-2
+//! host program listening on port 0, the port zeroed memory names; bit 7:
+//! VIRTIO_F_RING_PACKED offered on Modern windows), bytes 1-2
 //! (LE) how many of the following bytes fill guest memory (64 KiB at 0,
 //! the rest zero). Then 12-byte operations: `[kind, a0, a1, v0..v7, x]`,
 //! `a` = LE u16, `v` = LE u64. `kind % 8`:
@@ -160,6 +161,7 @@ pub fn run(data: &[u8]) {
         }
     };
     let mut window = MmioTransport::new(version, device, mem.clone(), Arc::new(Line));
+    window.set_packed_ring(head & 0x80 != 0);
     let legacy = version == TransportVersion::Legacy;
 
     let w32 = |window: &mut MmioTransport<Mem>, offset: u64, value: u32| {
@@ -320,13 +322,19 @@ fn check_device_writes(log: &Log, mem: &Mem, before: &[Queue], after: &[Queue]) 
         return;
     }
     let all: Vec<&Queue> = before.iter().chain(after).collect();
-    let used_rings: Vec<(u64, u64)> = all
-        .iter()
-        .map(|q| {
-            let used = q.addresses().2;
-            (used, used.saturating_add(6 + 8 * u64::from(q.size())))
-        })
-        .collect();
+    let mut used_rings: Vec<(u64, u64)> = Vec::new();
+    for q in &all {
+        let (desc, _, used) = q.addresses();
+        let size = u64::from(q.size());
+        if q.packed() {
+            // §2.8: the device writes used descriptors back into the
+            // descriptor ring, and its event suppression structure.
+            used_rings.push((desc, desc.saturating_add(16 * size)));
+            used_rings.push((used, used.saturating_add(4)));
+        } else {
+            used_rings.push((used, used.saturating_add(6 + 8 * size)));
+        }
+    }
     let outside: Vec<Write> = writes
         .into_iter()
         .filter(|w| !covered(&used_rings, w))
@@ -355,15 +363,20 @@ fn covered(ranges: &[(u64, u64)], w: &Write) -> bool {
 /// device-writable, directly or in an indirect table it points to.
 fn writable_buffers(mem: &Mem, queues: &[&Queue]) -> Vec<(u64, u64)> {
     use vmmio_spec::split::{VIRTQ_DESC_F_INDIRECT as F_INDIRECT, VIRTQ_DESC_F_WRITE as F_WRITE};
-    let desc = |at: u64| -> Option<(u64, u64, u16)> {
+    // Split descriptors keep `flags` at byte 12, packed ones at 14 (§2.8.13);
+    // indirect tables of a packed ring use the packed layout too.
+    let desc = |at: u64, packed: bool| -> Option<(u64, u64, u16)> {
         let raw: [u8; 16] = mem.read_obj(GuestAddress(at)).ok()?;
         let addr = u64::from_le_bytes(raw[0..8].try_into().ok()?);
         let len = u64::from(u32::from_le_bytes(raw[8..12].try_into().ok()?));
-        let flags = u16::from_le_bytes([raw[12], raw[13]]);
+        let f = if packed { 14 } else { 12 };
+        let flags = u16::from_le_bytes([raw[f], raw[f + 1]]);
         Some((addr, len, flags))
     };
     let mut out = Vec::new();
     for q in queues {
+        let packed = q.packed();
+        let desc = |at: u64| desc(at, packed);
         let table = q.addresses().0;
         for i in 0..u64::from(q.size()) {
             let Some((addr, len, flags)) = desc(table.wrapping_add(16 * i)) else {
