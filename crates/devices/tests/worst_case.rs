@@ -1,5 +1,6 @@
 //! Host resources under a hostile guest: for each device (block over a
-//! file, entropy, console), the worst a driver may legally (or almost
+//! file, entropy, net over a stream socket whose peer never reads,
+//! console), the worst a driver may legally (or almost
 //! legally) ask, through a real `MmioTransport` (Version 2):
 //!
 //! - the longest legal chain: `QueueSizeMax` = 32768 descriptors in one
@@ -26,8 +27,9 @@ use std::sync::Arc;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmmio_device::{Interrupt, InterruptCause, MmioTransport, TransportVersion, VirtioDevice};
+use vmmio_devices::net::Stream;
 use vmmio_devices::rng::EntropySource;
-use vmmio_devices::{Block, BlockOptions, Console, Rng};
+use vmmio_devices::{Block, BlockOptions, Console, Net, Rng};
 use vmmio_spec::features::VIRTIO_F_VERSION_1;
 use vmmio_spec::mmio;
 use vmmio_spec::status::{ACKNOWLEDGE, DRIVER, DRIVER_OK, FEATURES_OK};
@@ -322,6 +324,24 @@ fn each_device_survives_worst_cases_within_a_memory_bound() {
         false,
         true,
     );
+    // Net: transmit to a stream peer that never reads (the socket buffer
+    // fills, frames wait or drop; nothing may pile up on the host).
+    let (ours, peer) = std::os::unix::net::UnixStream::pair().expect("socket pair");
+    let ours = std::sync::Mutex::new(Some(ours));
+    worst_cases(
+        "net (transmitq)",
+        &|| {
+            let sock = ours.lock().expect("socket").take().expect("one net device");
+            Box::new(
+                Net::<Mem>::new(Box::new(Stream::new(sock).expect("stream")))
+                    .with_queue_size(QUEUE),
+            )
+        },
+        1,
+        false,
+        false,
+    );
+    drop(peer);
     worst_cases(
         "console (transmitq)",
         &|| Box::new(Console::<Mem>::new(Box::new(std::io::sink())).with_queue_size(QUEUE)),
