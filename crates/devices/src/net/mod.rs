@@ -34,6 +34,12 @@
 //! [`MAX_BACKLOG_BYTES`]; while it is full the device stops reading its
 //! backend (the socket or TAP queue holds the rest, no spinning).
 //!
+//! # Link state
+//! `status` reports the link up until the host says otherwise
+//! ([`NetHandle::set_link_up`]) or the backend's peer closes the link
+//! (a stream socket at end of file), which sets it down; both raise a
+//! configuration change notification on a running device.
+//!
 //! # Threads
 //! The device runs on the thread that runs its queues (the vCPU's in the
 //! synchronous mode, a worker's otherwise). [`NetHandle`] reaches the link
@@ -41,10 +47,12 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use vm_memory::GuestMemory;
+use vmm_sys_util::eventfd::EventFd;
 use vmmio_device::queue::Descriptor;
 use vmmio_device::{
     ActivateError, BackendFd, DescriptorChain, InterruptStatus, LiveConfig, Queue, VirtioDevice,
@@ -81,6 +89,9 @@ pub const MAX_MTU: u16 = (MAX_FRAME_LEN - ETH_HLEN - VLAN_HLEN) as u16;
 pub const DEFAULT_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
 /// The backend's token in [`VirtioDevice::backend_fds`].
 pub const BACKEND_TOKEN: u64 = 0;
+/// Token of the device's own "more transmit work" eventfd in
+/// [`VirtioDevice::backend_fds`].
+pub const MORE_TOKEN: u64 = 1;
 
 /// Length of an 802.1Q tag, in bytes.
 const VLAN_HLEN: usize = 4;
@@ -260,6 +271,12 @@ pub struct Net<M> {
     backlog_bytes: usize,
     /// A transmit frame waits for the backend to take it.
     tx_blocked: bool,
+    /// Wakes the device itself when it stopped serving the transmit queue
+    /// at its per-notification cap with chains left (`None` if the eventfd
+    /// could not be created: the driver's next notification then resumes).
+    more: Option<EventFd>,
+    /// `more` was signalled and not yet served.
+    more_pending: bool,
     /// Frame buffers, [`MAX_FRAME_LEN`] (+ header) bytes each, reused.
     tx_buf: Box<[u8]>,
     rx_buf: Box<[u8]>,
@@ -300,6 +317,8 @@ impl<M> Net<M> {
             backlog: VecDeque::new(),
             backlog_bytes: 0,
             tx_blocked: false,
+            more: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).ok(),
+            more_pending: false,
             tx_buf: vec![0; MAX_FRAME_LEN].into_boxed_slice(),
             rx_buf: vec![0; MAX_FRAME_LEN].into_boxed_slice(),
             chain: DescriptorChain::new(),
@@ -386,7 +405,13 @@ impl<M: GuestMemory> Net<M> {
             }
             let (hdr, n) = match self.backend.recv(&mut self.rx_buf) {
                 Ok(Some(f)) => f,
-                Ok(None) => break,
+                Ok(None) => {
+                    if self.backend.fd().is_none() {
+                        // The peer closed the link: report it (§5.1.4 status).
+                        NetHandle(self.shared.clone()).set_link_up(false);
+                    }
+                    break;
+                }
                 Err(e) => {
                     log::log!(
                         self.logs.host.level(),
@@ -412,6 +437,26 @@ impl<M: GuestMemory> Net<M> {
             });
         }
         self.rx_notify();
+    }
+
+    /// The transmit queue still has chains after the per-notification cap:
+    /// wake the device through its own eventfd (listed in `backend_fds`),
+    /// since with EVENT_IDX the driver will not notify for chains it
+    /// already made available.
+    fn signal_more(&mut self) {
+        if let Some(more) = self.more.as_ref() {
+            if more.write(1).is_ok() {
+                self.more_pending = true;
+            }
+        }
+    }
+
+    fn clear_more(&mut self) {
+        if let Some(more) = self.more.as_ref() {
+            // Non-blocking: EAGAIN when already clear.
+            let _ = more.read();
+        }
+        self.more_pending = false;
     }
 
     fn backlog_full(&self) -> bool {
@@ -516,6 +561,7 @@ impl<M: GuestMemory + Send> VirtioDevice<M> for Net<M> {
         self.backlog.clear();
         self.backlog_bytes = 0;
         self.tx_blocked = false;
+        self.clear_more();
     }
 
     fn queue_reset(&mut self, index: u16) {
@@ -538,35 +584,52 @@ impl<M: GuestMemory + Send> VirtioDevice<M> for Net<M> {
     }
 
     fn backend_fds(&self) -> Vec<BackendFd> {
-        let Some(fd) = self.backend.fd() else {
-            return Vec::new();
-        };
+        let mut fds = Vec::new();
         if self.active.is_none() {
-            return Vec::new();
+            return fds;
         }
-        let readable = !self.backlog_full();
-        // A refused frame waits for writability whether or not the backend
-        // keeps output of its own (a TAP does not: its `wants_write` is
-        // always false).
-        let writable = self.backend.wants_write() || self.tx_blocked;
-        if !readable && !writable {
-            return Vec::new();
+        if let Some(fd) = self.backend.fd() {
+            let readable = !self.backlog_full();
+            // A refused frame waits for writability whether or not the
+            // backend keeps output of its own (a TAP does not: its
+            // `wants_write` is always false).
+            let writable = self.backend.wants_write() || self.tx_blocked;
+            if readable || writable {
+                fds.push(BackendFd {
+                    fd,
+                    token: BACKEND_TOKEN,
+                    readable,
+                    writable,
+                });
+            }
         }
-        vec![BackendFd {
-            fd,
-            token: BACKEND_TOKEN,
-            readable,
-            writable,
-        }]
+        if let (true, Some(more)) = (self.more_pending, self.more.as_ref()) {
+            fds.push(BackendFd {
+                fd: more.as_raw_fd(),
+                token: MORE_TOKEN,
+                readable: true,
+                writable: false,
+            });
+        }
+        fds
     }
 
     fn backend_event(&mut self, token: u64) {
-        if token != BACKEND_TOKEN || self.active.is_none() {
+        if self.active.is_none() {
             return;
         }
-        self.flush_backend();
-        self.drain_backlog();
-        self.poll_backend();
+        match token {
+            BACKEND_TOKEN => {
+                self.flush_backend();
+                self.drain_backlog();
+                self.poll_backend();
+            }
+            MORE_TOKEN => {
+                self.clear_more();
+                self.transmit();
+            }
+            _ => {}
+        }
     }
 }
 

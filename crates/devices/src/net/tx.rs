@@ -54,13 +54,17 @@ impl<M: GuestMemory> Net<M> {
                 return;
             }
         }
-        // Stopped with chains perhaps left: make the driver notify again.
+        // Stopped at the cap with chains perhaps left: re-arm the driver's
+        // notifications, and if chains are there already (the driver will
+        // not notify for those), wake ourselves to serve them next.
         let Some(active) = self.active.as_mut() else {
             return;
         };
         if let Some(q) = active.queues[TX].as_mut() {
-            if let Err(e) = q.enable_notification(&active.mem) {
-                self.break_queue(TX, &e);
+            match q.enable_notification(&active.mem) {
+                Ok(true) => self.signal_more(),
+                Ok(false) => {}
+                Err(e) => self.break_queue(TX, &e),
             }
         }
     }
