@@ -79,6 +79,8 @@ pub(crate) struct Conn {
     pub(crate) host_write_closed: bool,
     /// The host stream may have bytes to read.
     pub(crate) host_readable: bool,
+    /// When the connection was created (for the handshake timeout).
+    pub(crate) since: std::time::Instant,
 }
 
 impl Conn {
@@ -110,6 +112,7 @@ impl Conn {
             host_eof: false,
             host_write_closed: false,
             host_readable: false,
+            since: std::time::Instant::now(),
         }
     }
 

@@ -93,6 +93,8 @@ pub(crate) enum Handshake {
 pub(crate) struct Pending {
     pub(crate) stream: UnixStream,
     line: Vec<u8>,
+    /// When it was accepted.
+    pub(crate) since: std::time::Instant,
 }
 
 impl Pending {
@@ -100,6 +102,7 @@ impl Pending {
         Self {
             stream,
             line: Vec::with_capacity(MAX_LINE),
+            since: std::time::Instant::now(),
         }
     }
 

@@ -22,7 +22,9 @@
 //! - at most [`VsockOptions::max_connections`] connections (default
 //!   [`MAX_CONNECTIONS`]), host programs still in their `CONNECT` line
 //!   included: a REQUEST beyond it is answered with RST, a host program
-//!   beyond it is disconnected;
+//!   beyond it is disconnected; a handshake not finished within
+//!   [`VsockOptions::connect_timeout`] (a host program's `CONNECT` line,
+//!   the guest's answer to a REQUEST) is dropped;
 //! - per connection at most `buf_alloc` bytes (default [`BUF_ALLOC`]) of
 //!   guest payload wait for the host program, which is exactly the credit
 //!   the guest is given (§5.10.6.3): a guest sending beyond its credit is
@@ -85,6 +87,8 @@ pub const MAX_PKT_PAYLOAD: u32 = 64 * 1024;
 pub const STAGE_SIZE: usize = 16 * 1024;
 /// Most RST replies to packets of no connection waiting for rx buffers.
 pub const MAX_REPLIES: usize = 1024;
+/// Default [`VsockOptions::connect_timeout`] (as Firecracker's 2 s).
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// First host port handed to host-initiated connections (as Firecracker:
 /// far above the ports host programs listen on).
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
@@ -106,6 +110,13 @@ pub struct VsockOptions {
     /// RST replies waiting for rx buffers before the tx queue is held
     /// back. Default [`MAX_REPLIES`].
     pub max_replies: usize,
+    /// How long a host program may take to send its `CONNECT` line, and
+    /// the guest to answer the REQUEST that follows, before the device
+    /// gives up (RST to the guest, the host program disconnected). Checked
+    /// whenever the device runs (a queue notification or a host event), so
+    /// a stale handshake is dropped at the latest when the next host
+    /// program knocks. Default [`CONNECT_TIMEOUT`].
+    pub connect_timeout: std::time::Duration,
 }
 
 impl Default for VsockOptions {
@@ -115,6 +126,7 @@ impl Default for VsockOptions {
             buf_alloc: BUF_ALLOC,
             queue_size: QUEUE_SIZE,
             max_replies: MAX_REPLIES,
+            connect_timeout: CONNECT_TIMEOUT,
         }
     }
 }
@@ -272,6 +284,7 @@ impl<M: GuestMemory> Vsock<M> {
     /// host reads, rx packets, events. Twice, so that rx buffers freeing
     /// the reply queue let held-back tx packets through.
     fn pump(&mut self) {
+        self.proto.expire();
         for _ in 0..2 {
             self.serve(TXQ);
             self.proto.flush_all();
@@ -733,6 +746,23 @@ impl Proto {
         }
     }
 
+    /// Drops handshakes older than the connect timeout: host programs
+    /// that never finished their line, and host-initiated connections
+    /// the guest never answered (RST, so the guest forgets them too).
+    fn expire(&mut self) {
+        let limit = self.opts.connect_timeout;
+        self.pending.retain(|_, p| p.since.elapsed() < limit);
+        let stale: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.state == State::Connecting && c.since.elapsed() >= limit)
+            .map(|(&t, _)| t)
+            .collect();
+        for t in stale {
+            self.reset(t);
+        }
+    }
+
     /// Host programs knocking on `PATH`.
     fn accept(&mut self) {
         for _ in 0..ACCEPT_BATCH {
@@ -844,6 +874,7 @@ impl Proto {
 
     fn backend_event(&mut self, token: u64) {
         if token == LISTENER_TOKEN {
+            self.expire();
             self.accept();
         } else if self.pending.contains_key(&token) {
             self.handshake(token);

@@ -691,3 +691,38 @@ mod hostile {
         }
     }
 }
+
+/// A host program that never finishes its line, and a host-initiated
+/// connection the guest never answers, are dropped after the connect
+/// timeout (the guest gets RST for the latter): they cannot hold
+/// connection slots forever.
+#[test]
+fn stale_handshakes_expire() {
+    let mut f = fx_with(VsockOptions {
+        connect_timeout: std::time::Duration::from_millis(10),
+        ..VsockOptions::default()
+    });
+    f.post_rx(8);
+    let mut silent = UnixStream::connect(&f.path).unwrap();
+    let mut s = UnixStream::connect(&f.path).unwrap();
+    for c in [&silent, &s] {
+        c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+    }
+    s.write_all(b"CONNECT 5000\n").unwrap();
+    f.poke();
+    f.poke();
+    let p = f.recv();
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].op(), op::REQUEST);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    f.poke();
+    let p = f.recv();
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].op(), op::RST);
+    assert_eq!(p[0].h.dst_port.get(), 5000);
+    let mut b = [0u8; 1];
+    assert_eq!(s.read(&mut b).unwrap(), 0);
+    assert_eq!(silent.read(&mut b).unwrap(), 0);
+    assert_eq!(f.dev.connections(), 0);
+}
