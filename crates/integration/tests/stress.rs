@@ -194,7 +194,14 @@ fn submit(
         d.owner.insert(token, tid);
         d.epoch
     };
+    // Generous: a loaded CI machine is slow, but a request that neither
+    // completes nor is lost to a reset means the device lost it.
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
+        assert!(
+            Instant::now() < deadline,
+            "thread {tid}: a request neither completed nor was lost to a reset"
+        );
         {
             let mut d = lock(drv);
             let d = &mut *d;
