@@ -12,8 +12,11 @@ use vm_memory::{
     ByteValued, Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryError,
     VolatileMemory, VolatileSlice,
 };
+use vmm_sys_util::eventfd::EventFd;
 use vmmio_device::queue::Descriptor;
-use vmmio_device::{DescriptorChain, InterruptCause, InterruptStatus, Queue, QueueError};
+use vmmio_device::{
+    ActivateError, BackendFd, DescriptorChain, InterruptCause, InterruptStatus, Queue, QueueError,
+};
 
 /// The chain has a device-readable descriptor after a device-writable one
 /// (virtio v1.4 §2.7.4.2: the driver MUST place readable descriptors
@@ -311,10 +314,80 @@ impl<'a> Region<'a> {
 /// transport).
 pub(crate) type LogLimiter = vmmio_device::LogLimiter<16>;
 
-/// Most batches of `size` chains served per notification; a driver that
-/// keeps adding chains as fast as they are used waits for its next
-/// notification after that.
-const MAX_BATCHES: u32 = 4;
+/// Most batches of `size` chains served per notification (or per
+/// [`MoreWork`] event). The cap bounds one call: a worker holds the
+/// device for its whole length, and a driver that keeps adding chains
+/// must not keep a reset waiting.
+pub(crate) const MAX_BATCHES: u32 = 4;
+
+/// Chains a device left in a ring when it stopped at [`MAX_BATCHES`].
+///
+/// The driver will not notify for them: with EVENT_IDX it already passed
+/// the `avail_event` the device published (§2.7.10), and without it may
+/// have seen notifications suppressed. So the device wakes itself: it
+/// writes an `EventFd`, lists it readable in `backend_fds` while work is
+/// left, and on `backend_event(MoreWork::TOKEN)` serves its queues again,
+/// through the worker's epoll loop or `MmioTransport::poll_backends` alike.
+#[derive(Debug, Default)]
+pub(crate) struct MoreWork {
+    /// Opened at the first activate, kept across resets.
+    fd: Option<EventFd>,
+    /// The fd was written and not yet drained.
+    pending: bool,
+}
+
+impl MoreWork {
+    /// The token of the "more work" fd; no device uses it for another fd.
+    pub(crate) const TOKEN: u64 = u64::MAX;
+
+    /// Opens the `EventFd` if not yet open; called from `activate`.
+    pub(crate) fn open(&mut self) -> Result<(), ActivateError> {
+        if self.fd.is_none() {
+            let fd = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
+                .map_err(|e| ActivateError::Backend(e.into()))?;
+            self.fd = Some(fd);
+        }
+        Ok(())
+    }
+
+    /// Chains were left at the cap: wake the device again.
+    pub(crate) fn signal(&mut self) {
+        if self.pending {
+            return;
+        }
+        let Some(fd) = self.fd.as_ref() else {
+            log::error!("more-work eventfd not open: chains left until the next notification");
+            return;
+        };
+        match fd.write(1) {
+            Ok(()) => self.pending = true,
+            Err(e) => log::error!("more-work eventfd write failed: {e}"),
+        }
+    }
+
+    /// The fd to list in `backend_fds` while work is left.
+    pub(crate) fn backend_fd(&self) -> Option<BackendFd> {
+        use std::os::fd::AsRawFd;
+        let fd = self.fd.as_ref().filter(|_| self.pending)?;
+        Some(BackendFd {
+            fd: fd.as_raw_fd(),
+            token: Self::TOKEN,
+            readable: true,
+            writable: false,
+        })
+    }
+
+    /// Drains the fd (on its `backend_event`, and at reset); the caller
+    /// then serves its queues again, or drops them.
+    pub(crate) fn clear(&mut self) {
+        if std::mem::take(&mut self.pending) {
+            if let Some(fd) = self.fd.as_ref() {
+                // Non-blocking: a spurious or repeated call reads nothing.
+                let _ = fd.read();
+            }
+        }
+    }
+}
 
 /// One queue of a running device and what serving it needs.
 pub(crate) struct Served<'a, M> {
@@ -333,13 +406,16 @@ pub(crate) struct Served<'a, M> {
     /// Rate limit of the "driver broke the queue" log line: a driver can
     /// break a queue, reset or re-enable it and break it again at will.
     pub(crate) broken_log: &'a mut LogLimiter,
+    /// Signalled when serving stops at the cap with chains left.
+    pub(crate) more: &'a mut MoreWork,
 }
 
 impl<M: GuestMemory> Served<'_, M> {
     /// Pops chains while `want_more(state)`, hands each to `handle` (which
     /// returns the used length) and puts it in the used ring; after each
     /// batch of up to `size` chains asks the queue once whether the driver
-    /// wants a notification and raises at most one interrupt.
+    /// wants a notification and raises at most one interrupt. Stops after
+    /// [`MAX_BATCHES`] full batches; chains left then signal `more`.
     ///
     /// A queue error (the driver broke the ring) is logged (at error level
     /// [`LogLimiter::LIMIT`] times per device, then at debug level), marks
@@ -359,6 +435,7 @@ impl<M: GuestMemory> Served<'_, M> {
             interrupt,
             chain,
             broken_log,
+            more,
         } = self;
         if *broken || !queue.ready() {
             return;
@@ -392,9 +469,12 @@ impl<M: GuestMemory> Served<'_, M> {
                 return;
             }
         }
-        // Stopped with chains perhaps left: make the driver notify again.
-        if let Err(e) = queue.enable_notification(mem) {
-            break_queue(name, broken_log, broken, interrupt, &e);
+        // Stopped with chains perhaps left: ask for the driver's next
+        // notification, and serve the ones already there on our own.
+        match queue.enable_notification(mem) {
+            Ok(true) => more.signal(),
+            Ok(false) => {}
+            Err(e) => break_queue(name, broken_log, broken, interrupt, &e),
         }
     }
 }
@@ -497,6 +577,7 @@ mod tests {
         let (status, _line) = interrupt();
         let mut log = LogLimiter::default();
         let mut chain = DescriptorChain::new();
+        let mut more = MoreWork::default();
         let breaks = LogLimiter::LIMIT + 4;
         for _ in 0..breaks {
             let mut queue = ring.queue(0);
@@ -509,6 +590,7 @@ mod tests {
                 interrupt: &status,
                 chain: &mut chain,
                 broken_log: &mut log,
+                more: &mut more,
             }
             .serve(&mut (), |_| true, |_, _, _| 0);
             assert!(broken, "every break is still reported");

@@ -32,12 +32,12 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use vm_memory::GuestMemory;
 use vmmio_device::queue::Descriptor;
 use vmmio_device::{
-    ActivateError, DescriptorChain, InterruptStatus, LiveConfig, Queue, VirtioDevice,
+    ActivateError, BackendFd, DescriptorChain, InterruptStatus, LiveConfig, Queue, VirtioDevice,
 };
 use vmmio_spec::device_id;
 use vmmio_spec::features::{bit, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_RING_RESET};
 
-use crate::chain::{ChainLayout, LogLimiter, Region, Served};
+use crate::chain::{ChainLayout, LogLimiter, MoreWork, Region, Served};
 
 pub use vmmio_spec::console::{F_EMERG_WRITE, F_MULTIPORT, F_SIZE, RECEIVEQ, TRANSMITQ};
 
@@ -90,6 +90,8 @@ struct Inner<M> {
     host_errors: LogLimiter,
     /// Rate limit of "driver broke the queue" (both queues, across resets).
     broken_log: LogLimiter,
+    /// Wakes the device for chains left at the per-call cap.
+    more: MoreWork,
 }
 
 /// A virtio console device (device ID 3) with one port.
@@ -211,6 +213,7 @@ impl<M> Console<M> {
                 dropped: LogLimiter::default(),
                 host_errors: LogLimiter::default(),
                 broken_log: LogLimiter::default(),
+                more: MoreWork::default(),
             })),
             config: LiveConfig::new(initial_config(80, 25)),
             queue_max_sizes: [QUEUE_SIZE; 2],
@@ -402,6 +405,7 @@ impl<M: GuestMemory> Inner<M> {
             interrupt: &active.interrupt,
             chain: &mut self.chain,
             broken_log: &mut self.broken_log,
+            more: &mut self.more,
         }
         .serve(
             &mut rx,
@@ -434,6 +438,7 @@ impl<M: GuestMemory> Inner<M> {
             interrupt: &active.interrupt,
             chain: &mut self.chain,
             broken_log: &mut self.broken_log,
+            more: &mut self.more,
         }
         .serve(
             &mut tx,
@@ -671,8 +676,9 @@ impl<M: GuestMemory + Send> VirtioDevice<M> for Console<M> {
         let mut it = queues.into_iter().map(|q| q.ready().then_some(q));
         let rx = it.next().flatten();
         let tx = it.next().flatten();
-        self.config.activate(interrupt.clone());
         let mut inner = lock(&self.inner);
+        inner.more.open()?;
+        self.config.activate(interrupt.clone());
         inner.active = Some(Active {
             mem,
             interrupt,
@@ -700,7 +706,9 @@ impl<M: GuestMemory + Send> VirtioDevice<M> for Console<M> {
     fn reset(&mut self) {
         self.config.deactivate();
         // Pending input stays for the next driver.
-        lock(&self.inner).active = None;
+        let mut inner = lock(&self.inner);
+        inner.active = None;
+        inner.more.clear();
     }
 
     fn queue_reset(&mut self, index: u16) {
@@ -725,6 +733,19 @@ impl<M: GuestMemory + Send> VirtioDevice<M> for Console<M> {
             RECEIVEQ => inner.deliver(),
             TRANSMITQ => inner.transmit(),
             _ => {}
+        }
+    }
+
+    fn backend_fds(&self) -> Vec<BackendFd> {
+        lock(&self.inner).more.backend_fd().into_iter().collect()
+    }
+
+    fn backend_event(&mut self, token: u64) {
+        let mut inner = lock(&self.inner);
+        if token == MoreWork::TOKEN && inner.active.is_some() {
+            inner.more.clear();
+            inner.transmit();
+            inner.deliver();
         }
     }
 }

@@ -20,11 +20,13 @@ use std::fmt;
 
 use vm_memory::GuestMemory;
 use vmmio_device::queue::Descriptor;
-use vmmio_device::{ActivateError, DescriptorChain, InterruptStatus, Queue, VirtioDevice};
+use vmmio_device::{
+    ActivateError, BackendFd, DescriptorChain, InterruptStatus, Queue, VirtioDevice,
+};
 use vmmio_spec::device_id;
 use vmmio_spec::features::{bit, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_RING_RESET};
 
-use crate::chain::{ChainLayout, LogLimiter, Region, Served};
+use crate::chain::{ChainLayout, LogLimiter, MoreWork, Region, Served};
 
 /// Most random bytes given to one request, in bytes (see the module docs).
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -80,6 +82,8 @@ pub struct Rng<M> {
     chain: DescriptorChain,
     /// Rate limit of "driver broke the queue" (across resets).
     broken_log: LogLimiter,
+    /// Wakes the device for chains left at the per-call cap.
+    more: MoreWork,
 }
 
 impl<M> Rng<M> {
@@ -102,6 +106,7 @@ impl<M> Rng<M> {
             active: None,
             chain: DescriptorChain::new(),
             broken_log: LogLimiter::default(),
+            more: MoreWork::default(),
         }
     }
 
@@ -213,6 +218,7 @@ impl<M: GuestMemory> Rng<M> {
             interrupt: &active.interrupt,
             chain: &mut self.chain,
             broken_log: &mut self.broken_log,
+            more: &mut self.more,
         }
         .serve(
             &mut self.filler,
@@ -254,6 +260,7 @@ impl<M: GuestMemory + Send> VirtioDevice<M> for Rng<M> {
         queues: Vec<Queue>,
         _features: u64,
     ) -> Result<(), ActivateError> {
+        self.more.open()?;
         let queue = queues.into_iter().next().filter(Queue::ready);
         self.active = Some(Active {
             mem,
@@ -277,6 +284,7 @@ impl<M: GuestMemory + Send> VirtioDevice<M> for Rng<M> {
 
     fn reset(&mut self) {
         self.active = None;
+        self.more.clear();
     }
 
     fn queue_reset(&mut self, index: u16) {
@@ -292,6 +300,17 @@ impl<M: GuestMemory + Send> VirtioDevice<M> for Rng<M> {
             active.broken = false;
         }
         self.serve();
+    }
+
+    fn backend_fds(&self) -> Vec<BackendFd> {
+        self.more.backend_fd().into_iter().collect()
+    }
+
+    fn backend_event(&mut self, token: u64) {
+        if token == MoreWork::TOKEN && self.active.is_some() {
+            self.more.clear();
+            self.serve();
+        }
     }
 }
 

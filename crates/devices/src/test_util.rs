@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmmio_device::queue::Descriptor;
-use vmmio_device::{Interrupt, InterruptCause, InterruptStatus, Queue};
+use vmmio_device::{Interrupt, InterruptCause, InterruptStatus, Queue, VirtioDevice};
 
 /// Guest memory used by the tests: 1 MiB at guest address 0.
 pub type Mem = GuestMemoryMmap<()>;
@@ -173,4 +173,62 @@ impl TestRing {
     pub fn set_avail_flags(&self, mem: &Mem, flags: u16) {
         mem.write_obj(flags, GuestAddress(self.avail)).unwrap();
     }
+}
+
+/// A driver adding chains while the device serves them (a vCPU beside a
+/// worker thread): each call makes table entry `idx % size` available,
+/// starting at `idx == start`, `extra` times in all. The table must
+/// already hold a chain at every entry.
+pub fn refiller(mem: Mem, ring: &TestRing, start: u16, extra: u16) -> impl FnMut() + Send {
+    let (avail, size) = (ring.avail, ring.size);
+    let mut idx = start;
+    move || {
+        if idx >= start + extra {
+            return;
+        }
+        let slot = u64::from(idx % size);
+        mem.write_obj(idx % size, GuestAddress(avail + 4 + 2 * slot))
+            .unwrap();
+        idx += 1;
+        mem.write_obj(idx, GuestAddress(avail + 2)).unwrap();
+    }
+}
+
+/// The `avail_event` the device published in `ring`'s used ring (EVENT_IDX).
+pub fn avail_event(mem: &Mem, ring: &TestRing) -> u16 {
+    mem.read_obj(GuestAddress(ring.used + 4 + 8 * u64::from(ring.size)))
+        .unwrap()
+}
+
+/// What a synchronous embedder's `MmioTransport::poll_backends` does, with
+/// a zero timeout: delivers `backend_event` for every listed fd that is
+/// ready, until none is (at most `rounds` times). Returns the events
+/// delivered.
+pub fn run_backends<D: VirtioDevice<Mem> + ?Sized>(dev: &mut D, rounds: usize) -> usize {
+    let mut events = 0;
+    for _ in 0..rounds {
+        let fds = dev.backend_fds();
+        let mut pollfds: Vec<libc::pollfd> = fds
+            .iter()
+            .map(|b| libc::pollfd {
+                fd: b.fd,
+                events: (if b.readable { libc::POLLIN } else { 0 })
+                    | (if b.writable { libc::POLLOUT } else { 0 }),
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: `pollfds` is a live, writable array of its length.
+        let rc = unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, 0) };
+        assert!(rc >= 0, "poll: {}", std::io::Error::last_os_error());
+        if rc == 0 {
+            break;
+        }
+        for (b, p) in fds.iter().zip(&pollfds) {
+            if p.revents != 0 {
+                events += 1;
+                dev.backend_event(b.token);
+            }
+        }
+    }
+    events
 }

@@ -43,12 +43,12 @@ use std::path::Path;
 
 use vm_memory::GuestMemory;
 use vmmio_device::{
-    ActivateError, DescriptorChain, InterruptStatus, LiveConfig, Queue, VirtioDevice,
+    ActivateError, BackendFd, DescriptorChain, InterruptStatus, LiveConfig, Queue, VirtioDevice,
 };
 use vmmio_spec::device_id;
 use vmmio_spec::features::{bit, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_RING_RESET};
 
-use crate::chain::{LogLimiter, Served};
+use crate::chain::{LogLimiter, MoreWork, Served};
 pub use backend::{Backend, FileBackend, MemoryBackend};
 use request::{features as blk, Capacity, Disk, Limits, ID_BYTES, SECTOR_SIZE};
 
@@ -165,6 +165,8 @@ pub struct Block<M, B = FileBackend> {
     chain: DescriptorChain,
     /// Rate limit of "driver broke the queue" (every queue, every reset).
     broken_log: LogLimiter,
+    /// Wakes the device for chains left at the per-call cap.
+    more: MoreWork,
 }
 
 impl<M> Block<M, FileBackend> {
@@ -327,6 +329,7 @@ impl<M, B: Backend> Block<M, B> {
             active: None,
             chain: DescriptorChain::new(),
             broken_log: LogLimiter::default(),
+            more: MoreWork::default(),
         })
     }
 
@@ -385,6 +388,7 @@ impl<M: GuestMemory, B: Backend> Block<M, B> {
             interrupt: &active.interrupt,
             chain: &mut self.chain,
             broken_log: &mut self.broken_log,
+            more: &mut self.more,
         }
         .serve(
             &mut self.disk,
@@ -434,6 +438,7 @@ where
         queues: Vec<Queue>,
         features: u64,
     ) -> Result<(), ActivateError> {
+        self.more.open()?;
         let queues = queues
             .into_iter()
             .map(|queue| {
@@ -468,6 +473,7 @@ where
     fn reset(&mut self) {
         self.config.deactivate();
         self.active = None;
+        self.more.clear();
     }
 
     fn queue_reset(&mut self, index: u16) {
@@ -492,6 +498,19 @@ where
             });
         }
         self.serve(index);
+    }
+
+    fn backend_fds(&self) -> Vec<BackendFd> {
+        self.more.backend_fd().into_iter().collect()
+    }
+
+    fn backend_event(&mut self, token: u64) {
+        if token == MoreWork::TOKEN && self.active.is_some() {
+            self.more.clear();
+            for index in 0..self.queue_max_sizes.len() {
+                self.serve(u16::try_from(index).unwrap_or(u16::MAX));
+            }
+        }
     }
 }
 

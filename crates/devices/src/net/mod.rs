@@ -52,7 +52,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use vm_memory::GuestMemory;
-use vmm_sys_util::eventfd::EventFd;
 use vmmio_device::queue::Descriptor;
 use vmmio_device::{
     ActivateError, BackendFd, DescriptorChain, InterruptStatus, LiveConfig, Queue, VirtioDevice,
@@ -65,7 +64,7 @@ use vmmio_spec::net::{
 };
 use vmmio_spec::Le16;
 
-use crate::chain::LogLimiter;
+use crate::chain::{LogLimiter, MoreWork};
 
 pub mod backend;
 mod csum;
@@ -90,8 +89,8 @@ pub const DEFAULT_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
 /// The backend's token in [`VirtioDevice::backend_fds`].
 pub const BACKEND_TOKEN: u64 = 0;
 /// Token of the device's own "more transmit work" eventfd in
-/// [`VirtioDevice::backend_fds`].
-pub const MORE_TOKEN: u64 = 1;
+/// [`VirtioDevice::backend_fds`] (the one every device of this crate uses).
+pub const MORE_TOKEN: u64 = MoreWork::TOKEN;
 
 /// Length of an 802.1Q tag, in bytes.
 const VLAN_HLEN: usize = 4;
@@ -271,12 +270,6 @@ pub struct Net<M> {
     backlog_bytes: usize,
     /// A transmit frame waits for the backend to take it.
     tx_blocked: bool,
-    /// Wakes the device itself when it stopped serving the transmit queue
-    /// at its per-notification cap with chains left (`None` if the eventfd
-    /// could not be created: the driver's next notification then resumes).
-    more: Option<EventFd>,
-    /// `more` was signalled and not yet served.
-    more_pending: bool,
     /// Frame buffers, [`MAX_FRAME_LEN`] (+ header) bytes each, reused.
     tx_buf: Box<[u8]>,
     rx_buf: Box<[u8]>,
@@ -288,6 +281,8 @@ pub struct Net<M> {
     rx_bufs: Vec<(u16, usize, usize, u64)>,
     used: Vec<(u16, u32)>,
     logs: Logs,
+    /// Wakes the device for transmit chains left at the per-call cap.
+    more: MoreWork,
 }
 
 impl<M> fmt::Debug for Net<M> {
@@ -317,8 +312,6 @@ impl<M> Net<M> {
             backlog: VecDeque::new(),
             backlog_bytes: 0,
             tx_blocked: false,
-            more: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).ok(),
-            more_pending: false,
             tx_buf: vec![0; MAX_FRAME_LEN].into_boxed_slice(),
             rx_buf: vec![0; MAX_FRAME_LEN].into_boxed_slice(),
             chain: DescriptorChain::new(),
@@ -326,6 +319,7 @@ impl<M> Net<M> {
             rx_bufs: Vec::new(),
             used: Vec::new(),
             logs: Logs::default(),
+            more: MoreWork::default(),
         }
     }
 
@@ -439,26 +433,6 @@ impl<M: GuestMemory> Net<M> {
         self.rx_notify();
     }
 
-    /// The transmit queue still has chains after the per-notification cap:
-    /// wake the device through its own eventfd (listed in `backend_fds`),
-    /// since with EVENT_IDX the driver will not notify for chains it
-    /// already made available.
-    fn signal_more(&mut self) {
-        if let Some(more) = self.more.as_ref() {
-            if more.write(1).is_ok() {
-                self.more_pending = true;
-            }
-        }
-    }
-
-    fn clear_more(&mut self) {
-        if let Some(more) = self.more.as_ref() {
-            // Non-blocking: EAGAIN when already clear.
-            let _ = more.read();
-        }
-        self.more_pending = false;
-    }
-
     fn backlog_full(&self) -> bool {
         self.backlog.len() >= MAX_BACKLOG || self.backlog_bytes >= MAX_BACKLOG_BYTES
     }
@@ -519,6 +493,7 @@ impl<M: GuestMemory + Send> VirtioDevice<M> for Net<M> {
         queues: Vec<Queue>,
         features: u64,
     ) -> Result<(), ActivateError> {
+        self.more.open()?;
         let mut it = queues.into_iter().map(|q| q.ready().then_some(q));
         let rx = it.next().flatten();
         let tx = it.next().flatten();
@@ -561,7 +536,7 @@ impl<M: GuestMemory + Send> VirtioDevice<M> for Net<M> {
         self.backlog.clear();
         self.backlog_bytes = 0;
         self.tx_blocked = false;
-        self.clear_more();
+        self.more.clear();
     }
 
     fn queue_reset(&mut self, index: u16) {
@@ -603,14 +578,7 @@ impl<M: GuestMemory + Send> VirtioDevice<M> for Net<M> {
                 });
             }
         }
-        if let (true, Some(more)) = (self.more_pending, self.more.as_ref()) {
-            fds.push(BackendFd {
-                fd: more.as_raw_fd(),
-                token: MORE_TOKEN,
-                readable: true,
-                writable: false,
-            });
-        }
+        fds.extend(self.more.backend_fd());
         fds
     }
 
@@ -625,7 +593,7 @@ impl<M: GuestMemory + Send> VirtioDevice<M> for Net<M> {
                 self.poll_backend();
             }
             MORE_TOKEN => {
-                self.clear_more();
+                self.more.clear();
                 self.transmit();
             }
             _ => {}

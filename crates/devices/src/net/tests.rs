@@ -15,7 +15,9 @@ use vmmio_spec::net::{
 };
 
 use super::*;
-use crate::test_util::{desc, interrupt, mem, CountingLine, Mem, TestRing, F_NEXT};
+use crate::test_util::{
+    avail_event, desc, interrupt, mem, refiller, run_backends, CountingLine, Mem, TestRing, F_NEXT,
+};
 
 /// What the fake backend saw and will give.
 #[derive(Default)]
@@ -647,14 +649,13 @@ fn unknown_flags_are_ignored_and_csum_fields_unused_without_needs_csum() {
 
 /// A driver that keeps adding transmit chains while the device serves them
 /// (a vCPU beside the worker thread) gets more than the device's cap of
-/// chains per notification served. With EVENT_IDX the device must then
-/// either use every chain or leave `avail_event` where the driver's next
-/// chain crosses it (§2.7.10); otherwise the driver never notifies again
-/// and the chains already available wait forever.
-///
-/// The device wakes itself through its own eventfd (`MORE_TOKEN` in
-/// `backend_fds`); the platform (here this loop, as `poll_backends` or a
-/// worker's epoll would) calls `backend_event` for it.
+/// chains per notification served. With EVENT_IDX the driver will not
+/// notify for the chains it added past the `avail_event` the device
+/// published (§2.7.10), so the device wakes itself through its own eventfd
+/// (`MORE_TOKEN` in `backend_fds`; the platform, here [`run_backends`] as
+/// `poll_backends` or a worker's epoll would, calls `backend_event` for
+/// it) and sends them: all are used, and `avail_event` is where the
+/// driver's next chain notifies.
 #[test]
 fn transmit_cap_with_event_idx_leaves_no_chain_stranded() {
     use vmmio_spec::features::VIRTIO_F_EVENT_IDX;
@@ -673,35 +674,20 @@ fn transmit_cap_with_event_idx_leaves_no_chain_stranded() {
     }
     // The concurrent driver: one more chain per frame sent, 100 in all,
     // always 8 table entries ahead of the chain in flight.
-    let (m, avail, extra) = (fx.m.clone(), fx.tx.avail, 100u16);
-    let mut idx = size / 2;
-    fx.wire.lock().unwrap().on_send = Some(Box::new(move || {
-        if idx >= size / 2 + extra {
-            return;
-        }
-        let slot = u64::from(idx % size);
-        m.write_obj(idx % size, GuestAddress(avail + 4 + 2 * slot))
-            .unwrap();
-        idx += 1;
-        m.write_obj(idx, GuestAddress(avail + 2)).unwrap();
-    }));
+    let extra = 100u16;
+    fx.wire.lock().unwrap().on_send =
+        Some(Box::new(refiller(fx.m.clone(), &fx.tx, size / 2, extra)));
     fx.dev.queue_notify(TRANSMITQ, None);
-    // The platform serves the device's own wake-ups, boundedly.
-    for _ in 0..100 {
-        let more = fx.dev.backend_fds().iter().any(|b| b.token == MORE_TOKEN);
-        if !more {
-            break;
-        }
-        fx.dev.backend_event(MORE_TOKEN);
-    }
     let total = size / 2 + extra;
-    let used = fx.tx.take_used(&fx.m).len();
-    let avail_event: u16 =
-        fx.m.read_obj(GuestAddress(fx.tx.used + 4 + 8 * u64::from(size)))
-            .unwrap();
-    assert!(
-        used == usize::from(total) || avail_event == total,
-        "{used} of {total} chains used and avail_event {avail_event}: \
-         the driver's next chain will not notify"
+    let capped = fx.tx.take_used(&fx.m).len();
+    assert!(capped < usize::from(total), "the cap holds: {capped} used");
+    let events = run_backends(&mut fx.dev, 16);
+    let used = capped + fx.tx.take_used(&fx.m).len();
+    let avail_event = avail_event(&fx.m, &fx.tx);
+    assert_eq!(
+        (used, avail_event),
+        (usize::from(total), total),
+        "after {events} more-work events: the driver's next chain must notify"
     );
+    assert!(fx.dev.backend_fds().iter().all(|b| b.token != MORE_TOKEN));
 }

@@ -6,14 +6,9 @@ use vmmio_device::InterruptCause;
 use vmmio_spec::net::{hdr_len, NetHdr, HDR_F_NEEDS_CSUM, HDR_GSO_NONE};
 
 use super::{csum, Counters, Net, Sent};
-use crate::chain::{ChainLayout, Region};
+use crate::chain::{ChainLayout, Region, MAX_BATCHES};
 
 const TX: usize = super::TRANSMITQ as usize;
-
-/// Most batches of `size` chains sent per notification (as the other
-/// devices): a driver that refills as fast as the device sends waits for
-/// its next notification after that.
-const MAX_BATCHES: u32 = 4;
 
 /// Why a transmit chain was dropped.
 enum Drop {
@@ -62,7 +57,7 @@ impl<M: GuestMemory> Net<M> {
         };
         if let Some(q) = active.queues[TX].as_mut() {
             match q.enable_notification(&active.mem) {
-                Ok(true) => self.signal_more(),
+                Ok(true) => self.more.signal(),
                 Ok(false) => {}
                 Err(e) => self.break_queue(TX, &e),
             }

@@ -6,7 +6,9 @@ use vm_memory::{Bytes, GuestAddress};
 use vmmio_device::VirtioDevice;
 
 use super::*;
-use crate::test_util::{desc, interrupt, mem, CountingLine, Mem, TestRing};
+use crate::test_util::{
+    avail_event, desc, interrupt, mem, refiller, run_backends, CountingLine, Mem, TestRing,
+};
 
 /// A source that counts bytes: byte i of all output is `i as u8 | 1`
 /// (never 0, so filled bytes are visible in zeroed memory).
@@ -164,4 +166,109 @@ fn descriptor_loop_does_not_crash() {
     dev.queue_notify(0, None);
     assert!(ring.take_used(&m).is_empty());
     assert_eq!(line.used(), 0);
+}
+
+/// A source that also runs `hook` after every fill: a driver adding
+/// chains while the device serves them.
+struct Hooked(Box<dyn FnMut() + Send>);
+
+impl EntropySource for Hooked {
+    fn fill(&mut self, buf: &mut [u8]) -> Result<(), getrandom::Error> {
+        buf.fill(1);
+        (self.0)();
+        Ok(())
+    }
+}
+
+/// 8 chains available in a ring of 16 (8-byte writable buffers at every
+/// table entry) and a driver that adds one more per request filled, 100
+/// in all: more than the device serves per call (`MAX_BATCHES` x 16).
+/// Returns the device (not activated), memory, ring and the total.
+fn refilled() -> (Rng<Mem>, Mem, TestRing, u16) {
+    let m = mem();
+    let mut ring = TestRing::new(16, 0);
+    let buf = ring.alloc(8);
+    for i in 0..ring.size {
+        ring.write_desc(&m, i, buf, 8, crate::test_util::F_WRITE, 0);
+    }
+    let first = ring.size / 2;
+    for head in 0..first {
+        ring.publish(&m, head);
+    }
+    let extra = 100;
+    let dev = Rng::with_source(Box::new(Hooked(Box::new(refiller(
+        m.clone(),
+        &ring,
+        first,
+        extra,
+    )))));
+    (dev, m, ring, first + extra)
+}
+
+/// The per-call cap with EVENT_IDX (review finding 1): the driver added
+/// chains past the `avail_event` the device published, so it will not
+/// notify for them; the device lists its more-work fd and serves them on
+/// its `backend_event`, as a synchronous embedder's `poll_backends` (here
+/// [`run_backends`]) delivers it.
+#[test]
+fn cap_with_event_idx_leaves_no_chain_stranded_sync() {
+    let (mut dev, m, mut ring, total) = refilled();
+    let features = bit(VIRTIO_F_EVENT_IDX);
+    let (irq, _line) = interrupt();
+    dev.activate(m.clone(), irq, vec![ring.queue(features)], features)
+        .unwrap();
+    let capped = ring.take_used(&m).len();
+    assert!(capped < usize::from(total), "the cap holds: {capped} used");
+    assert_eq!(dev.backend_fds().len(), 1, "more-work fd listed");
+    run_backends(&mut dev, 16);
+    let used = capped + ring.take_used(&m).len();
+    assert_eq!((used, avail_event(&m, &ring)), (usize::from(total), total));
+    assert!(
+        dev.backend_fds().is_empty(),
+        "nothing left: fd no longer listed"
+    );
+}
+
+/// As above, behind a [`WorkerDevice`]: its epoll loop wakes on the
+/// more-work fd. Waits for the used ring (bounded; no timing asserted).
+#[test]
+fn cap_with_event_idx_leaves_no_chain_stranded_worker() {
+    use vmmio_device::WorkerDevice;
+    let (dev, m, ring, total) = refilled();
+    let features = bit(VIRTIO_F_EVENT_IDX);
+    let mut worker = WorkerDevice::new(Box::new(dev)).unwrap();
+    let (irq, _line) = interrupt();
+    worker
+        .activate(m.clone(), irq, vec![ring.queue(features)], features)
+        .unwrap();
+    let used_idx = || -> u16 { m.read_obj(GuestAddress(ring.used + 2)).unwrap() };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while used_idx() != total && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert_eq!(used_idx(), total, "chains stranded behind avail_event");
+    VirtioDevice::<Mem>::reset(&mut worker);
+}
+
+/// Reset forgets work left at the cap: the fd is drained and no longer
+/// listed, so the next driver is not served chains of the old one.
+#[test]
+fn reset_drops_work_left_at_the_cap() {
+    let (mut dev, m, ring, _total) = refilled();
+    let features = bit(VIRTIO_F_EVENT_IDX);
+    let (irq, _line) = interrupt();
+    dev.activate(m.clone(), irq, vec![ring.queue(features)], features)
+        .unwrap();
+    let fd = dev.backend_fds()[0].fd;
+    VirtioDevice::<Mem>::reset(&mut dev);
+    assert!(dev.backend_fds().is_empty());
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one live pollfd.
+    assert_eq!(unsafe { libc::poll(&mut p, 1, 0) }, 0, "fd drained");
+    // A stray event after reset touches nothing.
+    dev.backend_event(crate::chain::MoreWork::TOKEN);
 }

@@ -67,7 +67,7 @@ pub use vmmio_spec::vsock::{
 };
 use vmmio_spec::{Le16, Le32, Le64};
 
-use crate::chain::{ChainLayout, LogLimiter, Region, Served};
+use crate::chain::{ChainLayout, LogLimiter, MoreWork, Region, Served};
 use conn::{Conn, State};
 use host::{Handshake, Listener, Pending};
 
@@ -175,6 +175,8 @@ pub struct Vsock<M> {
     chain: DescriptorChain,
     queue_max_sizes: [u16; 3],
     broken_log: LogLimiter,
+    /// Wakes the device for chains left at the per-call cap.
+    more: MoreWork,
 }
 
 impl<M> std::fmt::Debug for Vsock<M> {
@@ -264,6 +266,7 @@ impl<M> Vsock<M> {
             chain: DescriptorChain::new(),
             queue_max_sizes: [size; 3],
             broken_log: LogLimiter::default(),
+            more: MoreWork::default(),
         })
     }
 
@@ -310,6 +313,7 @@ impl<M: GuestMemory> Vsock<M> {
             interrupt: &active.interrupt,
             chain: &mut self.chain,
             broken_log: &mut self.broken_log,
+            more: &mut self.more,
         };
         match index {
             TXQ => served.serve(
@@ -539,6 +543,9 @@ impl Proto {
         let token = self.next_token;
         // 2^64 sockets are never opened; wrapping keeps it total.
         self.next_token = self.next_token.wrapping_add(1).max(LISTENER_TOKEN + 1);
+        if self.next_token == MoreWork::TOKEN {
+            self.next_token = LISTENER_TOKEN + 1;
+        }
         token
     }
 
@@ -921,6 +928,7 @@ impl<M: GuestMemory + Send> VirtioDevice<M> for Vsock<M> {
         if features & bit(F_NO_IMPLIED_STREAM) != 0 && features & bit(F_STREAM) == 0 {
             return Err(ActivateError::Features(features));
         }
+        self.more.open()?;
         let mut it = queues.into_iter().map(|q| q.ready().then_some(q));
         let queues = [
             it.next().flatten(),
@@ -943,6 +951,7 @@ impl<M: GuestMemory + Send> VirtioDevice<M> for Vsock<M> {
 
     fn reset(&mut self) {
         self.active = None;
+        self.more.clear();
         self.proto.drop_connections();
     }
 
@@ -969,14 +978,20 @@ impl<M: GuestMemory + Send> VirtioDevice<M> for Vsock<M> {
         if self.active.is_none() {
             return Vec::new();
         }
-        self.proto.backend_fds()
+        let mut fds = self.proto.backend_fds();
+        fds.extend(self.more.backend_fd());
+        fds
     }
 
     fn backend_event(&mut self, token: u64) {
         if self.active.is_none() {
             return;
         }
-        self.proto.backend_event(token);
+        if token == MoreWork::TOKEN {
+            self.more.clear();
+        } else {
+            self.proto.backend_event(token);
+        }
         self.pump();
     }
 }
