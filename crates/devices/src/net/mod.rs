@@ -47,7 +47,6 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
