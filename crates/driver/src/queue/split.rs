@@ -949,6 +949,27 @@ mod tests {
     }
 
     #[test]
+    fn reenabling_used_notifications_with_event_idx_writes_used_event_only() {
+        // §2.7.10: with EVENT_IDX the driver asks for the next interrupt by
+        // writing used_event (after the avail ring's entries), nothing else.
+        let mut q = SplitQueue::new(IdentityHal, 0, 4, false, bit(VIRTIO_F_EVENT_IDX)).unwrap();
+        let used_event = q.mem.paddr() + (q.avail_off + avail::used_event(4) as usize) as u64;
+        q.set_used_notifications(false);
+        for _ in 0..3 {
+            // SAFETY: addresses never dereferenced.
+            let t = unsafe { q.add_segments(&[seg(0, 1)], &[]) }.unwrap();
+            complete(&mut q, u32::from(t), 0);
+            q.pop_used().unwrap().unwrap();
+        }
+        write_log::start();
+        q.set_used_notifications(true);
+        assert_eq!(write_log::take(), [(used_event, 2)]);
+        let at = q.avail_off + avail::used_event(4) as usize;
+        assert_eq!(u16::from_le(q.mem.load16(at)), 3);
+        q.release();
+    }
+
+    #[test]
     fn event_idx_kick_decisions_across_the_16_bit_wrap() {
         // avail.idx goes 65534 -> 1 with three chains: the device asked to
         // be notified when the entry avail_event is made available, so a
