@@ -970,6 +970,51 @@ mod tests {
     }
 
     #[test]
+    fn chain_limits_are_inclusive() {
+        // Exactly 2^32 bytes, exactly `size` direct descriptors and exactly
+        // MAX_INDIRECT indirect ones are accepted; one more is refused.
+        let mut q = SplitQueue::new(IdentityHal, 0, 4, false, 0).unwrap();
+        // SAFETY (this block and the ones below): addresses never
+        // dereferenced, nothing is completed.
+        unsafe {
+            q.add_segments(&[seg(0, u32::MAX)], &[seg(0, 1)]).unwrap();
+            assert_eq!(
+                q.add_segments(&[seg(0, u32::MAX)], &[seg(0, 2)]),
+                Err(Error::ChainTooLong((1 << 32) + 1))
+            );
+        }
+        q.release();
+        let mut q = SplitQueue::new(IdentityHal, 0, 4, false, 0).unwrap();
+        let four = [seg(0, 1); 4];
+        let five = [seg(0, 1); 5];
+        unsafe {
+            assert!(matches!(
+                q.add_segments(&five, &[]),
+                Err(Error::TooManySegments {
+                    segments: 5,
+                    max: 4
+                })
+            ));
+            q.add_segments(&four, &[]).unwrap();
+        }
+        q.release();
+        let mut q = SplitQueue::new(IdentityHal, 0, 4, false, bit(VIRTIO_F_INDIRECT_DESC)).unwrap();
+        let max = alloc::vec![seg(0, 1); MAX_INDIRECT];
+        let over = alloc::vec![seg(0, 1); MAX_INDIRECT + 1];
+        unsafe {
+            assert!(matches!(
+                q.add_segments(&over, &[]),
+                Err(Error::TooManySegments {
+                    max: MAX_INDIRECT,
+                    ..
+                })
+            ));
+            q.add_segments(&max, &[]).unwrap();
+        }
+        q.release();
+    }
+
+    #[test]
     fn event_idx_kick_decisions_across_the_16_bit_wrap() {
         // avail.idx goes 65534 -> 1 with three chains: the device asked to
         // be notified when the entry avail_event is made available, so a
