@@ -974,8 +974,7 @@ mod tests {
         // Exactly 2^32 bytes, exactly `size` direct descriptors and exactly
         // MAX_INDIRECT indirect ones are accepted; one more is refused.
         let mut q = SplitQueue::new(IdentityHal, 0, 4, false, 0).unwrap();
-        // SAFETY (this block and the ones below): addresses never
-        // dereferenced, nothing is completed.
+        // SAFETY: addresses never dereferenced, nothing is completed.
         unsafe {
             q.add_segments(&[seg(0, u32::MAX)], &[seg(0, 1)]).unwrap();
             assert_eq!(
@@ -987,6 +986,7 @@ mod tests {
         let mut q = SplitQueue::new(IdentityHal, 0, 4, false, 0).unwrap();
         let four = [seg(0, 1); 4];
         let five = [seg(0, 1); 5];
+        // SAFETY: as above.
         unsafe {
             assert!(matches!(
                 q.add_segments(&five, &[]),
@@ -1001,6 +1001,7 @@ mod tests {
         let mut q = SplitQueue::new(IdentityHal, 0, 4, false, bit(VIRTIO_F_INDIRECT_DESC)).unwrap();
         let max = alloc::vec![seg(0, 1); MAX_INDIRECT];
         let over = alloc::vec![seg(0, 1); MAX_INDIRECT + 1];
+        // SAFETY: as above.
         unsafe {
             assert!(matches!(
                 q.add_segments(&over, &[]),
