@@ -1016,6 +1016,23 @@ mod tests {
     }
 
     #[test]
+    fn used_idx_a_whole_ring_ahead_is_valid() {
+        // Every chain of a full ring completed at once: used.idx is exactly
+        // `size` ahead, which is legal (more would be an error).
+        let mut q = SplitQueue::new(IdentityHal, 0, 4, false, 0).unwrap();
+        for _ in 0..4 {
+            // SAFETY: addresses never dereferenced.
+            let t = unsafe { q.add_segments(&[seg(0, 1)], &[]) }.unwrap();
+            complete(&mut q, u32::from(t), 0);
+        }
+        for _ in 0..4 {
+            assert!(q.pop_used().unwrap().is_some());
+        }
+        assert!(q.pop_used().unwrap().is_none());
+        q.release();
+    }
+
+    #[test]
     fn event_idx_kick_decisions_across_the_16_bit_wrap() {
         // avail.idx goes 65534 -> 1 with three chains: the device asked to
         // be notified when the entry avail_event is made available, so a
