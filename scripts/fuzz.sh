@@ -29,6 +29,7 @@ for target in $(cargo fuzz list); do
     if ! cargo fuzz run "$target" "$corpus" "${seeds[@]}" -- \
         -max_total_time="$secs" -max_len=16384 -timeout=10 -rss_limit_mb=2048 \
         -print_final_stats=1 >"$log" 2>&1; then
+        grep -m 3 -A 1 'panicked at' "$log" >&2 || true
         tail -n 60 "$log" >&2
         echo "fuzz: $target FAILED (input in fuzz/artifacts/$target/)" >&2
         exit 1

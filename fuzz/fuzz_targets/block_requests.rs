@@ -5,10 +5,10 @@
 //! A Version 2 `MmioTransport` with a `Block` over a 64 KiB
 //! `MemoryBackend` (VIRTIO_BLK_F_FLUSH negotiated, no INDIRECT_DESC), a
 //! split ring of 16 entries. The input gives, in order: 256 bytes of
-//! descriptor table (16 descriptors, addresses folded into guest memory or
-//! left wild by a flag bit), up to 16 avail heads (one byte each, count in
-//! byte 0), and the rest becomes guest memory from 0x4000 (request headers,
-//! data). The target publishes the heads, notifies, optionally resets and
+//! descriptor table (16 descriptors, addresses folded into the data area
+//! or left wild by a flag bit, never below the data area: see below), up
+//! to 16 avail heads (one byte each, count in byte 0), and the rest
+//! becomes guest memory from 0x4000 (request headers, data). The target publishes the heads, notifies, optionally resets and
 //! repeats once, and checks the used ring:
 //!
 //! - the device completes at most as many chains as were made available;
@@ -109,13 +109,20 @@ fuzz_target!(|data: &[u8]| {
     let rest = &rest[2..];
     let (heads, contents) = rest.split_at(count.min(rest.len()));
     let mem = Mem::from_ranges(&[(GuestAddress(0), MEM)]).expect("memory");
-    // Descriptor addresses folded into guest memory unless flag bit 0.
+    // Descriptor addresses folded into the data area unless flag bit 0
+    // (then left wild). Either way no buffer starts below DATA: a buffer
+    // over the rings would let the device overwrite, as told, the avail
+    // or used ring this model reads back, and the model would blame the
+    // device for completions the corrupted ring asked for.
     let mut table = table.to_vec();
-    if flags & 1 == 0 {
-        for d in table.chunks_exact_mut(16) {
-            let addr = u64::from_le_bytes(d[0..8].try_into().expect("8 bytes")) % MEM as u64;
-            d[0..8].copy_from_slice(&addr.to_le_bytes());
+    for d in table.chunks_exact_mut(16) {
+        let mut addr = u64::from_le_bytes(d[0..8].try_into().expect("8 bytes"));
+        if flags & 1 == 0 {
+            addr = DATA + addr % (MEM as u64 - DATA);
+        } else if addr < DATA {
+            addr += DATA;
         }
+        d[0..8].copy_from_slice(&addr.to_le_bytes());
     }
     let contents = &contents[..contents.len().min(MEM - DATA as usize)];
     mem.write_slice(contents, GuestAddress(DATA))
