@@ -8,86 +8,26 @@
 //! build script (which builds the kernel on first use: many minutes; later runs hit its
 //! cache).
 
-use std::path::PathBuf;
+mod common;
+
 use std::process::{Command, Stdio};
-use std::time::Instant;
 
-fn guest_dir() -> PathBuf {
-    vmmio_machine::guest::default_guest_dir().expect("the default guest (guest/build.sh)")
-}
-
-/// What one `vmmio boot` run left behind.
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-    secs: f64,
-}
-
-impl Run {
-    fn dump(&self) -> String {
-        format!(
-            "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-
-    fn assert_has(&self, needle: &str) {
-        assert!(
-            self.stdout.contains(needle),
-            "no {needle:?}:\n{}",
-            self.dump()
-        );
-    }
-
-    /// The `--stats` lines of the virtio windows: (device type, version, features).
-    fn windows(&self) -> Vec<(u32, String, u64)> {
-        self.stderr
-            .lines()
-            .filter_map(|l| {
-                let rest = l.strip_prefix("vmmio: virtio slot ")?;
-                let (_, rest) = rest.split_once(": device ")?;
-                let mut words = rest.split([' ', ',']).filter(|w| !w.is_empty());
-                let device = words.next()?.parse().ok()?;
-                let version = words.next()?.to_owned();
-                let (_, feat) = rest.split_once("with features 0x")?;
-                let feat = feat.split(',').next()?;
-                Some((device, version, u64::from_str_radix(feat, 16).ok()?))
-            })
-            .collect()
-    }
-}
+use common::Run;
 
 /// Both execution modes, as `--exec` values.
 const EXEC_MODES: [&str; 2] = ["worker", "sync"];
 
+/// The options every run here has: `--stats --no-stdin --timeout 240`.
+const FIXED: [&str; 4] = ["--stats", "--no-stdin", "--timeout", "240"];
+
 /// `vmmio boot --stats --no-stdin` on the default guest with `args`.
 fn boot_command(args: &[&str]) -> Command {
-    let dir = guest_dir();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmmio"));
-    cmd.arg("boot")
-        .arg("--kernel")
-        .arg(dir.join("Image"))
-        .arg("--initrd")
-        .arg(dir.join("initramfs.cpio"))
-        .args(["--stats", "--no-stdin", "--timeout", "240"])
-        .args(args)
-        .stdin(Stdio::null());
-    cmd
+    common::boot_command(&FIXED, args)
 }
 
 /// Runs `vmmio boot --stats --no-stdin` on the default guest with `args`.
 fn boot(args: &[&str]) -> Run {
-    let start = Instant::now();
-    let out = boot_command(args).output().expect("run vmmio");
-    let run = Run {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        secs: start.elapsed().as_secs_f64(),
-    };
-    eprintln!("vmmio boot {args:?}: {:.2} s", run.secs);
-    run
+    common::boot(&FIXED, args)
 }
 
 /// VIRTIO_F_VERSION_1.

@@ -6,9 +6,10 @@
 //! 16 MiB to port 9 (discarded) and receives 16 MiB from port 19, timed. Version 2 and
 //! legacy windows, worker and sync execution; and the netbw figures against QEMU virt.
 
+mod common;
+
 use std::io;
 use std::os::unix::net::UnixListener;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,59 +23,16 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
 use vmmio_devices::net::{Backend, Sent, Stream, MAX_FRAME_LEN};
 use vmmio_spec::net::NetHdr;
 
+use common::{guest_dir, Run};
+
 /// Bytes the init's netbw test moves each way (guest/init.c NET_BW_BYTES).
 const BW_BYTES: usize = 16 << 20;
 
-fn guest_dir() -> PathBuf {
-    vmmio_machine::guest::default_guest_dir().expect("the default guest (guest/build.sh)")
-}
-
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn dump(&self) -> String {
-        format!(
-            "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-
-    fn assert_has(&self, needle: &str) {
-        assert!(
-            self.stdout.contains(needle),
-            "no {needle:?}:\n{}",
-            self.dump()
-        );
-    }
-}
+/// The options every run here has: `--no-stdin --timeout 240 --no-disk --no-rng`.
+const FIXED: [&str; 5] = ["--no-stdin", "--timeout", "240", "--no-disk", "--no-rng"];
 
 fn boot(args: &[&str]) -> Run {
-    let dir = guest_dir();
-    let start = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_vmmio"))
-        .arg("boot")
-        .arg("--kernel")
-        .arg(dir.join("Image"))
-        .arg("--initrd")
-        .arg(dir.join("initramfs.cpio"))
-        .args(["--no-stdin", "--timeout", "240", "--no-disk", "--no-rng"])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run vmmio");
-    eprintln!(
-        "vmmio boot {args:?}: {:.2} s",
-        start.elapsed().as_secs_f64()
-    );
-    Run {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    common::boot(&FIXED, args)
 }
 
 /// smoltcp's view of the link: frames through vmmio's own `-netdev stream` framing code.
@@ -339,14 +297,11 @@ fn qemu_virt_netbw() -> (Run, PeerLog) {
         .stdin(Stdio::null())
         .output()
         .expect("run qemu-system-riscv64 (scripts/install-deps.sh installs it)");
-    eprintln!("qemu virt netbw: {:.2} s", start.elapsed().as_secs_f64());
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!("qemu virt netbw: {secs:.2} s");
     stop.store(true, Ordering::SeqCst);
     let log = peer.join().unwrap().unwrap();
-    let run = Run {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
+    let run = Run::new(&out, secs);
     (run, log)
 }
 

@@ -6,65 +6,23 @@
 //! reaches through `PATH` with `CONNECT 5000\n`, a line each way; (c) closes cleanly both
 //! times. Version 2 and legacy windows, worker and sync execution.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-fn guest_dir() -> PathBuf {
-    vmmio_machine::guest::default_guest_dir().expect("the default guest (guest/build.sh)")
-}
+use common::Run;
 
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn dump(&self) -> String {
-        format!(
-            "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-
-    fn assert_has(&self, needle: &str) {
-        assert!(
-            self.stdout.contains(needle),
-            "no {needle:?}:\n{}",
-            self.dump()
-        );
-    }
-}
+/// The options every run here has: `--no-stdin --timeout 240 --no-disk --no-rng`.
+const FIXED: [&str; 5] = ["--no-stdin", "--timeout", "240", "--no-disk", "--no-rng"];
 
 fn boot(args: &[&str]) -> Run {
-    let dir = guest_dir();
-    let start = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_vmmio"))
-        .arg("boot")
-        .arg("--kernel")
-        .arg(dir.join("Image"))
-        .arg("--initrd")
-        .arg(dir.join("initramfs.cpio"))
-        .args(["--no-stdin", "--timeout", "240", "--no-disk", "--no-rng"])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run vmmio");
-    eprintln!(
-        "vmmio boot {args:?}: {:.2} s",
-        start.elapsed().as_secs_f64()
-    );
-    Run {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    common::boot(&FIXED, args)
 }
 
 /// A host program on `PATH_port`: accepts one connection, echoes (or, with `echo`
