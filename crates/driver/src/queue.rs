@@ -30,6 +30,68 @@ use split::SplitQueue;
 /// descriptors.
 pub const MAX_INDIRECT: usize = PAGE_SIZE / 16;
 
+/// What the checks shared by the split and packed `add_inner` found out
+/// about a chain that passed them.
+pub(crate) struct ChainShape {
+    /// Number of segments (readable + writable), at least 1.
+    pub(crate) total: usize,
+    /// Total writable bytes (the limit for the used `len`).
+    pub(crate) writable_bytes: u64,
+    /// Whether the chain goes through an indirect table.
+    pub(crate) use_indirect: bool,
+    /// Descriptors it takes in the ring itself (1 if indirect).
+    pub(crate) ring_descs: usize,
+}
+
+/// The chain checks at the start of both rings' `add_inner`: not empty,
+/// at most 2^32 bytes, and at most `MAX_INDIRECT` segments through an
+/// indirect table (used when `indirect` and more than one segment) or
+/// `size` direct ones.
+#[inline]
+pub(crate) fn check_chain(
+    readable: &[Segment],
+    writable: &[Segment],
+    indirect: bool,
+    size: u16,
+) -> Result<ChainShape> {
+    let total = readable.len().saturating_add(writable.len());
+    if total == 0 {
+        return Err(Error::EmptyChain);
+    }
+    let sum = |s: &[Segment]| s.iter().map(|g| u64::from(g.len)).sum::<u64>();
+    // Each sum is at most total * (2^32 - 1), and `total` is bounded
+    // below by the checks that follow; saturate for absurd inputs.
+    let writable_bytes = sum(writable);
+    let bytes = sum(readable).saturating_add(writable_bytes);
+    if bytes > 1u64 << 32 {
+        return Err(Error::ChainTooLong(bytes));
+    }
+    let use_indirect = indirect && total > 1;
+    let ring_descs = if use_indirect {
+        if total > MAX_INDIRECT {
+            return Err(Error::TooManySegments {
+                segments: total,
+                max: MAX_INDIRECT,
+            });
+        }
+        1
+    } else {
+        if total > usize::from(size) {
+            return Err(Error::TooManySegments {
+                segments: total,
+                max: usize::from(size),
+            });
+        }
+        total
+    };
+    Ok(ChainShape {
+        total,
+        writable_bytes,
+        use_indirect,
+        ring_descs,
+    })
+}
+
 /// One buffer segment given by its device address (virtio v1.4 §2.7.5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Segment {

@@ -21,7 +21,7 @@ use vmmio_spec::packed::{
     VIRTQ_DESC_F_USED, VIRTQ_DESC_F_WRITE, WRAP_COUNTER_BIT,
 };
 
-use super::{unshare_all, Segment, SharedBuf, Used, MAX_INDIRECT};
+use super::{check_chain, unshare_all, ChainShape, Segment, SharedBuf, Used};
 use crate::error::{Error, Result};
 use crate::hal::{Dma, Hal, PAGE_SIZE};
 
@@ -267,34 +267,12 @@ impl<H: Hal + Clone> PackedQueue<H> {
         writable: &[Segment],
         shared: &mut Vec<SharedBuf>,
     ) -> Result<u16> {
-        let total = readable.len().saturating_add(writable.len());
-        if total == 0 {
-            return Err(Error::EmptyChain);
-        }
-        let sum = |s: &[Segment]| s.iter().map(|g| u64::from(g.len)).sum::<u64>();
-        let writable_bytes = sum(writable);
-        let bytes = sum(readable).saturating_add(writable_bytes);
-        if bytes > 1u64 << 32 {
-            return Err(Error::ChainTooLong(bytes));
-        }
-        let use_indirect = self.indirect && total > 1;
-        let ring_descs = if use_indirect {
-            if total > MAX_INDIRECT {
-                return Err(Error::TooManySegments {
-                    segments: total,
-                    max: MAX_INDIRECT,
-                });
-            }
-            1
-        } else {
-            if total > usize::from(self.size) {
-                return Err(Error::TooManySegments {
-                    segments: total,
-                    max: usize::from(self.size),
-                });
-            }
-            total
-        };
+        let ChainShape {
+            total,
+            writable_bytes,
+            use_indirect,
+            ring_descs,
+        } = check_chain(readable, writable, self.indirect, self.size)?;
         if ring_descs > usize::from(self.num_free) || self.free_ids.is_empty() {
             return Err(Error::QueueFull {
                 needed: ring_descs,

@@ -18,7 +18,7 @@ use vmmio_spec::split::{
     VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VIRTQ_USED_F_NO_NOTIFY,
 };
 
-use super::{unshare_all, Segment, SharedBuf, Used, MAX_INDIRECT};
+use super::{check_chain, unshare_all, ChainShape, Segment, SharedBuf, Used};
 use crate::error::{Error, Result};
 use crate::hal::{Dma, Hal, PAGE_SIZE};
 
@@ -320,36 +320,12 @@ impl<H: Hal + Clone> SplitQueue<H> {
         writable: &[Segment],
         shared: &mut Vec<SharedBuf>,
     ) -> Result<u16> {
-        let total = readable.len().saturating_add(writable.len());
-        if total == 0 {
-            return Err(Error::EmptyChain);
-        }
-        let sum = |s: &[Segment]| s.iter().map(|g| u64::from(g.len)).sum::<u64>();
-        // Each sum is at most total * (2^32 - 1), and `total` is bounded
-        // below by the checks that follow; saturate for absurd inputs.
-        let writable_bytes = sum(writable);
-        let bytes = sum(readable).saturating_add(writable_bytes);
-        if bytes > 1u64 << 32 {
-            return Err(Error::ChainTooLong(bytes));
-        }
-        let use_indirect = self.indirect && total > 1;
-        let main_descs = if use_indirect {
-            if total > MAX_INDIRECT {
-                return Err(Error::TooManySegments {
-                    segments: total,
-                    max: MAX_INDIRECT,
-                });
-            }
-            1
-        } else {
-            if total > usize::from(self.size) {
-                return Err(Error::TooManySegments {
-                    segments: total,
-                    max: usize::from(self.size),
-                });
-            }
-            total
-        };
+        let ChainShape {
+            total,
+            writable_bytes,
+            use_indirect,
+            ring_descs: main_descs,
+        } = check_chain(readable, writable, self.indirect, self.size)?;
         if main_descs > usize::from(self.num_free) {
             return Err(Error::QueueFull {
                 needed: main_descs,
@@ -650,6 +626,7 @@ mod tests {
     #![allow(clippy::cast_possible_truncation)]
     use super::*;
     use crate::hal::{write_log, IdentityHal};
+    use crate::queue::MAX_INDIRECT;
     use vmmio_spec::features::{VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC};
 
     /// Plays the device on a queue's used ring.
