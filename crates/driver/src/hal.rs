@@ -388,6 +388,86 @@ unsafe impl Hal for IdentityHal {
     unsafe fn unshare(&self, _paddr: u64, _buffer: NonNull<[u8]>, _direction: BufferDirection) {}
 }
 
+/// A test [`Hal`] that shares through bounce buffers, as swiotlb does:
+/// the device sees a copy, and what it writes reaches the caller's
+/// buffer only at `unshare`. It counts the shares not yet undone, so a
+/// test can tell a buffer that was never unshared.
+#[cfg(test)]
+#[derive(Clone, Default)]
+pub(crate) struct BounceHal(std::rc::Rc<std::cell::RefCell<std::vec::Vec<Bounce>>>);
+
+/// One live share of a [`BounceHal`]: the device address and the copy.
+#[cfg(test)]
+type Bounce = (u64, std::vec::Vec<u8>);
+
+#[cfg(test)]
+impl BounceHal {
+    /// Shares not yet undone.
+    pub(crate) fn live(&self) -> usize {
+        self.0.borrow().len()
+    }
+
+    /// The bounce copy the device sees at `paddr`.
+    pub(crate) fn device_view(&self, paddr: u64) -> std::vec::Vec<u8> {
+        let b = self.0.borrow();
+        b.iter()
+            .find(|e| e.0 == paddr)
+            .expect("not shared")
+            .1
+            .clone()
+    }
+
+    /// Plays the device: writes `data` into the bounce copy at `paddr`.
+    pub(crate) fn device_write(&self, paddr: u64, data: &[u8]) {
+        let mut b = self.0.borrow_mut();
+        let e = b.iter_mut().find(|e| e.0 == paddr).expect("not shared");
+        e.1[..data.len()].copy_from_slice(data);
+    }
+}
+
+// SAFETY: DMA memory is IdentityHal's; a shared buffer's device address
+// is its bounce copy's (heap memory that does not move while listed),
+// filled at `share` for data the device reads and copied back at
+// `unshare` for data it writes, which is the contract.
+#[cfg(test)]
+unsafe impl Hal for BounceHal {
+    fn dma_alloc(&self, pages: usize) -> Option<(u64, NonNull<u8>)> {
+        IdentityHal.dma_alloc(pages)
+    }
+
+    unsafe fn dma_dealloc(&self, paddr: u64, vaddr: NonNull<u8>, pages: usize) {
+        // SAFETY: forwarded as received.
+        unsafe { IdentityHal.dma_dealloc(paddr, vaddr, pages) }
+    }
+
+    unsafe fn share(&self, buffer: NonNull<[u8]>, direction: BufferDirection) -> Option<u64> {
+        let copy = if direction == BufferDirection::DeviceToDriver {
+            std::vec![0; buffer.len()]
+        } else {
+            // SAFETY: the caller promises `buffer` is valid for reads.
+            unsafe { buffer.as_ref() }.to_vec()
+        };
+        let paddr = copy.as_ptr() as usize as u64;
+        self.0.borrow_mut().push((paddr, copy));
+        Some(paddr)
+    }
+
+    unsafe fn unshare(&self, paddr: u64, mut buffer: NonNull<[u8]>, direction: BufferDirection) {
+        let mut b = self.0.borrow_mut();
+        let i = b
+            .iter()
+            .position(|e| e.0 == paddr)
+            .expect("unshare of a buffer not shared");
+        let (_, copy) = b.swap_remove(i);
+        assert_eq!(copy.len(), buffer.len(), "unshare with another length");
+        if direction != BufferDirection::DriverToDevice {
+            // SAFETY: the caller promises `buffer` is valid for writes
+            // (not DriverToDevice) and that the device is done with it.
+            unsafe { buffer.as_mut() }.copy_from_slice(&copy);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

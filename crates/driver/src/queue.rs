@@ -212,6 +212,15 @@ impl<H: Hal + Clone> VirtQueue<H> {
         }
     }
 
+    /// The packed ring inside (unit tests of the packed ring).
+    #[cfg(test)]
+    pub(crate) fn packed_mut(&mut self) -> &mut PackedQueue<H> {
+        match &mut self.ring {
+            Ring::Packed(q) => q,
+            Ring::Split(_) => panic!("not a packed ring"),
+        }
+    }
+
     fn hal(&self) -> &H {
         dispatch!(&self.ring, q => q.hal())
     }

@@ -531,18 +531,24 @@ impl<H: Hal + Clone> Drop for PackedQueue<H> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hal::IdentityHal;
+    use crate::hal::{BounceHal, IdentityHal};
 
     fn seg(addr: u64, len: u32) -> Segment {
         Segment { addr, len }
     }
 
-    fn flags(q: &PackedQueue<IdentityHal>, i: usize) -> u16 {
+    fn flags<H: Hal + Clone>(q: &PackedQueue<H>, i: usize) -> u16 {
         u16::from_le(q.mem.load16(i * 16 + 14))
     }
 
+    fn desc_addr<H: Hal + Clone>(q: &PackedQueue<H>, i: usize) -> u64 {
+        let lo = u64::from(u32::from_le(q.mem.load32(i * 16)));
+        let hi = u64::from(u32::from_le(q.mem.load32(i * 16 + 4)));
+        lo | hi << 32
+    }
+
     /// Plays the device: writes a used descriptor at ring position `at`.
-    fn used(q: &mut PackedQueue<IdentityHal>, at: usize, id: u16, len: u32, wrap: bool) {
+    fn used<H: Hal + Clone>(q: &mut PackedQueue<H>, at: usize, id: u16, len: u32, wrap: bool) {
         let mut f = if wrap {
             VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED
         } else {
@@ -656,5 +662,44 @@ mod tests {
         assert_eq!(q.pop_used().unwrap().unwrap().token, id);
         assert_eq!(u16::from_le(q.mem.load16(drv)), 0x8001);
         q.release();
+    }
+
+    #[test]
+    fn empty_chains_are_refused_and_post_nothing() {
+        for features in [0, bit(VIRTIO_F_INDIRECT_DESC)] {
+            let mut q = PackedQueue::new(IdentityHal, 0, 4, features).unwrap();
+            assert_eq!(
+                q.add_inner(&[], &[], &mut Vec::new()),
+                Err(Error::EmptyChain)
+            );
+            assert_eq!((q.num_free(), q.avail_idx()), (4, 0x8000));
+            assert_eq!(flags(&q, 0), 0, "nothing made available");
+            q.release();
+        }
+    }
+
+    #[test]
+    fn shared_buffers_are_unshared_at_completion() {
+        // Through bounce buffers: the device's write reaches the caller's
+        // buffer only when the completed list's buffers are unshared.
+        let hal = BounceHal::default();
+        let features = bit(vmmio_spec::features::VIRTIO_F_RING_PACKED);
+        let mut v = crate::queue::VirtQueue::new(hal.clone(), 0, 4, false, features).unwrap();
+        let out = [1u8, 2, 3];
+        let mut inb = [0u8; 4];
+        // SAFETY: the test plays the device and keeps both buffers alive
+        // and untouched until the pop below.
+        let t = unsafe { v.add(&[&out], &mut [&mut inb]) }.unwrap();
+        assert_eq!(hal.live(), 2);
+        let q = v.packed_mut();
+        let out_addr = desc_addr(q, 0);
+        assert_eq!(hal.device_view(out_addr), [1, 2, 3]);
+        let in_addr = desc_addr(q, 1);
+        hal.device_write(in_addr, &[0xaa]);
+        used(q, 0, t, 1, true);
+        assert_eq!(v.pop_used(), Ok(Some(Used { token: t, len: 1 })));
+        assert_eq!(hal.live(), 0, "every buffer unshared at completion");
+        assert_eq!(inb, [0xaa, 0, 0, 0]);
+        v.release();
     }
 }

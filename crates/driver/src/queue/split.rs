@@ -625,12 +625,12 @@ impl<H: Hal + Clone> Drop for SplitQueue<H> {
 mod tests {
     #![allow(clippy::cast_possible_truncation)]
     use super::*;
-    use crate::hal::{write_log, IdentityHal};
+    use crate::hal::{write_log, BounceHal, IdentityHal};
     use crate::queue::MAX_INDIRECT;
     use vmmio_spec::features::{VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC};
 
     /// Plays the device on a queue's used ring.
-    fn complete(q: &mut SplitQueue<IdentityHal>, id: u32, len: u32) {
+    fn complete<H: Hal + Clone>(q: &mut SplitQueue<H>, id: u32, len: u32) {
         let used_idx = u16::from_le(q.mem.load16(q.used_off + 2));
         let slot = usize::from(used_idx & (q.size - 1));
         let elem = q.used_off + 4 + 8 * slot;
@@ -640,7 +640,7 @@ mod tests {
             .store16(q.used_off + 2, used_idx.wrapping_add(1).to_le());
     }
 
-    fn read_desc(q: &SplitQueue<IdentityHal>, i: usize) -> (u64, u32, u16, u16) {
+    fn read_desc<H: Hal + Clone>(q: &SplitQueue<H>, i: usize) -> (u64, u32, u16, u16) {
         let lo = u64::from(u32::from_le(q.mem.load32(i * 16)));
         let hi = u64::from(u32::from_le(q.mem.load32(i * 16 + 4)));
         (
@@ -651,7 +651,7 @@ mod tests {
         )
     }
 
-    impl SplitQueue<IdentityHal> {
+    impl<H: Hal + Clone> SplitQueue<H> {
         /// The wrapper's `add_segments`, on the split ring alone.
         unsafe fn add_segments(&mut self, r: &[Segment], w: &[Segment]) -> Result<u16> {
             self.add_inner(r, w, &mut Vec::new())
@@ -1057,20 +1057,32 @@ mod tests {
 
     #[test]
     fn shared_buffers_are_unshared_at_completion() {
-        let mut v = super::super::VirtQueue::new(IdentityHal, 0, 4, false, 0).unwrap();
+        // Through bounce buffers: the device's write reaches the caller's
+        // buffer only when the completed chain's buffers are unshared.
+        let hal = BounceHal::default();
+        let mut v = super::super::VirtQueue::new(hal.clone(), 0, 4, false, 0).unwrap();
         let out = [1u8, 2, 3];
         let mut inb = [0u8; 4];
         // SAFETY: the test plays the device and keeps both buffers alive
         // and untouched until the pop below.
         let t = unsafe { v.add(&[&out], &mut [&mut inb]) }.unwrap();
+        assert_eq!(hal.live(), 2);
         let q = v.split_mut();
-        let (addr, _, _, _) = read_desc(q, 1);
-        // The identity HAL shares the buffer itself: write it as the device.
-        // SAFETY: `addr` is `inb`'s address, valid for 4 bytes.
-        unsafe { (addr as usize as *mut u8).write_volatile(0xaa) };
+        let (out_addr, _, _, _) = read_desc(q, 0);
+        assert_eq!(hal.device_view(out_addr), [1, 2, 3]);
+        let (in_addr, _, _, _) = read_desc(q, 1);
+        hal.device_write(in_addr, &[0xaa]);
         complete(q, u32::from(t), 1);
         assert_eq!(v.pop_used(), Ok(Some(Used { token: t, len: 1 })));
-        assert_eq!(inb[0], 0xaa);
+        assert_eq!(hal.live(), 0, "every buffer unshared at completion");
+        assert_eq!(inb, [0xaa, 0, 0, 0]);
+        // A chain without caller buffers leaves nothing to unshare.
+        let q = v.split_mut();
+        // SAFETY: addresses never dereferenced.
+        let t = unsafe { q.add_segments(&[seg(0, 1)], &[]) }.unwrap();
+        complete(q, u32::from(t), 0);
+        assert_eq!(v.pop_used(), Ok(Some(Used { token: t, len: 0 })));
+        assert_eq!(hal.live(), 0);
         v.release();
     }
 
