@@ -22,20 +22,9 @@ if [ "${#missing[@]}" -eq 0 ]; then
     exit 0
 fi
 
-# archive_uri SUITE: the URI of the first enabled Debian source of the host
-# (deb822 .sources or one-line sources.list) that serves SUITE.
-archive_uri() {
-    local suite=$1
-    {
-        cat /etc/apt/sources.list.d/*.sources 2>/dev/null | awk -v want="$suite" '
-            /^[ \t]*$/ { if (uri != "" && hit) { print uri; exit } uri = ""; hit = 0; next }
-            /^URIs:/ { uri = $2 }
-            /^Suites:/ { for (i = 2; i <= NF; i++) if ($i == want) hit = 1 }
-            END { if (uri != "" && hit) print uri }'
-        cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null |
-            awk -v want="$suite" '$1 == "deb" { sub(/\[[^]]*\][ \t]*/, ""); if ($3 == want) print $2 }'
-    } | head -n 1
-}
+# archive_uri (the host's own apt sources, read at run time).
+# shellcheck source=lib/apt-sources.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/apt-sources.sh"
 
 echo "install-deps: installing ${missing[*]}" >&2
 sudo=""

@@ -1,0 +1,287 @@
+#!/usr/bin/env bash
+# Debian's own riscv64 kernel and busybox as a vmmio guest: no kernel build.
+#
+#   scripts/debian-guest.sh      fetch + build if needed; last stdout line = output dir
+#
+# 1. With a private apt configuration (own sources list, state, cache and
+#    status file under the cache; APT::Architecture=riscv64; nothing of the
+#    host's apt state is read or changed but its keyring), resolves the
+#    kernel package `linux-image-riscv64` depends on (linux-image-6.12.*-riscv64)
+#    and `busybox-static` in Debian trixie, and downloads both .debs. The
+#    archive's URI is the one the host's own apt sources use (scripts/lib),
+#    read at run time.
+# 2. Unpacks them with dpkg-deb, decompresses the virtio modules (.ko.xz) and
+#    their dependencies (the `depends=` of each module's .modinfo), and packs
+#    an initramfs: /bin/busybox and its applets, /init (guest/debian/init),
+#    the modules in load order (/lib/vmmio/modules), and /sbin/vmmio-init,
+#    the default guest's test program (guest/init.c, built here with the
+#    riscv64 cross compiler and the nolibc headers of linux-source-6.1).
+#
+# Output: $cache/<key>/{Image,initramfs.cpio,inputs,release}; <key> is the
+# sha256 of the package versions and of every input file. A cached output is
+# used without any network access. The apt lists are fetched once
+# (`apt-get update`) and again only when VMMIO_DEBIAN_UPDATE=1 or when a
+# download fails because the archive moved on.
+#
+#   VMMIO_DEBIAN_CACHE=DIR   cache root (default ~/.cache/vmmio/debian)
+#   VMMIO_DEBIAN_UPDATE=1    refresh the apt lists (newer packages, new key)
+#   VMMIO_DEBIAN_SUITE=S     Debian suite (default trixie)
+#
+# Everything but the final path goes to stderr.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT_DIR=$(cd "$HERE/.." && pwd)
+SELF="$HERE/$(basename "${BASH_SOURCE[0]}")"
+INIT_SH="$ROOT_DIR/guest/debian/init"
+INIT_C="$ROOT_DIR/guest/init.c"
+CACHE_ROOT="${VMMIO_DEBIAN_CACHE:-$HOME/.cache/vmmio/debian}"
+SUITE="${VMMIO_DEBIAN_SUITE:-trixie}"
+KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
+CROSS=riscv64-linux-gnu-
+KSRC_TARBALL=/usr/src/linux-source-6.1.tar.xz
+# The class drivers the init loads, in this order, each after its dependencies.
+MODULES=(virtio_mmio virtio_blk virtio-rng virtio_net vmw_vsock_virtio_transport)
+
+# shellcheck source=lib/apt-sources.sh
+. "$HERE/lib/apt-sources.sh"
+
+log() { printf 'debian-guest: %s\n' "$*" >&2; }
+die() { printf 'debian-guest: ERROR: %s\n' "$*" >&2; exit 1; }
+
+for tool in apt-get apt-cache dpkg-deb xz cpio sha256sum flock; do
+	command -v "$tool" >/dev/null || die "$tool missing (scripts/install-deps.sh installs what this needs)"
+done
+[ -f "$KEYRING" ] || die "$KEYRING missing (package debian-archive-keyring)"
+
+mkdir -p "$CACHE_ROOT"
+exec 9>"$CACHE_ROOT/lock"
+if ! flock -n 9; then
+	log "another debian-guest.sh is running, waiting for its lock"
+	flock 9
+fi
+
+# ---------------------------------------------------------------------------
+# 1. Private apt configuration
+# ---------------------------------------------------------------------------
+APT="$CACHE_ROOT/apt"
+mkdir -p "$APT/etc/apt.conf.d" "$APT/etc/preferences.d" "$APT/etc/sources.list.d" \
+	"$APT/lists/partial" "$APT/cache/archives/partial" "$CACHE_ROOT/debs"
+: >>"$APT/status"
+# APT_CONFIG names this file instead of /etc/apt/apt.conf, and Dir::Etc
+# points every other configuration lookup into the private tree.
+cat >"$APT/apt.conf" <<CONF
+Dir::Etc "$APT/etc";
+Dir::State "$APT";
+Dir::State::lists "$APT/lists";
+Dir::State::status "$APT/status";
+Dir::Cache "$APT/cache";
+APT::Architecture "riscv64";
+APT::Architectures { "riscv64"; };
+Acquire::Languages "none";
+Acquire::IndexTargets::deb::DEP-11::DefaultEnabled "false";
+Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled "false";
+Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled "false";
+Debug::NoLocking "true";
+APT::Sandbox::User "root";
+CONF
+aptq() { APT_CONFIG="$APT/apt.conf" "$@"; }
+
+write_sources() {
+	local uri
+	uri=$(archive_uri "$SUITE")
+	[ -n "$uri" ] || uri=$(archive_uri bookworm)
+	[ -n "$uri" ] || die "no Debian archive in the host's apt sources to take the URI from"
+	# Written into the cache only, never into the project.
+	printf 'deb [arch=riscv64 signed-by=%s] %s %s main\n' "$KEYRING" "$uri" "$SUITE" \
+		>"$APT/etc/sources.list"
+}
+
+apt_update() {
+	write_sources
+	log "apt-get update ($SUITE, riscv64, private configuration in $APT)"
+	aptq apt-get -q update >"$APT/update.log" 2>&1 ||
+		{ sed -E 's#[a-z]+://[^/ ]+#<archive>#g' "$APT/update.log" >&2; die "apt-get update failed"; }
+	# apt prints a warning (not an error) for a signature it cannot check.
+	if grep -qE '^(W|E): .*(NO_PUBKEY|not signed|signature)' "$APT/update.log"; then
+		sed -E 's#[a-z]+://[^/ ]+#<archive>#g' "$APT/update.log" >&2
+		die "the $SUITE Release file does not verify against $KEYRING"
+	fi
+}
+
+have_lists() { compgen -G "$APT/lists/*_Packages" >/dev/null; }
+if [ "${VMMIO_DEBIAN_UPDATE:-0}" = 1 ] || ! have_lists; then
+	apt_update
+fi
+
+# candidate PACKAGE: the version apt would take.
+candidate() { aptq apt-cache policy "$1" | awk '/Candidate:/ { print $2 }'; }
+resolve() {
+	KMETA_VERSION=$(candidate linux-image-riscv64)
+	[ -n "$KMETA_VERSION" ] && [ "$KMETA_VERSION" != "(none)" ] || die "no linux-image-riscv64 in $SUITE"
+	# linux-image-riscv64 depends on exactly one versioned image package.
+	KPKG=$(aptq apt-cache show "linux-image-riscv64=$KMETA_VERSION" |
+		sed -n 's/^Depends: .*\(linux-image-6\.12[^ ,]*-riscv64\).*/\1/p' | head -n 1)
+	[ -n "$KPKG" ] || die "linux-image-riscv64 $KMETA_VERSION does not depend on a linux-image-6.12.*-riscv64"
+	KVERSION=$(candidate "$KPKG")
+	BVERSION=$(candidate busybox-static)
+	[ -n "$BVERSION" ] && [ "$BVERSION" != "(none)" ] || die "no busybox-static in $SUITE"
+}
+resolve
+
+# The test program is optional (a shell needs only busybox): built when the
+# cross compiler and the nolibc headers are there.
+CAN_BUILD_INIT=0
+if command -v "${CROSS}gcc" >/dev/null && [ -f "$KSRC_TARBALL" ]; then
+	CAN_BUILD_INIT=1
+fi
+
+INPUTS=$(
+	printf 'suite %s\n' "$SUITE"
+	printf '%s %s\n' "$KPKG" "$KVERSION"
+	printf 'busybox-static %s\n' "$BVERSION"
+	printf 'debian-guest.sh %s\n' "$(sha256sum <"$SELF" | cut -d' ' -f1)"
+	printf 'init %s\n' "$(sha256sum <"$INIT_SH" | cut -d' ' -f1)"
+	if [ $CAN_BUILD_INIT = 1 ]; then
+		printf 'init.c %s\n' "$(sha256sum <"$INIT_C" | cut -d' ' -f1)"
+		printf 'gcc %s\n' "$(${CROSS}gcc --version | head -n 1)"
+		printf 'linux-source-6.1 %s\n' "$(dpkg-query -W -f='${Version}' linux-source-6.1 2>/dev/null || echo none)"
+	else
+		printf 'vmmio-init none\n'
+	fi
+)
+KEY=$(printf '%s\n' "$INPUTS" | sha256sum | cut -d' ' -f1)
+OUT="$CACHE_ROOT/$KEY"
+log "kernel $KPKG $KVERSION, busybox-static $BVERSION"
+if [ -f "$OUT/Image" ] && [ -f "$OUT/initramfs.cpio" ]; then
+	log "cached: $OUT"
+	printf '%s\n' "$OUT"
+	exit 0
+fi
+
+START=$EPOCHREALTIME
+rm -rf "$CACHE_ROOT/.tmp-"*
+WORK=$(mktemp -d "$CACHE_ROOT/.tmp-XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------------------
+# 2. Download (once per version)
+# ---------------------------------------------------------------------------
+# deb PACKAGE VERSION: path of the cached .deb, downloaded if missing.
+deb() {
+	local f
+	f=$(compgen -G "$CACHE_ROOT/debs/${1}_*_riscv64.deb" | while read -r d; do
+		[ "$(dpkg-deb -f "$d" Version)" = "$2" ] && echo "$d"
+	done | head -n 1)
+	if [ -z "$f" ]; then
+		log "downloading $1 $2"
+		# (the archive's host name is kept out of logs)
+		(cd "$CACHE_ROOT/debs" && aptq apt-get -q download "$1=$2" 2>&1 | sed -E 's#[a-z]+://[^/ ]+#<archive>#g' >&2) || return 1
+		f=$(deb "$1" "$2")
+	fi
+	printf '%s\n' "$f"
+}
+if ! KDEB=$(deb "$KPKG" "$KVERSION") || ! BDEB=$(deb busybox-static "$BVERSION"); then
+	# The lists are older than the archive: refresh once and start over.
+	[ "${VMMIO_DEBIAN_UPDATED:-0}" = 1 ] && die "download failed"
+	log "download failed: refreshing the apt lists and starting over"
+	exec 9>&-
+	VMMIO_DEBIAN_UPDATE=1 VMMIO_DEBIAN_UPDATED=1 exec "$SELF"
+fi
+
+# ---------------------------------------------------------------------------
+# 3. Unpack
+# ---------------------------------------------------------------------------
+log "unpacking $(basename "$KDEB") and $(basename "$BDEB")"
+dpkg-deb -x "$KDEB" "$WORK/kernel"
+dpkg-deb -x "$BDEB" "$WORK/busybox"
+IMAGE=$(compgen -G "$WORK/kernel/boot/vmlinu[xz]-*" | head -n 1) || true
+[ -n "$IMAGE" ] || die "no /boot/vmlinux-* in $KPKG"
+RELEASE=${IMAGE##*/vmlinu?-}
+# Debian's riscv64 vmlinux-* is the kernel's uncompressed Image (RISC-V Image
+# header + EFI stub); a vmlinuz would be compressed.
+case "$(head -c 2 "$IMAGE" | od -An -c | tr -d ' ')" in
+MZ) ;;
+*) die "$IMAGE is not an uncompressed Image (no MZ/Image header)" ;;
+esac
+MODDIR="$WORK/kernel/usr/lib/modules/$RELEASE"
+[ -d "$MODDIR" ] || MODDIR="$WORK/kernel/lib/modules/$RELEASE"
+[ -d "$MODDIR" ] || die "no modules directory for $RELEASE"
+
+# ---------------------------------------------------------------------------
+# 4. Modules: each after the modules its .modinfo `depends=` names
+# ---------------------------------------------------------------------------
+declare -A MODPATH=() LOADED=()
+while IFS= read -r f; do
+	name=$(basename "$f" .ko.xz)
+	MODPATH[${name//-/_}]=$f
+done < <(find "$MODDIR/kernel" -name '*.ko.xz')
+ORDER=()
+add_module() {
+	local name=${1//-/_} dep deps
+	[ -n "${LOADED[$name]:-}" ] && return 0
+	[ -n "${MODPATH[$name]:-}" ] || die "module $1 not in $KPKG"
+	LOADED[$name]=1
+	deps=$(xz -dc "${MODPATH[$name]}" | tr '\0' '\n' | sed -n 's/^depends=//p' | head -n 1)
+	for dep in ${deps//,/ }; do
+		add_module "$dep"
+	done
+	ORDER+=("$name")
+}
+for m in "${MODULES[@]}"; do add_module "$m"; done
+log "modules in load order: ${ORDER[*]}"
+
+RFS="$WORK/rootfs"
+mkdir -p "$RFS"/{bin,sbin,dev,proc,sys,tmp,mnt,root,etc,lib/vmmio}
+for name in "${ORDER[@]}"; do
+	xz -dc "${MODPATH[$name]}" >"$RFS/lib/vmmio/$name.ko"
+	printf '%s\n' "$name" >>"$RFS/lib/vmmio/modules"
+done
+
+# ---------------------------------------------------------------------------
+# 5. busybox, the init script, the test program
+# ---------------------------------------------------------------------------
+BB=$(compgen -G "$WORK/busybox/usr/bin/busybox" || compgen -G "$WORK/busybox/bin/busybox") ||
+	die "no busybox in busybox-static"
+install -m 0755 "$BB" "$RFS/bin/busybox"
+# The applets: symlinks created by the init at boot (`busybox --install -s`),
+# since this host cannot run a riscv64 binary to list them.
+install -m 0755 "$INIT_SH" "$RFS/init"
+printf '%s\n' "$RELEASE" >"$RFS/etc/vmmio-release"
+printf 'root:x:0:0:root:/root:/bin/sh\n' >"$RFS/etc/passwd"
+printf 'root:x:0:\n' >"$RFS/etc/group"
+
+if [ $CAN_BUILD_INIT = 1 ]; then
+	log "building vmmio-init (guest/init.c) against linux-source-6.1's nolibc"
+	tar -C "$WORK" -xJf "$KSRC_TARBALL" linux-source-6.1/tools/include/nolibc
+	NOLIBC="$WORK/linux-source-6.1/tools/include/nolibc"
+	# The same flags as guest/build.sh's init (RV64IMA, no libc).
+	${CROSS}gcc -static -nostdlib -ffreestanding -fno-stack-protector \
+		-fno-asynchronous-unwind-tables -fno-pic -no-pie \
+		-march=rv64ima -mabi=lp64 -Os -Wall -Wextra -Werror \
+		-include "$NOLIBC/nolibc.h" -I "$NOLIBC" \
+		-o "$RFS/sbin/vmmio-init" "$INIT_C" -lgcc >&2
+	${CROSS}strip "$RFS/sbin/vmmio-init"
+else
+	log "no ${CROSS}gcc or $KSRC_TARBALL: no vmmio-init (the shell works; the device tests need scripts/install-deps.sh)"
+fi
+
+log "packing initramfs.cpio"
+find "$RFS" -exec touch -h -d @0 {} +
+(cd "$RFS" && find . -mindepth 1 | LC_ALL=C sort |
+	cpio --quiet -o -H newc -R 0:0 --reproducible >"$WORK/initramfs.cpio")
+cp "$IMAGE" "$WORK/Image"
+cp "$WORK/kernel/boot/config-$RELEASE" "$WORK/config"
+printf '%s\n' "$INPUTS" >"$WORK/inputs"
+printf '%s\n' "$RELEASE" >"$WORK/release"
+rm -rf "$WORK/kernel" "$WORK/busybox" "$WORK/linux-source-6.1" "$RFS"
+chmod 0755 "$WORK"
+rm -rf "$OUT"
+mv -T "$WORK" "$OUT"
+trap - EXIT
+us=$(( ${EPOCHREALTIME/./} - ${START/./} ))
+log "Image $(stat -c %s "$OUT/Image") bytes, initramfs.cpio $(stat -c %s "$OUT/initramfs.cpio") bytes, built in $((us / 1000000)).$(printf '%02d' $((us % 1000000 / 10000))) s"
+log "done: $OUT"
+printf '%s\n' "$OUT"
