@@ -205,29 +205,39 @@ pub fn avail_event(mem: &Mem, ring: &TestRing) -> u16 {
 /// ready, until none is (at most `rounds` times). Returns the events
 /// delivered.
 pub fn run_backends<D: VirtioDevice<Mem> + ?Sized>(dev: &mut D, rounds: usize) -> usize {
+    (0..rounds)
+        .map_while(|_| Some(wait_backends(dev, 0)).filter(|&n| n > 0))
+        .sum()
+}
+
+/// One round of a poll loop: waits up to `timeout_ms` for a listed fd to
+/// be ready and delivers `backend_event` for each ready one. Returns the
+/// events delivered (0: nothing was ready in time).
+pub fn wait_backends<D: VirtioDevice<Mem> + ?Sized>(dev: &mut D, timeout_ms: i32) -> usize {
+    let fds = dev.backend_fds();
+    let mut pollfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|b| libc::pollfd {
+            fd: b.fd,
+            events: (if b.readable { libc::POLLIN } else { 0 })
+                | (if b.writable { libc::POLLOUT } else { 0 }),
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: `pollfds` is a live, writable array of its length.
+    let rc = unsafe {
+        libc::poll(
+            pollfds.as_mut_ptr(),
+            pollfds.len() as libc::nfds_t,
+            timeout_ms,
+        )
+    };
+    assert!(rc >= 0, "poll: {}", std::io::Error::last_os_error());
     let mut events = 0;
-    for _ in 0..rounds {
-        let fds = dev.backend_fds();
-        let mut pollfds: Vec<libc::pollfd> = fds
-            .iter()
-            .map(|b| libc::pollfd {
-                fd: b.fd,
-                events: (if b.readable { libc::POLLIN } else { 0 })
-                    | (if b.writable { libc::POLLOUT } else { 0 }),
-                revents: 0,
-            })
-            .collect();
-        // SAFETY: `pollfds` is a live, writable array of its length.
-        let rc = unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, 0) };
-        assert!(rc >= 0, "poll: {}", std::io::Error::last_os_error());
-        if rc == 0 {
-            break;
-        }
-        for (b, p) in fds.iter().zip(&pollfds) {
-            if p.revents != 0 {
-                events += 1;
-                dev.backend_event(b.token);
-            }
+    for (b, p) in fds.iter().zip(&pollfds) {
+        if p.revents != 0 {
+            events += 1;
+            dev.backend_event(b.token);
         }
     }
     events

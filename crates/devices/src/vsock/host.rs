@@ -12,8 +12,12 @@
 use std::io::{self, Read};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, SockAddr, Socket, Type};
+
+use super::conn::{Conn, State};
+use super::{Proto, ACCEPT_BATCH, FIRST_LOCAL_PORT};
 
 /// Longest `CONNECT <port>\n` line accepted, in bytes ("CONNECT " plus
 /// ten digits plus a newline fits with room to spare).
@@ -140,6 +144,146 @@ pub(crate) fn parse_connect(line: &[u8]) -> Handshake {
         Some(port) => Handshake::Connect(port),
         None => Handshake::Failed,
     }
+}
+
+/// How long the listener is left alone after `accept` failed for a host
+/// reason (EMFILE, ENFILE, ENOBUFS, ...): the listening socket stays
+/// readable while programs wait, so retrying at once would spin a core.
+pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The host side of [`Proto`]: host programs knocking on `PATH` and the
+/// handshake deadlines.
+impl Proto {
+    /// Drops handshakes older than the connect timeout: host programs
+    /// that never finished their line, and host-initiated connections
+    /// the guest never answered (RST, so the guest forgets them too).
+    /// Ends an accept back-off that is over.
+    pub(super) fn expire(&mut self) {
+        let now = Instant::now();
+        if self.accept_paused.is_some_and(|t| t <= now) {
+            self.accept_paused = None;
+        }
+        let limit = self.opts.connect_timeout;
+        self.pending
+            .retain(|_, p| now.duration_since(p.since) < limit);
+        let stale: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.state == State::Connecting && now.duration_since(c.since) >= limit)
+            .map(|(&t, _)| t)
+            .collect();
+        for t in stale {
+            self.reset(t);
+        }
+    }
+
+    /// The earliest instant [`Proto::expire`] has something to do: a
+    /// handshake's deadline or the end of an accept back-off.
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        let limit = self.opts.connect_timeout;
+        let handshakes = self.pending.values().map(|p| p.since).chain(
+            self.conns
+                .values()
+                .filter(|c| c.state == State::Connecting)
+                .map(|c| c.since),
+        );
+        handshakes
+            // An unrepresentable deadline is no deadline.
+            .filter_map(|since| since.checked_add(limit))
+            .chain(self.accept_paused)
+            .min()
+    }
+
+    /// The listener is listed (readable) unless accepting is backed off.
+    pub(super) fn accepting(&self) -> bool {
+        self.accept_paused.is_none()
+    }
+
+    /// Host programs knocking on `PATH`.
+    pub(super) fn accept(&mut self) {
+        if !self.accepting() {
+            return;
+        }
+        for _ in 0..ACCEPT_BATCH {
+            let stream = match self.listener.accept() {
+                Ok(Some(s)) => s,
+                Ok(None) => return,
+                Err(e) if is_transient(&e) => continue,
+                Err(e) => {
+                    log::log!(
+                        self.host_errors.level(),
+                        "virtio-vsock: accept failed: {e}; not accepting for {} ms",
+                        ACCEPT_BACKOFF.as_millis()
+                    );
+                    self.accept_paused = Instant::now().checked_add(ACCEPT_BACKOFF);
+                    return;
+                }
+            };
+            if self.conns.len() + self.pending.len() >= self.opts.max_connections {
+                log::log!(
+                    self.refused.level(),
+                    "virtio-vsock: connection limit {} reached, host program disconnected",
+                    self.opts.max_connections
+                );
+                continue;
+            }
+            let token = self.new_token();
+            self.pending.insert(token, Pending::new(stream));
+        }
+    }
+
+    /// A host program in its `CONNECT` line has bytes.
+    pub(super) fn handshake(&mut self, token: u64) {
+        let Some(p) = self.pending.get_mut(&token) else {
+            return;
+        };
+        match p.read_line() {
+            Handshake::Incomplete => {}
+            Handshake::Failed => {
+                self.pending.remove(&token);
+            }
+            Handshake::Connect(port) => {
+                let Some(p) = self.pending.remove(&token) else {
+                    return;
+                };
+                let Some(local) = self.local_port(port) else {
+                    return;
+                };
+                let mut c = Conn::new(
+                    p.stream,
+                    local,
+                    port,
+                    State::Connecting,
+                    self.opts.buf_alloc,
+                );
+                c.owed.request = true;
+                // Same token: the stream keeps its registration.
+                self.insert_at(token, c);
+            }
+        }
+    }
+
+    /// A free host port for a connection to guest port `peer`.
+    fn local_port(&mut self, peer: u32) -> Option<u32> {
+        // At most `max_connections + 1` tries find a free one.
+        for _ in 0..=self.opts.max_connections {
+            let p = self.next_local_port;
+            self.next_local_port = p.checked_add(1).unwrap_or(FIRST_LOCAL_PORT);
+            if !self.by_addr.contains_key(&(p, peer)) {
+                return Some(p);
+            }
+        }
+        None
+    }
+}
+
+/// An accept error about one connection, not the listener (the program
+/// went away before it was accepted): try the next one.
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted
+    )
 }
 
 #[cfg(test)]

@@ -24,7 +24,12 @@
 //!   included: a REQUEST beyond it is answered with RST, a host program
 //!   beyond it is disconnected; a handshake not finished within
 //!   [`VsockOptions::connect_timeout`] (a host program's `CONNECT` line,
-//!   the guest's answer to a REQUEST) is dropped;
+//!   the guest's answer to a REQUEST) is dropped, on time: the device
+//!   lists a timer fd for the earliest deadline;
+//! - `accept` failing for a host reason (EMFILE, ENFILE, ...) is logged and
+//!   the listener left alone for [`host::ACCEPT_BACKOFF`] (100 ms): a
+//!   listening socket stays readable while programs wait, so retrying at
+//!   once would spin the polling thread;
 //! - per connection at most `buf_alloc` bytes (default [`BUF_ALLOC`]) of
 //!   guest payload wait for the host program, which is exactly the credit
 //!   the guest is given (§5.10.6.3): a guest sending beyond its credit is
@@ -42,6 +47,7 @@
 //! must be stream (else RST, §5.10.6.4), `op` must be known and fit the
 //! connection's state (else RST), and `len` at most [`MAX_PKT_PAYLOAD`].
 
+mod alarm;
 mod conn;
 pub(crate) mod host;
 
@@ -68,8 +74,9 @@ pub use vmmio_spec::vsock::{
 use vmmio_spec::{Le16, Le32, Le64};
 
 use crate::chain::{ChainLayout, LogLimiter, MoreWork, Region, Served};
+use alarm::Alarm;
 use conn::{Conn, State};
-use host::{Handshake, Listener, Pending};
+use host::{Listener, Pending};
 
 /// `QueueSizeMax` of the three queues, in descriptors.
 pub const QUEUE_SIZE: u16 = 256;
@@ -112,10 +119,9 @@ pub struct VsockOptions {
     pub max_replies: usize,
     /// How long a host program may take to send its `CONNECT` line, and
     /// the guest to answer the REQUEST that follows, before the device
-    /// gives up (RST to the guest, the host program disconnected). Checked
-    /// whenever the device runs (a queue notification or a host event), so
-    /// a stale handshake is dropped at the latest when the next host
-    /// program knocks. Default [`CONNECT_TIMEOUT`].
+    /// gives up (RST to the guest, the host program disconnected). The
+    /// device's timer fd (listed in `backend_fds` while a handshake runs)
+    /// ends it on time, with no other event. Default [`CONNECT_TIMEOUT`].
     pub connect_timeout: std::time::Duration,
 }
 
@@ -177,6 +183,8 @@ pub struct Vsock<M> {
     broken_log: LogLimiter,
     /// Wakes the device for chains left at the per-call cap.
     more: MoreWork,
+    /// Wakes the device at the next handshake deadline.
+    alarm: Alarm,
 }
 
 impl<M> std::fmt::Debug for Vsock<M> {
@@ -208,6 +216,9 @@ struct Proto {
     cursor: u64,
     /// A TRANSPORT_RESET event is owed (§5.10.6.6).
     transport_reset: bool,
+    /// `accept` failed for a host reason: the listener is not listed
+    /// until then ([`host::ACCEPT_BACKOFF`]).
+    accept_paused: Option<std::time::Instant>,
     /// Copy buffer for guest payload, [`MAX_PKT_PAYLOAD`] bytes.
     scratch: Vec<u8>,
     malformed: LogLimiter,
@@ -257,6 +268,7 @@ impl<M> Vsock<M> {
                 replies: VecDeque::new(),
                 cursor: 0,
                 transport_reset: false,
+                accept_paused: None,
                 scratch: vec![0; MAX_PKT_PAYLOAD as usize],
                 malformed: LogLimiter::default(),
                 refused: LogLimiter::default(),
@@ -267,6 +279,7 @@ impl<M> Vsock<M> {
             queue_max_sizes: [size; 3],
             broken_log: LogLimiter::default(),
             more: MoreWork::default(),
+            alarm: Alarm::default(),
         })
     }
 
@@ -286,7 +299,8 @@ impl<M: GuestMemory> Vsock<M> {
     /// Runs the device until nothing moves: guest packets, host writes,
     /// host reads, rx packets, events. Twice, so that rx buffers freeing
     /// the reply queue let held-back tx packets through.
-    fn pump(&mut self) {
+    /// `alarm_fired`: the timer fd is readable (it is re-armed either way).
+    fn pump(&mut self, alarm_fired: bool) {
         self.proto.expire();
         for _ in 0..2 {
             self.serve(TXQ);
@@ -295,6 +309,7 @@ impl<M: GuestMemory> Vsock<M> {
             self.serve(RXQ);
             self.serve(EVENTQ);
         }
+        self.alarm.set(self.proto.next_deadline(), alarm_fired);
     }
 
     fn serve(&mut self, index: u16) {
@@ -543,7 +558,8 @@ impl Proto {
         let token = self.next_token;
         // 2^64 sockets are never opened; wrapping keeps it total.
         self.next_token = self.next_token.wrapping_add(1).max(LISTENER_TOKEN + 1);
-        if self.next_token == MoreWork::TOKEN {
+        // The two highest tokens are the timer and the more-work fd.
+        if self.next_token >= Alarm::TOKEN {
             self.next_token = LISTENER_TOKEN + 1;
         }
         token
@@ -671,7 +687,7 @@ impl Proto {
             (op::REQUEST, 0, 0)
         } else if c.owed.response {
             (op::RESPONSE, 0, 0)
-        } else if !c.staged.is_empty() && c.peer_free() > 0 {
+        } else if !c.staged.is_empty() && c.peer_free() > 0 && room > 0 {
             // Bounded by the staged bytes (<= STAGE_SIZE), so it fits u32.
             let n = (c.staged.len() as u64)
                 .min(u64::from(c.peer_free()))
@@ -681,11 +697,11 @@ impl Proto {
         } else if c.owed.shutdown != 0 && c.staged.is_empty() {
             (op::SHUTDOWN, c.owed.shutdown, 0)
         } else {
+            // Also for data that does not fit a buffer exactly one header
+            // long: a packet the guest may receive at any time (§5.10.6.3)
+            // rather than a used buffer with no packet in it.
             (op::CREDIT_UPDATE, 0, 0)
         };
-        if n == 0 && op == op::RW {
-            return 0;
-        }
         let h = Header {
             src_cid: Le64::new(HOST_CID),
             dst_cid: Le64::new(guest_cid),
@@ -753,91 +769,6 @@ impl Proto {
         }
     }
 
-    /// Drops handshakes older than the connect timeout: host programs
-    /// that never finished their line, and host-initiated connections
-    /// the guest never answered (RST, so the guest forgets them too).
-    fn expire(&mut self) {
-        let limit = self.opts.connect_timeout;
-        self.pending.retain(|_, p| p.since.elapsed() < limit);
-        let stale: Vec<u64> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.state == State::Connecting && c.since.elapsed() >= limit)
-            .map(|(&t, _)| t)
-            .collect();
-        for t in stale {
-            self.reset(t);
-        }
-    }
-
-    /// Host programs knocking on `PATH`.
-    fn accept(&mut self) {
-        for _ in 0..ACCEPT_BATCH {
-            let stream = match self.listener.accept() {
-                Ok(Some(s)) => s,
-                Ok(None) => return,
-                Err(e) => {
-                    log::log!(self.host_errors.level(), "virtio-vsock: accept failed: {e}");
-                    return;
-                }
-            };
-            if self.conns.len() + self.pending.len() >= self.opts.max_connections {
-                log::log!(
-                    self.refused.level(),
-                    "virtio-vsock: connection limit {} reached, host program disconnected",
-                    self.opts.max_connections
-                );
-                continue;
-            }
-            let token = self.new_token();
-            self.pending.insert(token, Pending::new(stream));
-        }
-    }
-
-    /// A host program in its `CONNECT` line has bytes.
-    fn handshake(&mut self, token: u64) {
-        let Some(p) = self.pending.get_mut(&token) else {
-            return;
-        };
-        match p.read_line() {
-            Handshake::Incomplete => {}
-            Handshake::Failed => {
-                self.pending.remove(&token);
-            }
-            Handshake::Connect(port) => {
-                let Some(p) = self.pending.remove(&token) else {
-                    return;
-                };
-                let Some(local) = self.local_port(port) else {
-                    return;
-                };
-                let mut c = Conn::new(
-                    p.stream,
-                    local,
-                    port,
-                    State::Connecting,
-                    self.opts.buf_alloc,
-                );
-                c.owed.request = true;
-                // Same token: the stream keeps its registration.
-                self.insert_at(token, c);
-            }
-        }
-    }
-
-    /// A free host port for a connection to guest port `peer`.
-    fn local_port(&mut self, peer: u32) -> Option<u32> {
-        // At most `max_connections + 1` tries find a free one.
-        for _ in 0..=self.opts.max_connections {
-            let p = self.next_local_port;
-            self.next_local_port = p.checked_add(1).unwrap_or(FIRST_LOCAL_PORT);
-            if !self.by_addr.contains_key(&(p, peer)) {
-                return Some(p);
-            }
-        }
-        None
-    }
-
     /// Drops every connection (their host programs see end of file); owes
     /// TRANSPORT_RESET when there were any.
     fn drop_connections(&mut self) {
@@ -851,12 +782,14 @@ impl Proto {
 
     fn backend_fds(&self) -> Vec<BackendFd> {
         let mut fds = Vec::with_capacity(1 + self.pending.len() + self.conns.len());
-        fds.push(BackendFd {
-            fd: self.listener.listener.as_raw_fd(),
-            token: LISTENER_TOKEN,
-            readable: true,
-            writable: false,
-        });
+        if self.accepting() {
+            fds.push(BackendFd {
+                fd: self.listener.listener.as_raw_fd(),
+                token: LISTENER_TOKEN,
+                readable: true,
+                writable: false,
+            });
+        }
         for (&token, p) in &self.pending {
             fds.push(BackendFd {
                 fd: p.stream.as_raw_fd(),
@@ -881,7 +814,6 @@ impl Proto {
 
     fn backend_event(&mut self, token: u64) {
         if token == LISTENER_TOKEN {
-            self.expire();
             self.accept();
         } else if self.pending.contains_key(&token) {
             self.handshake(token);
@@ -929,6 +861,7 @@ impl<M: GuestMemory + Send> VirtioDevice<M> for Vsock<M> {
             return Err(ActivateError::Features(features));
         }
         self.more.open()?;
+        self.alarm.open()?;
         let mut it = queues.into_iter().map(|q| q.ready().then_some(q));
         let queues = [
             it.next().flatten(),
@@ -941,18 +874,21 @@ impl<M: GuestMemory + Send> VirtioDevice<M> for Vsock<M> {
             queues,
             broken: [false; 3],
         });
-        self.pump();
+        self.pump(false);
         Ok(())
     }
 
     fn queue_notify(&mut self, _index: u16, _data: Option<NotificationData>) {
-        self.pump();
+        self.pump(false);
     }
 
     fn reset(&mut self) {
         self.active = None;
         self.more.clear();
         self.proto.drop_connections();
+        // Host programs in their line stay; their deadlines need no
+        // timer until the next activate.
+        self.alarm.set(None, false);
     }
 
     fn queue_reset(&mut self, index: u16) {
@@ -971,7 +907,7 @@ impl<M: GuestMemory + Send> VirtioDevice<M> for Vsock<M> {
                 active.broken[usize::from(index)] = false;
             }
         }
-        self.pump();
+        self.pump(false);
     }
 
     fn backend_fds(&self) -> Vec<BackendFd> {
@@ -980,6 +916,7 @@ impl<M: GuestMemory + Send> VirtioDevice<M> for Vsock<M> {
         }
         let mut fds = self.proto.backend_fds();
         fds.extend(self.more.backend_fd());
+        fds.extend(self.alarm.backend_fd());
         fds
     }
 
@@ -989,10 +926,10 @@ impl<M: GuestMemory + Send> VirtioDevice<M> for Vsock<M> {
         }
         if token == MoreWork::TOKEN {
             self.more.clear();
-        } else {
+        } else if token != Alarm::TOKEN {
             self.proto.backend_event(token);
         }
-        self.pump();
+        self.pump(token == Alarm::TOKEN);
     }
 }
 

@@ -726,3 +726,80 @@ fn stale_handshakes_expire() {
     assert_eq!(silent.read(&mut b).unwrap(), 0);
     assert_eq!(f.dev.connections(), 0);
 }
+
+/// An rx buffer exactly one header long while host data waits: the spec
+/// lets the device send CREDIT_UPDATE at any time (§5.10.6.3), so the
+/// buffer carries one (a whole packet, `len` 0) instead of coming back
+/// used with no packet in it; the data goes to the next buffer with room.
+#[test]
+fn header_only_rx_buffer_gets_a_credit_update_while_data_waits() {
+    let mut f = fx();
+    f.post_rx(1);
+    let l = f.host_listen(1234);
+    let mut s = f.guest_connect(&l, 4000, 1234);
+    s.write_all(b"waiting").unwrap();
+    f.poke();
+    assert!(f.recv().is_empty(), "no rx buffer yet");
+    for _ in 0..3 {
+        let a = f.rx.alloc(HEADER_SIZE as u64);
+        let head = f.rx.add_chain(&f.m, &[desc(a, HEADER_SIZE as u32, true)]);
+        f.rx_bufs.insert(u32::from(head), a);
+    }
+    f.dev.queue_notify(RXQ, None);
+    // `recv` asserts every used buffer holds a whole packet.
+    let p = f.recv();
+    let ops: Vec<u16> = p.iter().map(Pkt::op).collect();
+    assert_eq!(ops, [op::CREDIT_UPDATE; 3]);
+    assert_eq!(p[0].h.buf_alloc.get(), BUF_ALLOC);
+    f.post_rx(1);
+    let p = f.recv();
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].op(), op::RW);
+    assert_eq!(p[0].data, b"waiting");
+}
+
+/// A stalled handshake ends on time with no other device event: the
+/// device's timer fd is what a poll loop wakes for. Both kinds: a host
+/// program that never sends its `CONNECT` line, and a host-initiated
+/// connection the guest never answers (it gets RST).
+#[test]
+fn stalled_handshakes_end_without_any_other_event() {
+    let mut f = fx_with(VsockOptions {
+        connect_timeout: std::time::Duration::from_millis(50),
+        ..VsockOptions::default()
+    });
+    f.post_rx(8);
+    let mut silent = UnixStream::connect(&f.path).unwrap();
+    let mut s = UnixStream::connect(&f.path).unwrap();
+    s.write_all(b"CONNECT 5000\n").unwrap();
+    for c in [&silent, &s] {
+        c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+    }
+    // Accept both, read the line: the guest gets the REQUEST.
+    crate::test_util::run_backends(&mut f.dev, 4);
+    let p = f.recv();
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].op(), op::REQUEST);
+    // From here nothing happens but time: a poll loop (as
+    // `MmioTransport::poll_backends`) that waits for the device's fds.
+    let mut rounds = 0;
+    // Done when only the listener is left to wait for (no handshake, no
+    // timer).
+    while f.dev.backend_fds().len() > 1 {
+        rounds += 1;
+        assert!(rounds < 10, "the handshakes were not ended");
+        assert!(
+            crate::test_util::wait_backends(&mut f.dev, 5_000) > 0,
+            "no device fd became ready within 5 s: nothing ends the handshakes"
+        );
+    }
+    let p = f.recv();
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].op(), op::RST);
+    assert_eq!(p[0].h.dst_port.get(), 5000);
+    let mut b = [0u8; 1];
+    assert_eq!(s.read(&mut b).unwrap(), 0);
+    assert_eq!(silent.read(&mut b).unwrap(), 0);
+    assert_eq!(f.dev.connections(), 0);
+}
