@@ -759,7 +759,7 @@ fn sbi_base_console_and_reset() {
     ]);
     put(&m, CODE, &code);
     assert_eq!(m.run().unwrap(), ExitReason::Reboot);
-    assert_eq!((m.reg(20), m.reg(21)), (0, 1 << 24));
+    assert_eq!((m.reg(20), m.reg(21)), (0, 2 << 24));
     assert_eq!(m.reg(22), 1);
     assert_eq!(m.reg(23), 0);
     assert_eq!(m.reg(24) as i64, -2);

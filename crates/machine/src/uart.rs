@@ -124,6 +124,24 @@ impl Uart {
         b
     }
 
+    /// Writes `bytes` to the console sink directly, flushed once (SBI DBCN console_write).
+    pub(crate) fn console_write(&self, bytes: &[u8]) {
+        let mut s = self.lock();
+        if let Err(e) = s.out.write_all(bytes).and_then(|()| s.out.flush()) {
+            log::debug!("uart: console output failed: {e}");
+        }
+    }
+
+    /// Takes up to `max` received bytes (SBI DBCN console_read); none waiting gives an
+    /// empty vector.
+    pub(crate) fn console_read(&self, max: usize) -> Vec<u8> {
+        let mut s = self.lock();
+        let n = max.min(s.rx.len());
+        let bytes: Vec<u8> = s.rx.drain(..n).collect();
+        s.update_irq();
+        bytes
+    }
+
     /// A handle that feeds input bytes.
     pub(crate) fn input(&self) -> ConsoleInput {
         ConsoleInput { uart: self.clone() }
