@@ -1,10 +1,12 @@
-//! Instruction decoding for RV64IMA + Zicsr + Zifencei and the S-mode system instructions.
+//! Instruction decoding for RV64IMAC + Zicsr + Zifencei and the S-mode system instructions.
 //!
 //! One decoder serves the interpreter and the trace. It implements the encodings of the RISC-V
 //! Unprivileged ISA (20191213): chapter 2 "RV32I Base Integer Instruction Set", chapter 5
-//! "RV64I", chapter 7 "M" (multiply/divide), chapter 8 "A" (atomics), chapter 9 "Zicsr" and
-//! chapter 3 "Zifencei"; and of the Privileged Architecture (20211203): §3.3.2 (WFI, SRET) and
-//! §4.2.1 "Supervisor Memory-Management Fence Instruction" (SFENCE.VMA).
+//! "RV64I", chapter 7 "M" (multiply/divide), chapter 8 "A" (atomics), chapter 9 "Zicsr",
+//! chapter 3 "Zifencei" and chapter 16 "C" (compressed instructions, expanded to their 32-bit
+//! equivalents by the `compressed` module); and of the Privileged Architecture (20211203):
+//! §3.3.2 (WFI, SRET) and §4.2.1 "Supervisor Memory-Management Fence Instruction"
+//! (SFENCE.VMA).
 //!
 //! Anything else, including every reserved encoding of a known opcode, decodes to
 //! [`Kind::Illegal`]. Decoding never fails and never panics.
@@ -205,9 +207,14 @@ fn imm_j(raw: u32) -> i32 {
         | (((raw >> 21) & 0x3ff) << 1) as i32
 }
 
-/// Decodes one 32-bit instruction word. Unknown and reserved encodings give
-/// [`Insn::ILLEGAL`]; 16-bit (compressed) encodings are illegal too, this hart has no C.
+/// Decodes one instruction: a 32-bit word, or a 16-bit compressed instruction (`raw & 3 !=
+/// 3`, in the low half; the high half is ignored), which decodes as the 32-bit instruction it
+/// expands to. Unknown and reserved encodings give [`Insn::ILLEGAL`].
 pub fn decode(raw: u32) -> Insn {
+    if raw & 3 != 3 {
+        // The expansion is a 32-bit encoding: this recursion is one level deep.
+        return crate::compressed::expand(raw as u16).map_or(Insn::ILLEGAL, decode);
+    }
     let rd = reg(raw, 7);
     let rs1 = reg(raw, 15);
     let rs2 = reg(raw, 20);
@@ -558,8 +565,8 @@ mod tests {
     fn reserved_encodings_are_illegal() {
         assert_eq!(decode(0).kind, Kind::Illegal);
         assert_eq!(decode(0xffff_ffff).kind, Kind::Illegal);
-        // Compressed c.nop.
-        assert_eq!(decode(0x0001).kind, Kind::Illegal);
+        // The all-zero halfword (a reserved compressed encoding).
+        assert_eq!(decode(0xffff_0000).kind, Kind::Illegal);
         // slliw with shamt[5] set is reserved.
         assert_eq!(decode(slliw(1, 2, 32)).kind, Kind::Illegal);
         // lr.w with rs2 != 0 is reserved.

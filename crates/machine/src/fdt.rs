@@ -1,10 +1,10 @@
 //! The flattened device tree handed to the kernel in a1.
 //!
-//! Models QEMU's `virt` board with what this machine has: one `rv64ima` hart with Sv39 and a
-//! `riscv,cpu-intc` (Linux `Documentation/devicetree/bindings/riscv/cpus.yaml`), RAM, the
-//! PLIC with only hart 0's S-mode external interrupt (9) in `interrupts-extended` (there is no
-//! M-mode; `sifive,plic-1.0.0.yaml`), the ns16550a UART (`8250.yaml`), `/chosen` with
-//! `bootargs`, the initrd range and `stdout-path` (`chosen.yaml`), and one node per extra
+//! Models QEMU's `virt` board with what this machine has: one hart (ISA: [`ISA_EXTENSIONS`])
+//! with Sv39 and a `riscv,cpu-intc` (Linux `Documentation/devicetree/bindings/riscv/cpus.yaml`),
+//! RAM, the PLIC with only hart 0's S-mode external interrupt (9) in `interrupts-extended`
+//! (there is no M-mode; `sifive,plic-1.0.0.yaml`), the ns16550a UART (`8250.yaml`), `/chosen`
+//! with `bootargs`, the initrd range and `stdout-path` (`chosen.yaml`), and one node per extra
 //! device window (e.g. `virtio_mmio@10001000`, `virtio-mmio.yaml`). There is no CLINT: the
 //! timer and IPIs go through the SBI.
 
@@ -23,8 +23,28 @@ const PHANDLE_CPU0_INTC: u32 = 2;
 const PHANDLE_PLIC: u32 = 3;
 /// The S-mode external interrupt number at the hart's interrupt controller.
 const IRQ_S_EXT: u32 = 9;
-/// `riscv,isa` of the hart.
-pub const ISA: &str = "rv64ima";
+/// The ISA extensions the hart implements, the single source of the device tree's
+/// `riscv,isa`, `riscv,isa-base` and `riscv,isa-extensions` (Linux
+/// `Documentation/devicetree/bindings/riscv/extensions.yaml`): single-letter extensions in the
+/// canonical order of the Unprivileged ISA's naming chapter (i m a f d c), then multi-letter
+/// ones. Only what the hart really implements: Linux believes this list.
+pub const ISA_EXTENSIONS: &[&str] = &["i", "m", "a", "c", "zicntr", "zicsr", "zifencei"];
+
+/// `riscv,isa-base` of the hart.
+pub const ISA_BASE: &str = "rv64i";
+
+/// `riscv,isa` of the hart: `rv64`, the single-letter extensions, then `_` and each
+/// multi-letter one, e.g. `rv64imac_zicntr_zicsr_zifencei`.
+pub fn isa_string() -> String {
+    let mut isa = String::from("rv64");
+    for ext in ISA_EXTENSIONS {
+        if ext.len() > 1 {
+            isa.push('_');
+        }
+        isa.push_str(ext);
+    }
+    isa
+}
 
 /// An extra device-tree node under `/soc` for a device window added to the bus.
 ///
@@ -110,7 +130,12 @@ pub(crate) fn build(p: &FdtParams<'_>) -> Result<Vec<u8>, vm_fdt::Error> {
     f.property_u32("reg", 0)?;
     f.property_string("status", "okay")?;
     f.property_string("compatible", "riscv")?;
-    f.property_string("riscv,isa", ISA)?;
+    f.property_string("riscv,isa", &isa_string())?;
+    f.property_string("riscv,isa-base", ISA_BASE)?;
+    f.property_string_list(
+        "riscv,isa-extensions",
+        ISA_EXTENSIONS.iter().map(|e| e.to_string()).collect(),
+    )?;
     f.property_string("mmu-type", "riscv,sv39")?;
     f.property_phandle(PHANDLE_CPU0)?;
     let intc = f.begin_node("interrupt-controller")?;
@@ -188,7 +213,20 @@ mod tests {
         assert_eq!(mem.size, Some(256 << 20));
         let cpu = dt.cpus().next().unwrap();
         assert_eq!(cpu.timebase_frequency(), 10_000_000);
-        assert_eq!(cpu.property("riscv,isa").unwrap().as_str(), Some("rv64ima"));
+        assert_eq!(
+            cpu.property("riscv,isa").unwrap().as_str(),
+            Some("rv64imac_zicntr_zicsr_zifencei")
+        );
+        assert_eq!(
+            cpu.property("riscv,isa-base").unwrap().as_str(),
+            Some("rv64i")
+        );
+        let exts = cpu.property("riscv,isa-extensions").unwrap().value;
+        let exts: Vec<&str> = std::str::from_utf8(exts)
+            .unwrap()
+            .split_terminator('\0')
+            .collect();
+        assert_eq!(exts, ["i", "m", "a", "c", "zicntr", "zicsr", "zifencei"]);
         assert_eq!(
             cpu.property("mmu-type").unwrap().as_str(),
             Some("riscv,sv39")

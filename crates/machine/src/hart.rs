@@ -1,4 +1,4 @@
-//! The hart: an RV64IMA + Zicsr + Zifencei interpreter with S and U modes and Sv39.
+//! The hart: an RV64IMAC + Zicsr + Zifencei interpreter with S and U modes and Sv39.
 //!
 //! What it implements, by RISC-V Privileged Architecture (20211203) section:
 //! - §4.1 "Supervisor CSRs": `sstatus` (SIE, SPIE, SPP, SUM, MXR; UXL reads 2), `sie`/`sip`
@@ -12,8 +12,12 @@
 //!   superpages, A/D bits set in the PTE on access (the "hardware updating" option of §4.3.1),
 //!   `sfence.vma`, `satp` modes Bare and Sv39 (writes of other modes are ignored, ASIDLEN 0).
 //!
-//! Speed: instructions are decoded once into a direct-mapped cache indexed by physical
-//! address and validated by the raw word (so it never goes stale, whoever writes the code:
+//! Compressed instructions (C) are expanded to their 32-bit equivalents by the decoder; the
+//! hart keeps their length (2) for the next pc and link addresses. IALIGN is 16: the pc is
+//! 2-aligned, and a 32-bit instruction may straddle two pages (two translations).
+//!
+//! Speed: instructions are decoded once into a direct-mapped cache indexed by the pc and
+//! validated by the raw instruction bits (so it never goes stale, whoever writes the code:
 //! the hart, device DMA or the loader); instruction fetch reuses the translation of the
 //! current page; loads and stores go through a software TLB (1024 entries, direct-mapped,
 //! flushed on `sfence.vma` and `satp` writes) whose entries carry the PTE's R/W/X/U/D bits,
@@ -373,17 +377,33 @@ impl Hart {
     #[inline(always)]
     fn step<const TRACE: bool>(&mut self) -> Result<(), Trap> {
         let pc = self.pc;
-        let off = if pc >> 12 == self.fetch_vpn {
-            // The fetch page is RAM (checked when cached); pc is 4-aligned.
-            self.fetch_off + (pc & 0xfff) as usize
+        let in_page = (pc & 0xfff) as usize;
+        // Fast path: the cached fetch page, and 4 bytes of it left from `pc` (a 32-bit
+        // instruction at 0xffe straddles into the next page: slow path).
+        let raw = if pc >> 12 == self.fetch_vpn && in_page <= 0xffc {
+            let off = self.fetch_off + in_page;
+            if off & 3 == 0 {
+                // SAFETY: the fetch page was checked to be RAM when cached (`fetch_slow`:
+                // `offset(page, 4096)`) and `in_page <= 0xffc`, so `off + 4 <= len`; `off`
+                // is 4-aligned (checked).
+                unsafe { self.bus.ram.load::<4>(off) as u32 }
+            } else {
+                // SAFETY: as above, `off + 4 <= len`; `pc` is 2-aligned (IALIGN = 16, every
+                // way of setting it keeps bit 0 clear), hence `off` and `off + 2` too.
+                let lo = unsafe { self.bus.ram.load::<2>(off) } as u32;
+                if lo & 3 == 3 {
+                    // SAFETY: as above.
+                    lo | (unsafe { self.bus.ram.load::<2>(off + 2) } as u32) << 16
+                } else {
+                    lo
+                }
+            }
         } else {
             self.fetch_slow(pc)?
         };
-        // SAFETY: the fetch page was checked to be RAM when cached
-        // (`fetch_slow`: `offset(page, 4096)`), so `off + 4 <= len`; `pc`
-        // is 4-aligned, hence `off` too.
-        let raw = unsafe { self.bus.ram.load::<4>(off) } as u32;
-        let slot = (off >> 2) & (DCACHE_SIZE - 1);
+        // A compressed instruction is its low half: the decode cache is keyed by it alone.
+        let raw = if raw & 3 == 3 { raw } else { raw & 0xffff };
+        let slot = ((pc >> 1) as usize) & (DCACHE_SIZE - 1);
         let entry = self.dcache[slot];
         let insn = if entry.raw == raw {
             entry.insn
@@ -405,13 +425,21 @@ impl Hart {
         if let Some(t) = self.trace.as_mut() {
             let name = format!("{:?}", insn.kind).to_ascii_lowercase();
             // A trace sink that fails must not stop the guest.
-            let _ = writeln!(t, "0x{pc:016x}:  {raw:08x}  {name}");
+            let _ = if raw & 3 == 3 {
+                writeln!(t, "0x{pc:016x}:  {raw:08x}  {name}")
+            } else {
+                writeln!(t, "0x{pc:016x}:      {raw:04x}  {name}")
+            };
         }
     }
 
+    /// Fetches the instruction at `pc` through a new translation, caching the page for the
+    /// fast path. A 32-bit instruction at the end of a page takes its high half from the next
+    /// page, translated on its own: a fault there reports that page's address in `stval`
+    /// (Privileged spec §4.1.9: the faulting portion of the instruction) with `sepc` = `pc`.
     #[inline(never)]
-    fn fetch_slow(&mut self, pc: u64) -> Result<usize, Trap> {
-        if pc & 3 != 0 {
+    fn fetch_slow(&mut self, pc: u64) -> Result<u32, Trap> {
+        if pc & 1 != 0 {
             return Err(Trap {
                 cause: cause::INSN_MISALIGNED,
                 tval: pc,
@@ -425,7 +453,27 @@ impl Hart {
             .ok_or(Access::Exec.access_fault(pc))?;
         self.fetch_vpn = pc >> 12;
         self.fetch_off = page;
-        Ok(page + (pc & 0xfff) as usize)
+        let off = page + (pc & 0xfff) as usize;
+        // SAFETY: `offset(page, 4096)` proved the whole page RAM, and `off` is 2-aligned
+        // inside it (checked above), so `off + 2 <= len`.
+        let lo = unsafe { self.bus.ram.load::<2>(off) } as u32;
+        if lo & 3 != 3 {
+            return Ok(lo);
+        }
+        let hi_off = if pc & 0xfff != 0xffe {
+            off + 2
+        } else {
+            let hi_va = pc.wrapping_add(2);
+            let hi_pa = self.translate(hi_va, Access::Exec)?;
+            self.bus
+                .ram
+                .offset(hi_pa, 2)
+                .ok_or(Access::Exec.access_fault(hi_va))?
+        };
+        // SAFETY: either `off + 2` inside the checked page (`pc & 0xfff < 0xffe`), or proved
+        // by `offset(hi_pa, 2)`; both 2-aligned.
+        let hi = unsafe { self.bus.ram.load::<2>(hi_off) } as u32;
+        Ok(lo | hi << 16)
     }
 
     #[inline(always)]
@@ -435,11 +483,14 @@ impl Hart {
         let imm = i.imm as i64 as u64;
         let rd = i.rd as usize & 31;
         let sh = (i.imm & 63) as u32;
-        let mut next = pc.wrapping_add(4);
+        // The instruction's length: 2 bytes when compressed (`raw` is then its 16 bits).
+        let mut next = pc.wrapping_add(if raw & 3 == 3 { 4 } else { 2 });
+        // With C (IALIGN = 16) no jump or branch target is misaligned: offsets are even and
+        // JALR clears bit 0.
         macro_rules! branch {
             ($cond:expr) => {
                 if $cond {
-                    next = jump_target(pc.wrapping_add(imm))?;
+                    next = pc.wrapping_add(imm);
                 }
             };
         }
@@ -447,14 +498,12 @@ impl Hart {
             Kind::Lui => self.x[rd] = imm,
             Kind::Auipc => self.x[rd] = pc.wrapping_add(imm),
             Kind::Jal => {
-                let t = jump_target(pc.wrapping_add(imm))?;
                 self.x[rd] = next;
-                next = t;
+                next = pc.wrapping_add(imm);
             }
             Kind::Jalr => {
-                let t = jump_target(rs1.wrapping_add(imm) & !1)?;
                 self.x[rd] = next;
-                next = t;
+                next = rs1.wrapping_add(imm) & !1;
             }
             Kind::Beq => branch!(rs1 == rs2),
             Kind::Bne => branch!(rs1 != rs2),
@@ -931,7 +980,8 @@ impl Hart {
             csr::SCOUNTEREN => self.scounteren = v & 0xffff_ffff,
             csr::SENVCFG => {}
             csr::SSCRATCH => self.sscratch = v,
-            csr::SEPC => self.sepc = v & !3,
+            // IALIGN = 16: only bit 0 is always zero.
+            csr::SEPC => self.sepc = v & !1,
             csr::SCAUSE => self.scause = v,
             csr::STVAL => self.stval = v,
             csr::SIP => {
@@ -1045,18 +1095,6 @@ enum CsrOp {
     Write,
     Set,
     Clear,
-}
-
-/// Checks a jump target: without the C extension, targets must be 4-byte aligned.
-#[inline(always)]
-fn jump_target(t: u64) -> Result<u64, Trap> {
-    if t & 3 != 0 {
-        return Err(Trap {
-            cause: cause::INSN_MISALIGNED,
-            tval: t,
-        });
-    }
-    Ok(t)
 }
 
 /// The AMO arithmetic on `old` (memory) and `src` (rs2), 32- or 64-bit.

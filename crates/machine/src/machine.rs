@@ -128,7 +128,7 @@ impl ImageHeader {
     }
 }
 
-/// A software RISC-V machine (RV64IMA, S/U modes, Sv39, SBI, PLIC, ns16550a) modelled on
+/// A software RISC-V machine (RV64IMAC, S/U modes, Sv39, SBI, PLIC, ns16550a) modelled on
 /// QEMU `virt`; see the [crate docs](crate) for the memory map.
 ///
 /// Typical use: [`Machine::new`], then optionally [`Machine::irq_line`],
@@ -364,9 +364,9 @@ impl Machine {
             .map_err(Error::GuestMemory)
     }
 
-    /// Sets the program counter (guest virtual, 4-byte aligned; low bits are cleared).
+    /// Sets the program counter (guest virtual, 2-byte aligned: bit 0 is cleared).
     pub fn set_pc(&mut self, pc: u64) {
-        self.hart.pc = pc & !3;
+        self.hart.pc = pc & !1;
     }
 
     /// Program counter of the next instruction.
