@@ -1,9 +1,10 @@
-//! Instruction decoding for RV64IMAC + Zicsr + Zifencei and the S-mode system instructions.
+//! Instruction decoding for RV64IMAFDC + Zicsr + Zifencei and the S-mode system instructions.
 //!
 //! One decoder serves the interpreter and the trace. It implements the encodings of the RISC-V
 //! Unprivileged ISA (20191213): chapter 2 "RV32I Base Integer Instruction Set", chapter 5
 //! "RV64I", chapter 7 "M" (multiply/divide), chapter 8 "A" (atomics), chapter 9 "Zicsr",
-//! chapter 3 "Zifencei" and chapter 16 "C" (compressed instructions, expanded to their 32-bit
+//! chapter 3 "Zifencei", chapters 11 "F" and 12 "D" (the hart's FP unit decodes the operands
+//! of [`Kind::Fp`]) and chapter 16 "C" (compressed instructions, expanded to their 32-bit
 //! equivalents by the `compressed` module); and of the Privileged Architecture (20211203):
 //! §3.3.2 (WFI, SRET) and §4.2.1 "Supervisor Memory-Management Fence Instruction"
 //! (SFENCE.VMA).
@@ -102,6 +103,14 @@ pub enum Kind {
     ScD,
     /// 64-bit AMO; the operation is [`AmoOp`] `as u8` in `imm`.
     AmoD,
+    /// FP load/store (F and D extensions): `rd` / `rs2` name `f` registers.
+    Flw,
+    Fld,
+    Fsw,
+    Fsd,
+    /// Any other F or D instruction (OP-FP and the fused multiply-adds): the FP unit decodes
+    /// the rest from the raw word, `imm` is 0.
+    Fp,
 }
 
 /// The read-modify-write operation of an AMO instruction (Unprivileged ISA §8.4), by its
@@ -378,6 +387,17 @@ pub fn decode(raw: u32) -> Insn {
                 },
             }
         }
+        0x07 => match funct3 {
+            2 => (Kind::Flw, imm_i(raw)),
+            3 => (Kind::Fld, imm_i(raw)),
+            _ => return Insn::ILLEGAL,
+        },
+        0x27 => match funct3 {
+            2 => (Kind::Fsw, imm_s(raw)),
+            3 => (Kind::Fsd, imm_s(raw)),
+            _ => return Insn::ILLEGAL,
+        },
+        0x43 | 0x47 | 0x4b | 0x4f | 0x53 if crate::fpu::op(raw).is_some() => (Kind::Fp, 0),
         _ => return Insn::ILLEGAL,
     };
     mk(kind_imm.0, kind_imm.1)

@@ -36,6 +36,7 @@ use std::time::Instant;
 
 use crate::bus::Bus;
 use crate::decode::{decode, AmoOp, Insn, Kind};
+use crate::fpu::{self, FpState};
 use crate::layout::TIMEBASE_HZ;
 use crate::plic::IrqShared;
 use crate::trap_loop::{TrapLoopGuard, TRAP_LOOP_LIMIT};
@@ -87,9 +88,13 @@ pub(crate) mod sstatus {
     pub const SPP: u64 = 1 << 8;
     pub const SUM: u64 = 1 << 18;
     pub const MXR: u64 = 1 << 19;
+    /// FP unit state (bits 14:13): Off 0, Initial 1, Clean 2, Dirty 3 (see [`crate::fpu`]).
+    pub const FS: u64 = 3 << 13;
     /// UXL = 2 (64-bit U-mode), read-only.
     pub const UXL64: u64 = 2 << 32;
-    pub const WRITABLE: u64 = SIE | SPIE | SPP | SUM | MXR;
+    /// Reads as 1 when FS is Dirty (XS and VS are always Off here).
+    pub const SD: u64 = 1 << 63;
+    pub const WRITABLE: u64 = SIE | SPIE | SPP | SUM | MXR | FS;
 }
 
 /// `sip`/`sie` bits (Privileged spec §4.1.3).
@@ -132,7 +137,7 @@ pub(crate) struct Trap {
 }
 
 impl Trap {
-    fn illegal(raw: u32) -> Self {
+    pub(crate) fn illegal(raw: u32) -> Self {
         Trap {
             cause: cause::ILLEGAL_INSN,
             tval: u64::from(raw),
@@ -230,6 +235,8 @@ fn sext32(v: u64) -> u64 {
 pub(crate) struct Hart {
     /// Integer registers; `x[0]` is forced to 0 after every instruction.
     pub(crate) x: [u64; 32],
+    /// The F/D register file and `fcsr`.
+    pub(crate) fp: FpState,
     pub(crate) pc: u64,
     pub(crate) prv: Privilege,
     pub(crate) sstatus: u64,
@@ -291,6 +298,7 @@ impl Hart {
         .unwrap_or_else(|_| unreachable!("length is DCACHE_SIZE"));
         let mut hart = Self {
             x: [0; 32],
+            fp: FpState::default(),
             pc: 0,
             prv: Privilege::Supervisor,
             sstatus: 0,
@@ -600,6 +608,9 @@ impl Hart {
             Kind::LrW | Kind::ScW | Kind::AmoW | Kind::LrD | Kind::ScD | Kind::AmoD => {
                 self.x[rd] = self.atomic(i, rs1, rs2)?
             }
+            Kind::Flw | Kind::Fld | Kind::Fsw | Kind::Fsd | Kind::Fp => {
+                self.fp_exec(i, raw, rs1)?
+            }
             Kind::Ecall
             | Kind::Ebreak
             | Kind::Sret
@@ -708,7 +719,7 @@ impl Hart {
     }
 
     #[inline(always)]
-    fn load<const N: usize>(&mut self, va: u64) -> Result<u64, Trap> {
+    pub(crate) fn load<const N: usize>(&mut self, va: u64) -> Result<u64, Trap> {
         if va & (N as u64 - 1) != 0 {
             return self.load_misaligned(va, N);
         }
@@ -723,7 +734,7 @@ impl Hart {
     }
 
     #[inline(always)]
-    fn store<const N: usize>(&mut self, va: u64, v: u64) -> Result<(), Trap> {
+    pub(crate) fn store<const N: usize>(&mut self, va: u64, v: u64) -> Result<(), Trap> {
         if va & (N as u64 - 1) != 0 {
             return self.store_misaligned(va, N, v);
         }
@@ -932,7 +943,11 @@ impl Hart {
     /// Reads a CSR; `None` when it does not exist or U-mode may not read it.
     pub(crate) fn csr_read(&mut self, csr: u16) -> Option<u64> {
         Some(match csr {
-            csr::SSTATUS => self.sstatus | sstatus::UXL64,
+            csr::SSTATUS => {
+                let dirty = self.sstatus & sstatus::FS == sstatus::FS;
+                self.sstatus | sstatus::UXL64 | if dirty { sstatus::SD } else { 0 }
+            }
+            fpu::csr::FFLAGS..=fpu::csr::FCSR => return self.fp_csr_read(csr),
             csr::SIE => self.sie,
             csr::STVEC => self.stvec,
             csr::SCOUNTEREN => self.scounteren,
@@ -979,6 +994,7 @@ impl Hart {
             }
             csr::SCOUNTEREN => self.scounteren = v & 0xffff_ffff,
             csr::SENVCFG => {}
+            fpu::csr::FFLAGS..=fpu::csr::FCSR => return self.fp_csr_write(csr, v),
             csr::SSCRATCH => self.sscratch = v,
             // IALIGN = 16: only bit 0 is always zero.
             csr::SEPC => self.sepc = v & !1,

@@ -41,6 +41,7 @@ mod bus;
 mod compressed;
 pub mod decode;
 mod fdt;
+mod fpu;
 pub mod guest;
 mod hart;
 pub mod layout;

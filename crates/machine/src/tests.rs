@@ -26,10 +26,10 @@ impl Write for Sink {
     }
 }
 
-const CODE: u64 = RAM_BASE;
+pub(crate) const CODE: u64 = RAM_BASE;
 /// Where trap handlers go in these tests.
-const HANDLER: u64 = RAM_BASE + 0x8000;
-const DATA: u64 = RAM_BASE + 0x1_0000;
+pub(crate) const HANDLER: u64 = RAM_BASE + 0x8000;
+pub(crate) const DATA: u64 = RAM_BASE + 0x1_0000;
 
 fn machine_with(sink: Sink) -> Machine {
     let mut m = Machine::new(MachineConfig {
@@ -42,11 +42,11 @@ fn machine_with(sink: Sink) -> Machine {
     m
 }
 
-fn machine() -> Machine {
+pub(crate) fn machine() -> Machine {
     machine_with(Sink::default())
 }
 
-fn put(m: &Machine, addr: u64, code: &[u32]) {
+pub(crate) fn put(m: &Machine, addr: u64, code: &[u32]) {
     for (i, w) in code.iter().enumerate() {
         m.memory()
             .write_obj(*w, GuestAddress(addr + 4 * i as u64))
@@ -54,16 +54,16 @@ fn put(m: &Machine, addr: u64, code: &[u32]) {
     }
 }
 
-fn put_u64(m: &Machine, addr: u64, v: u64) {
+pub(crate) fn put_u64(m: &Machine, addr: u64, v: u64) {
     m.memory().write_obj(v, GuestAddress(addr)).unwrap();
 }
 
-fn get_u64(m: &Machine, addr: u64) -> u64 {
+pub(crate) fn get_u64(m: &Machine, addr: u64) -> u64 {
     m.memory().read_obj(GuestAddress(addr)).unwrap()
 }
 
 /// Executes `n` instructions one by one (traps count as one).
-fn step(m: &mut Machine, n: usize) {
+pub(crate) fn step(m: &mut Machine, n: usize) {
     for _ in 0..n {
         m.hart.run_batch::<false>(1);
     }
@@ -78,7 +78,7 @@ fn run(code: &[u32]) -> Machine {
 }
 
 /// `li rd, v` for any 64-bit v, as a sequence of lui/addi(w)/slli/addi.
-fn li(rd: u32, v: u64) -> Vec<u32> {
+pub(crate) fn li(rd: u32, v: u64) -> Vec<u32> {
     let v = v as i64;
     if (-2048..2048).contains(&v) {
         return vec![addi(rd, 0, v as i32)];
