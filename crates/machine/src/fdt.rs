@@ -28,13 +28,13 @@ const IRQ_S_EXT: u32 = 9;
 /// `Documentation/devicetree/bindings/riscv/extensions.yaml`): single-letter extensions in the
 /// canonical order of the Unprivileged ISA's naming chapter (i m a f d c), then multi-letter
 /// ones. Only what the hart really implements: Linux believes this list.
-pub const ISA_EXTENSIONS: &[&str] = &["i", "m", "a", "c", "zicntr", "zicsr", "zifencei"];
+pub const ISA_EXTENSIONS: &[&str] = &["i", "m", "a", "f", "d", "c", "zicntr", "zicsr", "zifencei"];
 
 /// `riscv,isa-base` of the hart.
 pub const ISA_BASE: &str = "rv64i";
 
 /// `riscv,isa` of the hart: `rv64`, the single-letter extensions, then `_` and each
-/// multi-letter one, e.g. `rv64imac_zicntr_zicsr_zifencei`.
+/// multi-letter one, e.g. `rv64imafdc_zicntr_zicsr_zifencei`.
 pub fn isa_string() -> String {
     let mut isa = String::from("rv64");
     for ext in ISA_EXTENSIONS {
@@ -215,7 +215,7 @@ mod tests {
         assert_eq!(cpu.timebase_frequency(), 10_000_000);
         assert_eq!(
             cpu.property("riscv,isa").unwrap().as_str(),
-            Some("rv64imac_zicntr_zicsr_zifencei")
+            Some("rv64imafdc_zicntr_zicsr_zifencei")
         );
         assert_eq!(
             cpu.property("riscv,isa-base").unwrap().as_str(),
@@ -226,7 +226,10 @@ mod tests {
             .unwrap()
             .split_terminator('\0')
             .collect();
-        assert_eq!(exts, ["i", "m", "a", "c", "zicntr", "zicsr", "zifencei"]);
+        assert_eq!(
+            exts,
+            ["i", "m", "a", "f", "d", "c", "zicntr", "zicsr", "zifencei"]
+        );
         assert_eq!(
             cpu.property("mmu-type").unwrap().as_str(),
             Some("riscv,sv39")

@@ -1,8 +1,8 @@
-//! The hart: an RV64IMAC + Zicsr + Zifencei interpreter with S and U modes and Sv39.
+//! The hart: an RV64IMAFDC + Zicsr + Zifencei interpreter with S and U modes and Sv39.
 //!
 //! What it implements, by RISC-V Privileged Architecture (20211203) section:
-//! - §4.1 "Supervisor CSRs": `sstatus` (SIE, SPIE, SPP, SUM, MXR; UXL reads 2), `sie`/`sip`
-//!   (SSIP writable, STIP from the SBI timer, SEIP from the PLIC), `stvec` (direct and
+//! - §4.1 "Supervisor CSRs": `sstatus` (SIE, SPIE, SPP, SUM, MXR, FS; SD = FS is Dirty; UXL
+//!   reads 2), `sie`/`sip` (SSIP writable, STIP from the SBI timer, SEIP from the PLIC), `stvec` (direct and
 //!   vectored), `scounteren`, `sscratch`, `sepc`, `scause`, `stval`, `satp`, `senvcfg`
 //!   (reads 0); the unprivileged counters `cycle`, `time`, `instret` (and `hpmcounter3..31`
 //!   reading 0), gated for U-mode by `scounteren`.

@@ -1,7 +1,7 @@
 //! A software RISC-V machine that boots an unmodified Linux kernel, for meeting vmmio's
 //! virtio-mmio devices with a real driver.
 //!
-//! - One hart: RV64IMAC + Zicsr + Zifencei, S and U modes, Sv39 ([`Machine`], internals in
+//! - One hart: RV64IMAFDC + Zicsr + Zifencei, S and U modes, Sv39 ([`Machine`], internals in
 //!   `hart`); no M-mode: the machine answers the SBI itself (`sbi`).
 //! - QEMU-`virt`-like platform ([`layout`]): RAM at 0x8000_0000 as a
 //!   [`vm_memory::GuestMemoryMmap`] ([`Machine::memory`]), a `sifive,plic-1.0.0` PLIC, an

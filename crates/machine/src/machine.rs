@@ -128,7 +128,7 @@ impl ImageHeader {
     }
 }
 
-/// A software RISC-V machine (RV64IMAC, S/U modes, Sv39, SBI, PLIC, ns16550a) modelled on
+/// A software RISC-V machine (RV64IMAFDC, S/U modes, Sv39, SBI, PLIC, ns16550a) modelled on
 /// QEMU `virt`; see the [crate docs](crate) for the memory map.
 ///
 /// Typical use: [`Machine::new`], then optionally [`Machine::irq_line`],

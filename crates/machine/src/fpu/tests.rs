@@ -744,3 +744,24 @@ fn single_double_conversions() {
     let m = exec(fcvt_s_d(RNE), [0xbff0_0000_0000_0000, 0, 0], 0);
     assert_eq!(m.hart.fp.f[4], b(NEG_ONE_S));
 }
+
+#[test]
+fn compressed_fp_loads_and_stores() {
+    // c.fsdsp f2, 16(sp) then c.fldsp f4, 16(sp) (RVC quadrant 2), one word holding both.
+    let code = 0xa80a | (0x2242 << 16);
+    let mut m = machine();
+    m.hart.sstatus |= FS_INITIAL;
+    m.hart.x[2] = DATA;
+    m.hart.fp.f[2] = SNAN_D;
+    put(&m, CODE, &[code]);
+    step(&mut m, 2);
+    assert_eq!(m.pc(), CODE + 4);
+    assert_eq!(crate::tests::get_u64(&m, DATA + 16), SNAN_D);
+    assert_eq!(m.hart.fp.f[4], SNAN_D);
+    // With FS = Off the compressed form is illegal too.
+    let mut m = machine();
+    put(&m, CODE, &[code]);
+    step(&mut m, 1);
+    assert_eq!(m.pc(), HANDLER);
+    assert_eq!(m.hart.scause, cause::ILLEGAL_INSN);
+}
