@@ -239,7 +239,11 @@ impl<R: RegisterIo, H: Hal + Clone> Console<R, H> {
     /// [`Error::DeviceNeedsReset`], and the used-ring errors of
     /// [`VirtQueue::pop_used`].
     pub fn handle_interrupt(&mut self) -> Result<InterruptEvents> {
-        let ev = self.transport.ack_interrupt()?;
+        // DEVICE_NEEDS_RESET: broken until `reinit`.
+        let ev = self
+            .transport
+            .ack_interrupt()
+            .inspect_err(|_| self.broken = true)?;
         if ev.config_changed {
             self.refresh_size()?;
         }

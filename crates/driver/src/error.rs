@@ -147,7 +147,8 @@ pub enum Error {
         what: &'static str,
     },
     /// The device set DEVICE_NEEDS_RESET in `Status` (virtio v1.4 §2.1):
-    /// reset and re-initialise it.
+    /// reset and re-initialise it (the class drivers' `reinit`; see the
+    /// crate docs, "Recovery after DEVICE_NEEDS_RESET").
     #[error("device needs reset (DEVICE_NEEDS_RESET set)")]
     DeviceNeedsReset,
     /// A descriptor chain needs `needed` free descriptors; `free` are left.
@@ -242,8 +243,9 @@ pub enum Error {
         /// The longest frame allowed, in bytes.
         max: usize,
     },
-    /// A class driver gave up after an earlier device fault or timeout left
-    /// a request in flight; reset and re-create the driver.
+    /// A class driver gave up after an earlier device fault, timeout or
+    /// DEVICE_NEEDS_RESET left a request in flight; call its `reinit` (or
+    /// re-create the driver).
     #[error("driver is unusable after an earlier fault; reset the device")]
     Broken,
     /// A vsock connection id that names no open connection (closed, reset

@@ -28,6 +28,29 @@
 //! (DMA memory), plus the `unsafe` queue entry points that hand caller
 //! memory to the device.
 //!
+//! # Recovery after DEVICE_NEEDS_RESET
+//!
+//! Every class driver recovers the same way (virtio v1.4 §2.1.2: the
+//! device raises a configuration change notification with the bit).
+//!
+//! 1. The call that sees the bit fails with [`Error::DeviceNeedsReset`]:
+//!    a call that waits for the device (`wait_used` and the calls built
+//!    on it), a poll that waits for something in flight, or
+//!    `handle_interrupt` (for the non-blocking drivers, the place they
+//!    see it; `Net` also when its transmit ring is full, `Vsock` when a
+//!    `poll` moved nothing while connections are open).
+//! 2. From then on every call fails with [`Error::Broken`]: the device may
+//!    still hold the driver's buffers, so nothing is posted again.
+//! 3. `reinit()` resets the device (waiting for `Status` to read 0),
+//!    releases the old queues, negotiates again and sets up new queues.
+//!    What was in flight is not replayed (after a device error a blind
+//!    replay of writes is not obviously right): the failed call told the
+//!    caller, who posts it again. Block and entropy requests, a console
+//!    write: the caller retries. Net: frames in transmit are dropped (as
+//!    on a link flap; TCP retransmits). Vsock: every connection is gone
+//!    (`state` is `None`, as after TRANSPORT_RESET, §5.10.6.6); listening
+//!    ports stay.
+//!
 //! # Cargo features
 //!
 //! - `std` (default): `std::io::Read` for [`rng::Entropy`] and

@@ -135,6 +135,11 @@ pub struct Net<R: RegisterIo, H: Hal + Clone> {
     hdr_len: usize,
     mrg: bool,
     stats: NetStats,
+    /// The device-type features asked for at creation (for `reinit`).
+    wanted: u64,
+    /// A device fault or DEVICE_NEEDS_RESET: nothing is posted again
+    /// until `reinit`.
+    broken: bool,
     /// Initialisation failed and FAILED was set: keep it visible.
     failed: bool,
 }
@@ -147,6 +152,7 @@ impl<R: RegisterIo, H: Hal + Clone> core::fmt::Debug for Net<R, H> {
             .field("link_up", &self.link_up)
             .field("mrg_rxbuf", &self.mrg)
             .field("stats", &self.stats)
+            .field("broken", &self.broken)
             .finish()
     }
 }
@@ -191,14 +197,62 @@ impl<R: RegisterIo, H: Hal + Clone> Net<R, H> {
             hdr_len: 0,
             mrg: false,
             stats: NetStats::default(),
+            wanted: wanted & FEATURES,
+            broken: true,
             failed: false,
         };
-        let r = n.init(wanted & FEATURES);
-        n.failed = r.is_err();
+        n.start().map(|()| n)
+    }
+
+    /// Initialises the device; FAILED on error.
+    fn start(&mut self) -> Result<()> {
+        let r = self.init(self.wanted);
+        self.failed = r.is_err();
+        self.broken = r.is_err();
         if r.is_err() {
-            n.transport.fail();
+            self.transport.fail();
         }
-        r.map(|()| n)
+        r
+    }
+
+    /// Resets the device and initialises it again (after
+    /// [`Error::DeviceNeedsReset`], [`Error::Broken`] or a device fault;
+    /// see the crate docs, "Recovery after DEVICE_NEEDS_RESET"): new
+    /// queues, every receive buffer posted again, the same features asked
+    /// for. Frames that were in transmit are dropped; the counters stay.
+    ///
+    /// # Errors
+    ///
+    /// As [`new`](Self::new), and [`Error::Timeout`] for the reset (the
+    /// old buffers are then leaked, never freed under the device).
+    pub fn reinit(&mut self) -> Result<()> {
+        self.broken = true;
+        let (rx, tx) = (self.rx.take(), self.tx.take());
+        let (rxq, rx_pool) = rx.map(|r| (r.q, r.pool)).unzip();
+        let (txq, tx_pool) = tx.map(|t| (t.q, t.pool)).unzip();
+        if !self
+            .transport
+            .shutdown([rxq, txq].into_iter().flatten(), true)
+        {
+            for p in [rx_pool, tx_pool].into_iter().flatten() {
+                p.leak();
+            }
+            return Err(Error::Timeout {
+                what: "the device to stop",
+            });
+        }
+        self.start()
+    }
+
+    /// Marks the driver broken when `r` is a device fault (not a refusal
+    /// of the caller's frame, not a full ring).
+    fn check<T>(&mut self, r: Result<T>) -> Result<T> {
+        if let Err(e) = &r {
+            if !matches!(e, Error::FrameTooLong { .. } | Error::QueueFull { .. }) {
+                self.broken = true;
+            }
+        }
+        r
     }
 
     fn init(&mut self, wanted: u64) -> Result<()> {
@@ -317,9 +371,11 @@ impl<R: RegisterIo, H: Hal + Clone> Net<R, H> {
     ///
     /// # Errors
     ///
-    /// [`Error::DeviceNeedsReset`].
+    /// [`Error::DeviceNeedsReset`]; the driver is then broken until
+    /// [`reinit`](Self::reinit).
     pub fn handle_interrupt(&mut self) -> Result<InterruptEvents> {
-        let ev = self.transport.ack_interrupt()?;
+        let ev = self.transport.ack_interrupt();
+        let ev = self.check(ev)?;
         if ev.config_changed {
             self.link_up = self.read_link()?;
         }
@@ -332,11 +388,28 @@ impl<R: RegisterIo, H: Hal + Clone> Net<R, H> {
     /// # Errors
     ///
     /// [`Error::Broken`] and the used-ring errors of
-    /// [`VirtQueue::pop_used`].
+    /// [`VirtQueue::pop_used`]; [`Error::DeviceNeedsReset`] when no buffer
+    /// is free and the device set it (`Status` is read then only).
     pub fn can_transmit(&mut self) -> Result<bool> {
-        let tx = self.tx.as_mut().ok_or(Error::Broken)?;
+        let r = self.can_transmit_inner();
+        self.check(r)
+    }
+
+    fn can_transmit_inner(&mut self) -> Result<bool> {
+        let tx = self.live_tx()?;
         tx.reclaim()?;
-        Ok(!tx.free.is_empty())
+        if tx.free.is_empty() {
+            self.transport.check_status()?;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn live_tx(&mut self) -> Result<&mut TxSide<H>> {
+        if self.broken {
+            return Err(Error::Broken);
+        }
+        self.tx.as_mut().ok_or(Error::Broken)
     }
 
     /// Queues one Ethernet frame (destination MAC first, no FCS) for
@@ -345,13 +418,31 @@ impl<R: RegisterIo, H: Hal + Clone> Net<R, H> {
     /// # Errors
     ///
     /// [`Error::FrameTooLong`] past [`Net::max_frame_len`] (or empty);
-    /// [`Error::QueueFull`] when every transmit buffer is in flight;
+    /// [`Error::QueueFull`] when every transmit buffer is in flight
+    /// ([`Error::DeviceNeedsReset`] instead when the device set it);
     /// [`Error::Broken`]; the used-ring errors of [`VirtQueue::pop_used`].
     pub fn transmit(&mut self, frame: &[u8]) -> Result<()> {
+        let r = self.transmit_inner(frame);
+        self.check(r)
+    }
+
+    fn transmit_inner(&mut self, frame: &[u8]) -> Result<()> {
+        if self.broken {
+            return Err(Error::Broken);
+        }
         let tx = self.tx.as_mut().ok_or(Error::Broken)?;
-        tx.send(&mut self.transport, frame)?;
-        self.stats.tx_frames += 1;
-        Ok(())
+        match tx.send(&mut self.transport, frame) {
+            Err(Error::QueueFull { needed, free }) => {
+                // The ring is full: a device that stopped for good says so.
+                self.transport.check_status()?;
+                Err(Error::QueueFull { needed, free })
+            }
+            Err(e) => Err(e),
+            Ok(()) => {
+                self.stats.tx_frames += 1;
+                Ok(())
+            }
+        }
     }
 
     /// Takes the next received frame, if any, and hands it to `f`; the
@@ -362,7 +453,11 @@ impl<R: RegisterIo, H: Hal + Clone> Net<R, H> {
     /// [`Error::Broken`] and the used-ring errors of
     /// [`VirtQueue::pop_used`] (a device that breaks the ring).
     pub fn receive<T>(&mut self, f: impl FnOnce(&[u8]) -> T) -> Result<Option<T>> {
-        if self.next_frame()? {
+        if self.broken {
+            return Err(Error::Broken);
+        }
+        let got = self.next_frame();
+        if self.check(got)? {
             Ok(Some(f(&self.frame)))
         } else {
             Ok(None)

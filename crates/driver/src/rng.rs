@@ -124,9 +124,12 @@ impl<R: RegisterIo, H: Hal + Clone> Entropy<R, H> {
     ///
     /// # Errors
     ///
-    /// [`Error::DeviceNeedsReset`].
+    /// [`Error::DeviceNeedsReset`]; the driver is then broken until
+    /// [`reinit`](Self::reinit).
     pub fn handle_interrupt(&mut self) -> Result<InterruptEvents> {
-        self.transport.ack_interrupt()
+        self.transport
+            .ack_interrupt()
+            .inspect_err(|_| self.broken = true)
     }
 
     /// Asks the device for up to `min(out.len(), 4096)` random bytes and

@@ -282,19 +282,59 @@ impl<R: RegisterIo, H: Hal + Clone> Vsock<R, H> {
             broken: true,
             failed: false,
         };
-        let r = v
+        v.start().map(|()| v)
+    }
+
+    /// Negotiates and initialises the device; FAILED on error.
+    fn start(&mut self) -> Result<()> {
+        let r = self
             .transport
             .begin_init(bit(F_STREAM) | bit(F_NO_IMPLIED_STREAM))
-            .and_then(|_| v.init_after_features());
-        v.failed = r.is_err();
-        match r {
-            Ok(()) => v.broken = false,
-            Err(e) => {
-                v.transport.fail();
-                return Err(e);
-            }
+            .and_then(|_| self.init_after_features())
+            // A TRANSPORT_RESET the device posted at DRIVER_OK (for the
+            // connections a reset dropped) must not hit connections opened
+            // from now on.
+            .and_then(|()| self.poll_events().map(drop));
+        self.failed = r.is_err();
+        self.broken = r.is_err();
+        if r.is_err() {
+            self.transport.fail();
         }
-        Ok(v)
+        r
+    }
+
+    /// Resets the device and initialises it again (after
+    /// [`Error::DeviceNeedsReset`], [`Error::Broken`] or a device fault;
+    /// see the crate docs, "Recovery after DEVICE_NEEDS_RESET"). Every
+    /// connection is gone afterwards (its [`state`](Self::state) is
+    /// `None`, its calls fail with [`Error::NoSuchConnection`]), as after
+    /// TRANSPORT_RESET (§5.10.6.6); listening ports stay; `guest_cid` is
+    /// read again. A TRANSPORT_RESET event the device posts at activation
+    /// is handled before this returns.
+    ///
+    /// # Errors
+    ///
+    /// As [`with_options`](Self::with_options), and [`Error::Timeout`] for
+    /// the reset (the old buffers are then leaked, never freed under the
+    /// device).
+    pub fn reinit(&mut self) -> Result<()> {
+        self.broken = true;
+        self.conns.clear();
+        self.accepted.clear();
+        self.replies.clear();
+        let queues = self.queues.iter_mut().filter_map(Option::take);
+        if !self.transport.shutdown(queues, true) {
+            for b in [self.rx_buf.take(), self.tx_buf.take(), self.ev_buf.take()]
+                .into_iter()
+                .flatten()
+            {
+                b.leak();
+            }
+            return Err(Error::Timeout {
+                what: "the device to stop",
+            });
+        }
+        self.start()
     }
 
     fn init_after_features(&mut self) -> Result<()> {
@@ -570,36 +610,58 @@ impl<R: RegisterIo, H: Hal + Clone> Vsock<R, H> {
     ///
     /// # Errors
     ///
-    /// [`Error::DeviceNeedsReset`], and as [`Vsock::poll`].
+    /// [`Error::DeviceNeedsReset`] (the driver is then broken until
+    /// [`reinit`](Self::reinit)), and as [`Vsock::poll`].
     pub fn handle_interrupt(&mut self) -> Result<InterruptEvents> {
-        let ev = self.transport.ack_interrupt()?;
+        let ev = self
+            .transport
+            .ack_interrupt()
+            .inspect_err(|_| self.broken = true)?;
         self.poll()?;
         Ok(ev)
     }
 
     /// Moves packets: takes back transmit slots, handles received packets
-    /// and events, reposts their buffers, sends owed control packets.
+    /// and events, reposts their buffers, sends owed control packets. A
+    /// poll that moved nothing while connections are open reads `Status`
+    /// (a device that needs a reset would leave them waiting for good).
     ///
     /// # Errors
     ///
-    /// [`Error::Broken`], and the used-ring errors of
-    /// [`VirtQueue::pop_used`].
+    /// [`Error::Broken`], [`Error::DeviceNeedsReset`], and the used-ring
+    /// errors of [`VirtQueue::pop_used`]; the driver is broken after any
+    /// of them until [`reinit`](Self::reinit).
     pub fn poll(&mut self) -> Result<()> {
         if self.broken {
             return Err(Error::Broken);
         }
-        self.reclaim_tx()?;
-        self.poll_events()?;
-        self.poll_rx()?;
+        let r = self.poll_inner();
+        if r.is_err() {
+            self.broken = true;
+        }
+        r
+    }
+
+    fn poll_inner(&mut self) -> Result<()> {
+        let moved = self.reclaim_tx()? + self.poll_events()? + self.poll_rx()?;
+        if moved == 0 && !self.conns.is_empty() {
+            self.transport.check_status()?;
+        }
         self.flush()
     }
 
-    fn reclaim_tx(&mut self) -> Result<()> {
+    /// Takes back completed transmit slots; returns how many.
+    fn reclaim_tx(&mut self) -> Result<usize> {
+        if self.broken {
+            return Err(Error::Broken);
+        }
         let Some(q) = self.queues[1].as_mut() else {
             return Err(Error::Broken);
         };
+        let mut n = 0;
         for _ in 0..q.size() {
             let Some(used) = q.pop_used()? else { break };
+            n += 1;
             if let Some(slot) = self.slot_of[1]
                 .get_mut(usize::from(used.token))
                 .and_then(Option::take)
@@ -607,11 +669,13 @@ impl<R: RegisterIo, H: Hal + Clone> Vsock<R, H> {
                 self.free[1].push(slot);
             }
         }
-        Ok(())
+        Ok(n)
     }
 
-    fn poll_events(&mut self) -> Result<()> {
+    /// Handles used event buffers; returns how many.
+    fn poll_events(&mut self) -> Result<usize> {
         let mut got = 0;
+        let mut used_n = 0;
         {
             let (Some(q), Some(buf)) = (self.queues[2].as_mut(), self.ev_buf.as_ref()) else {
                 return Err(Error::Broken);
@@ -632,6 +696,7 @@ impl<R: RegisterIo, H: Hal + Clone> Vsock<R, H> {
                     }
                 }
                 self.free[2].push(slot);
+                used_n += 1;
             }
         }
         if got > 0 {
@@ -642,7 +707,7 @@ impl<R: RegisterIo, H: Hal + Clone> Vsock<R, H> {
                 self.transport.notify_if_needed(q)?;
             }
         }
-        Ok(())
+        Ok(used_n)
     }
 
     /// §5.10.6.6: re-read `guest_cid`, drop established connections, keep
@@ -656,7 +721,9 @@ impl<R: RegisterIo, H: Hal + Clone> Vsock<R, H> {
         Ok(())
     }
 
-    fn poll_rx(&mut self) -> Result<()> {
+    /// Handles used rx buffers; returns how many.
+    fn poll_rx(&mut self) -> Result<usize> {
+        let mut used_n = 0;
         let mut tmp = [0u8; RX_BUFFER_SIZE];
         let size = self.queues[0].as_ref().map_or(0, VirtQueue::size);
         for _ in 0..size {
@@ -675,13 +742,14 @@ impl<R: RegisterIo, H: Hal + Clone> Vsock<R, H> {
             buf.read_bytes(slot * RX_BUFFER_SIZE, &mut tmp[..n])?;
             self.free[0].push(slot);
             self.packet(&tmp[..n]);
+            used_n += 1;
         }
         if self.post(0)? > 0 {
             if let Some(q) = self.queues[0].as_mut() {
                 self.transport.notify_if_needed(q)?;
             }
         }
-        Ok(())
+        Ok(used_n)
     }
 
     fn push_reply(&mut self, h: Header) {
