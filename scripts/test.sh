@@ -20,3 +20,8 @@ cargo build -p vmmio-driver --no-default-features
 
 echo "test: cargo test --workspace --release" >&2
 cargo test --workspace --release
+
+# loom model checks of the worker hand-off: a separate `--cfg loom` build
+# in target/loom (about a minute cold on 2 cores), then about 6 s.
+echo "test: loom (scripts/loom.sh)" >&2
+./scripts/loom.sh

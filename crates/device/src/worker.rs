@@ -59,9 +59,21 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::thread::JoinHandle;
+
+// The hand-off's primitives: loom's in the tests built with `--cfg loom`,
+// so that they model-check the real protocol code (worker/loom_tests.rs).
+#[cfg(all(test, loom))]
+use loom::sync::{
+    atomic::{AtomicBool, Ordering},
+    Mutex, MutexGuard,
+};
+#[cfg(not(all(test, loom)))]
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Mutex, MutexGuard,
+};
 
 use log::{debug, warn};
 use vm_memory::GuestMemory;
@@ -74,7 +86,9 @@ use crate::device::{ActivateError, BackendFd, SharedMemoryRegion, VirtioDevice};
 use crate::interrupt::InterruptStatus;
 use crate::queue::Queue;
 
-#[cfg(test)]
+#[cfg(all(test, loom))]
+mod loom_tests;
+#[cfg(all(test, not(loom)))]
 mod tests;
 
 /// Where a device runs its queues.
@@ -138,10 +152,92 @@ struct State<M: GuestMemory> {
 }
 
 impl<M: GuestMemory> Shared<M> {
+    fn new(device: Box<dyn VirtioDevice<M> + Send>, queues: usize) -> Self {
+        Shared {
+            state: Mutex::new(State {
+                device,
+                running: false,
+                enabled: vec![false; queues],
+            }),
+            exit: AtomicBool::new(false),
+        }
+    }
+
     /// Takes the hand-off lock. A panic in a device call poisons it; the
     /// state flags stay meaningful, so the poison is ignored.
     fn lock(&self) -> MutexGuard<'_, State<M>> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Activates the device and lets the worker call it.
+    fn activate(
+        &self,
+        mem: M,
+        interrupt: InterruptStatus,
+        queues: Vec<Queue>,
+        features: u64,
+    ) -> Result<(), ActivateError> {
+        let enabled: Vec<bool> = queues.iter().map(Queue::ready).collect();
+        let mut state = self.lock();
+        state.device.activate(mem, interrupt, queues, features)?;
+        state.running = true;
+        state.enabled = enabled;
+        Ok(())
+    }
+
+    /// The reset hand-off: when this returns, the worker is not inside
+    /// the device and will not call it before the next activation.
+    fn reset(&self) {
+        let mut state = self.lock();
+        state.running = false;
+        state.enabled.iter_mut().for_each(|e| *e = false);
+        state.device.reset();
+    }
+
+    /// The queue reset hand-off: as [`Self::reset`], for queue `index`
+    /// until it is enabled again.
+    fn queue_reset(&self, index: u16) {
+        let mut state = self.lock();
+        if let Some(e) = state.enabled.get_mut(usize::from(index)) {
+            *e = false;
+        }
+        state.device.queue_reset(index);
+    }
+
+    fn queue_enable(&self, index: u16, queue: Queue) {
+        let mut state = self.lock();
+        let ready = queue.ready();
+        if let Some(e) = state.enabled.get_mut(usize::from(index)) {
+            *e = ready;
+        }
+        state.device.queue_enable(index, queue);
+    }
+
+    /// The worker's side, after a wake-up: `None` when it must return;
+    /// otherwise the device is called for each `notified` queue (cleared)
+    /// that is enabled and for each backend `token` (drained) while it
+    /// runs, and the backend fds it lists now are returned.
+    fn serve(&self, notified: &mut [bool], tokens: &mut Vec<u64>) -> Option<Vec<BackendFd>> {
+        if self.exit.load(Ordering::SeqCst) {
+            return None;
+        }
+        let mut state = self.lock();
+        if !state.running {
+            notified.iter_mut().for_each(|f| *f = false);
+            tokens.clear();
+            return Some(Vec::new());
+        }
+        for (index, flag) in notified.iter_mut().enumerate() {
+            let wanted = std::mem::take(flag);
+            if wanted && state.enabled.get(index).copied().unwrap_or(false) {
+                // index < queue count <= 65536.
+                state.device.queue_notify(index as u16, None);
+            }
+        }
+        for token in tokens.drain(..) {
+            state.device.backend_event(token);
+        }
+        Some(state.device.backend_fds())
     }
 }
 
@@ -194,14 +290,7 @@ impl<M: GuestMemory + Send + 'static> WorkerDevice<M> {
                 EpollEvent::new(EventSet::IN, i as u64),
             )?;
         }
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                device,
-                running: false,
-                enabled: vec![false; queue_max_sizes.len()],
-            }),
-            exit: AtomicBool::new(false),
-        });
+        let shared = Arc::new(Shared::new(device, queue_max_sizes.len()));
         let worker = Worker {
             shared: shared.clone(),
             queue_evts: queue_evts.clone(),
@@ -297,12 +386,7 @@ impl<M: GuestMemory + Send + 'static> VirtioDevice<M> for WorkerDevice<M> {
         queues: Vec<Queue>,
         features: u64,
     ) -> Result<(), ActivateError> {
-        let enabled: Vec<bool> = queues.iter().map(Queue::ready).collect();
-        let mut state = self.shared.lock();
-        state.device.activate(mem, interrupt, queues, features)?;
-        state.running = true;
-        state.enabled = enabled;
-        drop(state);
+        self.shared.activate(mem, interrupt, queues, features)?;
         // The worker picks up the device's backend fds.
         self.kick();
         Ok(())
@@ -323,30 +407,17 @@ impl<M: GuestMemory + Send + 'static> VirtioDevice<M> for WorkerDevice<M> {
     /// Stops the worker's use of the device, then resets it; see the
     /// [module docs](self).
     fn reset(&mut self) {
-        let mut state = self.shared.lock();
-        state.running = false;
-        state.enabled.iter_mut().for_each(|e| *e = false);
-        state.device.reset();
-        drop(state);
+        self.shared.reset();
         // The worker drops the backend fds.
         self.kick();
     }
 
     fn queue_reset(&mut self, index: u16) {
-        let mut state = self.shared.lock();
-        if let Some(e) = state.enabled.get_mut(usize::from(index)) {
-            *e = false;
-        }
-        state.device.queue_reset(index);
+        self.shared.queue_reset(index);
     }
 
     fn queue_enable(&mut self, index: u16, queue: Queue) {
-        let mut state = self.shared.lock();
-        let ready = queue.ready();
-        if let Some(e) = state.enabled.get_mut(usize::from(index)) {
-            *e = ready;
-        }
-        state.device.queue_enable(index, queue);
+        self.shared.queue_enable(index, queue);
     }
 
     /// None: the worker waits on the wrapped device's fds itself.
@@ -423,28 +494,8 @@ impl<M: GuestMemory> Worker<M> {
                     }
                 }
             }
-            if self.shared.exit.load(Ordering::SeqCst) {
+            let Some(fds) = self.shared.serve(&mut notified, &mut tokens) else {
                 return;
-            }
-            let fds = {
-                let mut state = self.shared.lock();
-                if state.running {
-                    for (index, flag) in notified.iter_mut().enumerate() {
-                        let wanted = std::mem::take(flag);
-                        if wanted && state.enabled.get(index).copied().unwrap_or(false) {
-                            // index < queue count <= 65536.
-                            state.device.queue_notify(index as u16, None);
-                        }
-                    }
-                    for token in tokens.drain(..) {
-                        state.device.backend_event(token);
-                    }
-                    state.device.backend_fds()
-                } else {
-                    notified.iter_mut().for_each(|f| *f = false);
-                    tokens.clear();
-                    Vec::new()
-                }
             };
             self.sync_backend_fds(&fds);
         }

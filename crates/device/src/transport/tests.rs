@@ -63,6 +63,8 @@ struct Record {
     backend_events: Vec<u64>,
     /// Whether each queue handed over at the last activation is packed.
     activated_packed: Vec<bool>,
+    /// `(offset, bytes)` of each `write_config`.
+    config_writes: Vec<(u64, Vec<u8>)>,
 }
 
 struct FakeDevice {
@@ -72,8 +74,10 @@ struct FakeDevice {
     config: [u8; 8],
     shm: Vec<SharedMemoryRegion>,
     fail_activate: bool,
-    /// A readable backend fd listed with token 7.
+    /// A backend fd listed with token 7, readable interest, and writable
+    /// interest too when `backend_writable`.
     backend: Option<Arc<OwnedFd>>,
+    backend_writable: bool,
     record: Arc<Mutex<Record>>,
 }
 
@@ -86,6 +90,7 @@ impl FakeDevice {
             shm: Vec::new(),
             fail_activate: false,
             backend: None,
+            backend_writable: false,
             record,
         }
     }
@@ -108,6 +113,8 @@ impl VirtioDevice<Mem> for FakeDevice {
         }
     }
     fn write_config(&mut self, offset: u64, data: &[u8]) {
+        let mut record = self.record.lock().unwrap();
+        record.config_writes.push((offset, data.to_vec()));
         for (i, byte) in data.iter().enumerate() {
             let at = usize::try_from(offset).ok().and_then(|o| o.checked_add(i));
             if let Some(a) = at.filter(|a| (4..8).contains(a)) {
@@ -157,7 +164,7 @@ impl VirtioDevice<Mem> for FakeDevice {
                 fd: fd.as_raw_fd(),
                 token: 7,
                 readable: true,
-                writable: false,
+                writable: self.backend_writable,
             })
             .collect()
     }
@@ -529,6 +536,20 @@ fn config_space_takes_8_16_32_bit_aligned_accesses() {
 }
 
 #[test]
+fn config_writes_reach_the_device_from_the_first_config_byte() {
+    // Offset 0x100 is config byte 0, not a control register.
+    for mut h in [modern(), legacy()] {
+        h.t.write(mmio::CONFIG, &[0x5a]);
+        h.t.write(mmio::CONFIG, &0x0102_0304u32.to_le_bytes());
+        h.t.write(mmio::CONFIG + 4, &[0xa5]);
+        assert_eq!(
+            h.rec().config_writes,
+            [(0, vec![0x5a]), (0, vec![4, 3, 2, 1]), (4, vec![0xa5])]
+        );
+    }
+}
+
+#[test]
 fn config_space_bad_width_or_alignment_reads_zero_and_drops_write() {
     let mut h = modern();
     // 64-bit, misaligned 16 and 32, 3 bytes, empty.
@@ -854,6 +875,21 @@ fn status_bits_out_of_order_are_refused() {
     // Several bits at once, in order, are fine.
     h.w(mmio::STATUS, ACKNOWLEDGE | DRIVER);
     assert_eq!(h.r(mmio::STATUS), ACKNOWLEDGE | DRIVER);
+    assert!(h.rec().activations.is_empty());
+}
+
+#[test]
+fn legacy_status_bits_out_of_order_are_refused() {
+    // Version 1 has no FEATURES_OK: DRIVER_OK needs ACKNOWLEDGE and
+    // DRIVER, each of them.
+    let mut h = legacy();
+    for bits in [DRIVER_OK, ACKNOWLEDGE | DRIVER_OK, DRIVER | DRIVER_OK] {
+        h.w(mmio::STATUS, bits);
+        assert_eq!(h.r(mmio::STATUS), 0, "{bits:#x}");
+    }
+    h.w(mmio::STATUS, ACKNOWLEDGE);
+    h.w(mmio::STATUS, ACKNOWLEDGE | DRIVER_OK);
+    assert_eq!(h.r(mmio::STATUS), ACKNOWLEDGE);
     assert!(h.rec().activations.is_empty());
 }
 
@@ -1758,5 +1794,26 @@ fn backend_events_reach_only_a_running_device() {
     // After a reset the device is stopped again.
     h.w(mmio::STATUS, 0);
     assert_eq!(h.t.poll_backends(Duration::ZERO).unwrap(), 0);
+    assert_eq!(h.rec().backend_events, [7]);
+}
+
+#[test]
+fn poll_backends_waits_for_the_interest_the_device_lists() {
+    // The read end of an empty pipe, readable interest: not ready.
+    let (rx, tx) = std::io::pipe().unwrap();
+    let rx = Arc::new(OwnedFd::from(rx));
+    let mut h = harness_with(TransportVersion::Modern, |d| d.backend = Some(rx.clone()));
+    h.linux_v2_probe(u64::MAX);
+    assert_eq!(h.t.backend_fds().len(), 1);
+    assert_eq!(h.t.poll_backends(Duration::ZERO).unwrap(), 0);
+    assert!(h.rec().backend_events.is_empty());
+    // The write end, readable and writable interest: ready (for writing).
+    let tx = Arc::new(OwnedFd::from(tx));
+    let mut h = harness_with(TransportVersion::Modern, |d| {
+        d.backend = Some(tx.clone());
+        d.backend_writable = true;
+    });
+    h.linux_v2_probe(u64::MAX);
+    assert_eq!(h.t.poll_backends(Duration::ZERO).unwrap(), 1);
     assert_eq!(h.rec().backend_events, [7]);
 }
