@@ -6,6 +6,7 @@
 
 mod control;
 mod output;
+mod terminal;
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -30,6 +31,14 @@ use output::{FailWatch, LinePrefixer};
 /// output, and a reboot (which ends the run) instead of a hang on panic. `vmmio.tests=` for
 /// the attached devices follows.
 const BASE_CMDLINE: &str = "console=ttyS0 earlycon=sbi panic=-1";
+
+/// Added to the Debian guest's default command line: its kernel has no SBI console (hvc0),
+/// so the console device's port is /dev/hvc0 for the init's hvc test.
+const DEBIAN_CMDLINE: &str = "vmmio.hvc=/dev/hvc0";
+
+/// What `--shell` adds to the kernel command line: the guest's init starts a shell on the
+/// console instead of its tests (guest/debian/init).
+const SHELL_CMDLINE: &str = "vmmio.shell";
 
 /// Size of the default scratch disk in bytes (sparse, deleted at exit).
 const SCRATCH_DISK_BYTES: u64 = 64 << 20;
@@ -60,8 +69,9 @@ enum Cmd {
     /// what is not attached).
     ///
     /// Exit status: 0 when the guest powers off and no "vmmio-init: ... FAIL" line appeared
-    /// on the console, 3 when it powers off after such a line, 2 when it reboots (also on a
-    /// kernel panic) or a limit is hit, 1 on host errors.
+    /// on the console (or the user ended the machine with Ctrl-A x), 3 when it powers off
+    /// after such a line, 2 when it reboots (also on a kernel panic) or a limit is hit, 1 on
+    /// host errors, 128+N when signal N ended it.
     Boot(Box<BootArgs>),
     /// Measure vmmio against the peers a user would pick instead, in one run, and print
     /// one table (measure, ours, peer, ratio, unit): the device-role split queue against
@@ -82,12 +92,36 @@ struct BenchArgs {
     quick: bool,
 }
 
+/// The guests the repository makes (`--distro`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Distro {
+    /// The small kernel `guest/build.sh` builds, with a test program as init.
+    Default,
+    /// Debian's riscv64 kernel package and busybox-static (`scripts/debian-guest.sh`).
+    Debian,
+}
+
 #[derive(clap::Args, Debug)]
 struct BootArgs {
-    /// Linux `Image` to boot. Without it, `guest/build.sh` builds (or finds cached) the default
-    /// guest and its `Image` and `initramfs.cpio` are used.
+    /// Linux `Image` to boot. Without it, the guest `--distro` names is used (built or
+    /// fetched on first use, cached afterwards).
     #[arg(long)]
     kernel: Option<PathBuf>,
+    /// The guest to boot when no --kernel is given. "default": the small kernel
+    /// `guest/build.sh` builds from source (minutes, once) with a test program as init.
+    /// "debian": Debian trixie's own riscv64 kernel package and busybox-static, fetched
+    /// through apt by `scripts/debian-guest.sh` (about 115 MB, once; cached under
+    /// ~/.cache/vmmio/debian), whose init loads the virtio modules and runs the same tests,
+    /// or a shell with --shell.
+    #[arg(long, value_enum, default_value_t = Distro::Default)]
+    distro: Distro,
+    /// An interactive shell on the console: asks the guest's init for it ("vmmio.shell" on
+    /// the kernel command line; the Debian guest's init honours it) and, when stdin is a
+    /// terminal, puts it in raw mode so that line editing, Ctrl-C and job control work in
+    /// the guest. Ctrl-A x ends the machine, Ctrl-A Ctrl-A sends Ctrl-A. The terminal is
+    /// restored on every exit.
+    #[arg(long, conflicts_with = "no_stdin")]
+    shell: bool,
     /// initramfs (cpio) to pass to the kernel.
     #[arg(long)]
     initrd: Option<PathBuf>,
@@ -190,6 +224,13 @@ fn main() -> ExitCode {
                 eprintln!("vmmio: the guest's init reported a FAIL line");
                 ExitCode::from(EXIT_GUEST_FAIL)
             }
+            Ok((ExitReason::Stopped, _)) => match terminal::stop_signal() {
+                Some(sig) => {
+                    eprintln!("vmmio: ended by signal {sig}");
+                    ExitCode::from(128u8.saturating_add(u8::try_from(sig).unwrap_or(0)))
+                }
+                None => ExitCode::SUCCESS,
+            },
             Ok((reason, _)) => {
                 eprintln!("vmmio: guest stopped: {reason:?}");
                 ExitCode::from(2)
@@ -219,13 +260,31 @@ fn main() -> ExitCode {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Runs `guest/build.sh` and returns the directory its last stdout line names.
-fn build_default_guest() -> Result<PathBuf, BoxError> {
-    eprintln!(
-        "vmmio: no --kernel given, using the default guest ({})",
-        vmmio_machine::guest::build_script().display()
-    );
-    Ok(vmmio_machine::guest::default_guest_dir()?)
+/// Runs the script that makes `distro`'s guest and returns its directory.
+fn guest_dir(distro: Distro) -> Result<PathBuf, BoxError> {
+    match distro {
+        Distro::Default => {
+            eprintln!(
+                "vmmio: no --kernel given, using the default guest ({})",
+                vmmio_machine::guest::build_script().display()
+            );
+            Ok(vmmio_machine::guest::default_guest_dir()?)
+        }
+        Distro::Debian => {
+            eprintln!(
+                "vmmio: no --kernel given, using the Debian guest ({})",
+                vmmio_machine::guest::debian_script().display()
+            );
+            let dir = vmmio_machine::guest::debian_guest_dir()?;
+            let release = std::fs::read_to_string(dir.join("release")).unwrap_or_default();
+            eprintln!(
+                "vmmio: Debian kernel {} and busybox, cached in {}",
+                release.trim(),
+                dir.display()
+            );
+            Ok(dir)
+        }
+    }
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, BoxError> {
@@ -434,10 +493,13 @@ fn attach_devices(
 }
 
 fn boot(args: &BootArgs) -> Result<(ExitReason, bool), BoxError> {
+    if args.shell && args.kernel.is_none() && args.distro == Distro::Default {
+        return Err("the default guest's init has no shell: use --distro debian --shell".into());
+    }
     let (kernel_path, initrd_path) = match &args.kernel {
         Some(k) => (k.clone(), args.initrd.clone()),
         None => {
-            let dir = build_default_guest()?;
+            let dir = guest_dir(args.distro)?;
             let initrd = args
                 .initrd
                 .clone()
@@ -469,7 +531,8 @@ fn boot(args: &BootArgs) -> Result<(ExitReason, bool), BoxError> {
     let mut machine = Machine::new(MachineConfig {
         ram_size,
         console: Box::new(FailWatch::new(std::io::stdout(), fail_seen.clone())),
-        stdin: !args.no_stdin,
+        // With --shell, the escape-key reader below feeds the console instead.
+        stdin: !args.no_stdin && !args.shell,
         trace,
         instruction_limit: args.max_instructions,
         timeout,
@@ -485,14 +548,34 @@ fn boot(args: &BootArgs) -> Result<(ExitReason, bool), BoxError> {
     };
     let mut cmdline = match &args.cmdline {
         Some(c) => c.clone(),
+        None if args.kernel.is_none() && args.distro == Distro::Debian => format!(
+            "{BASE_CMDLINE} {DEBIAN_CMDLINE} vmmio.tests={}",
+            tests.join(",")
+        ),
         None => format!("{BASE_CMDLINE} vmmio.tests={}", tests.join(",")),
     };
+    if args.shell {
+        cmdline.push(' ');
+        cmdline.push_str(SHELL_CMDLINE);
+    }
     if let Some(extra) = &args.append {
         cmdline.push(' ');
         cmdline.push_str(extra);
     }
     log::info!("kernel command line: {cmdline}");
     machine.load_linux(&kernel, initrd.as_deref(), &cmdline)?;
+    // Restores the terminal when dropped, after the run (and on the error paths).
+    let _raw_mode = if args.shell {
+        terminal::stop_on_signals(machine.stop_handle())?;
+        terminal::spawn_console_reader(machine.console_input(), machine.stop_handle())?;
+        let raw = terminal::RawMode::enable()?;
+        if raw.is_some() {
+            eprint!("vmmio: terminal in raw mode; Ctrl-A x ends the machine\r\n");
+        }
+        raw
+    } else {
+        None
+    };
     let reason = machine.run()?;
     if args.stats {
         let n = machine.instructions_retired();

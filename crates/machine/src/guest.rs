@@ -1,6 +1,11 @@
-//! The default guest: a Linux `Image` and an `initramfs.cpio` built by the
-//! repository's `guest/build.sh` (from Debian packages, cached under
-//! `~/.cache/vmmio/guest/<hash of its inputs>/`).
+//! The guests the repository's scripts make, each a directory with a Linux `Image` and an
+//! `initramfs.cpio`:
+//! - the default guest, built by `guest/build.sh` (a small kernel built from Debian's
+//!   linux-source package and a test program as init; cached under
+//!   `~/.cache/vmmio/guest/<hash of its inputs>/`);
+//! - the Debian guest, made by `scripts/debian-guest.sh` (Debian's own riscv64 kernel
+//!   package and busybox-static, fetched through apt; cached under
+//!   `~/.cache/vmmio/debian/<hash of the package versions and inputs>/`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -10,10 +15,14 @@ use std::process::{Command, Stdio};
 /// nothing.
 pub const GUEST_DIR_ENV: &str = "VMMIO_GUEST_DIR";
 
-/// Why the default guest could not be found or built.
+/// Environment variable naming a directory that already holds the Debian guest's `Image`
+/// and `initramfs.cpio`; when set, [`debian_guest_dir`] returns it and fetches nothing.
+pub const DEBIAN_DIR_ENV: &str = "VMMIO_DEBIAN_DIR";
+
+/// Why a guest could not be found or built.
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {
-    /// `guest/build.sh` could not be started (no bash, no script).
+    /// The script could not be started (no bash, no script).
     #[error("cannot run {script}")]
     Spawn {
         /// The script's path.
@@ -22,7 +31,7 @@ pub enum GuestError {
         #[source]
         source: std::io::Error,
     },
-    /// `guest/build.sh` ran and failed (its log went to stderr).
+    /// The script ran and failed (its log went to stderr).
     #[error("{script} failed: {status}")]
     Failed {
         /// The script's path.
@@ -30,7 +39,7 @@ pub enum GuestError {
         /// Its exit status.
         status: std::process::ExitStatus,
     },
-    /// `guest/build.sh` succeeded but printed no output directory.
+    /// The script succeeded but printed no output directory.
     #[error("{script} printed no output directory")]
     NoOutput {
         /// The script's path.
@@ -49,7 +58,26 @@ pub fn default_guest_dir() -> Result<PathBuf, GuestError> {
     if let Some(dir) = std::env::var_os(GUEST_DIR_ENV) {
         return Ok(PathBuf::from(dir));
     }
-    let script = build_script();
+    run_script(build_script())
+}
+
+/// The directory holding the Debian guest's `Image` and `initramfs.cpio`:
+/// `$VMMIO_DEBIAN_DIR` if set, else the last stdout line of `scripts/debian-guest.sh`,
+/// which downloads Debian's riscv64 kernel package and busybox-static through apt on first
+/// use (about 115 MB; its progress goes to stderr) and answers from its cache afterwards.
+///
+/// # Errors
+/// A [`GuestError`] when the script cannot run, fails, or prints nothing.
+pub fn debian_guest_dir() -> Result<PathBuf, GuestError> {
+    if let Some(dir) = std::env::var_os(DEBIAN_DIR_ENV) {
+        return Ok(PathBuf::from(dir));
+    }
+    run_script(debian_script())
+}
+
+/// Runs `script` with bash, its stderr passed through; returns its last non-empty stdout
+/// line as a path.
+fn run_script(script: PathBuf) -> Result<PathBuf, GuestError> {
     let out = Command::new("bash")
         .arg(&script)
         .stdin(Stdio::null())
@@ -75,6 +103,11 @@ pub fn default_guest_dir() -> Result<PathBuf, GuestError> {
             script: script.clone(),
         })?;
     Ok(PathBuf::from(dir))
+}
+
+/// Path of `scripts/debian-guest.sh` in the source tree this crate was built from.
+pub fn debian_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/debian-guest.sh")
 }
 
 /// Path of `guest/build.sh` in the source tree this crate was built from.

@@ -63,7 +63,7 @@ pub struct ReadmeDoctests;
 pub use bus::MmioDevice;
 pub use fdt::DeviceNode;
 pub use hart::Privilege;
-pub use machine::{BootInfo, Machine, MachineConfig};
+pub use machine::{BootInfo, Machine, MachineConfig, StopHandle};
 pub use plic::IrqLine;
 pub use trap_loop::TRAP_LOOP_LIMIT;
 pub use uart::ConsoleInput;
@@ -84,6 +84,8 @@ pub enum ExitReason {
     InstructionLimit,
     /// [`MachineConfig::timeout`] elapsed.
     Timeout,
+    /// A [`StopHandle`] asked the machine to stop.
+    Stopped,
     /// The guest took the same synchronous trap [`TRAP_LOOP_LIMIT`] times in
     /// a row without completing an instruction (e.g. its trap vector itself
     /// faults): it cannot make progress, so the machine stopped it.

@@ -2,6 +2,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -149,6 +150,26 @@ pub struct Machine {
     /// Windows whose devices run synchronously: their backend fds are polled between
     /// batches.
     pub(crate) polled: Vec<VirtioHandle>,
+    /// Set by a [`StopHandle`]: `run` returns [`ExitReason::Stopped`].
+    stop: Arc<AtomicBool>,
+}
+
+/// Ends a [`Machine::run`] from another thread (e.g. a terminal's escape key or a signal):
+/// the run returns [`ExitReason::Stopped`] within one batch of instructions or one WFI
+/// sleep. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct StopHandle {
+    stop: Arc<AtomicBool>,
+    irq: Arc<IrqShared>,
+}
+
+impl StopHandle {
+    /// Asks the machine to stop; a run in progress returns soon, a later run at once.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the hart if it sleeps in WFI.
+        self.irq.notify();
+    }
 }
 
 impl std::fmt::Debug for Machine {
@@ -190,6 +211,7 @@ impl Machine {
             idle_time: Duration::ZERO,
             exec: config.exec,
             polled: Vec::new(),
+            stop: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -257,6 +279,14 @@ impl Machine {
     /// A handle that feeds bytes to the guest console's receive side.
     pub fn console_input(&self) -> ConsoleInput {
         self.hart.bus.uart.input()
+    }
+
+    /// A handle that ends [`Machine::run`] from another thread.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle {
+            stop: self.stop.clone(),
+            irq: self.irq.clone(),
+        }
     }
 
     /// The device tree blob for this machine's nodes, `cmdline` and `initrd` range.
@@ -422,6 +452,9 @@ impl Machine {
         let reason = loop {
             if let Some(e) = self.hart.exit.take() {
                 break e;
+            }
+            if self.stop.swap(false, Ordering::SeqCst) {
+                break ExitReason::Stopped;
             }
             if let Some(d) = deadline {
                 if Instant::now() >= d {

@@ -771,6 +771,27 @@ fn instruction_limit_stops_an_endless_loop() {
     assert_eq!(m.instructions_retired(), 10_000);
 }
 
+#[test]
+fn stop_handle_ends_a_running_and_a_sleeping_machine() {
+    // An endless loop, then (second run) a hart asleep in WFI with no timer armed.
+    for code in [vec![jal(0, 0)], vec![WFI, jal(0, -4)]] {
+        let mut m = machine();
+        put(&m, CODE, &code);
+        let stop = m.stop_handle();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            stop.stop();
+        });
+        assert_eq!(m.run().unwrap(), ExitReason::Stopped);
+        t.join().unwrap();
+    }
+    // A stop asked before the run ends it at once.
+    let mut m = machine();
+    put(&m, CODE, &[jal(0, 0)]);
+    m.stop_handle().stop();
+    assert_eq!(m.run().unwrap(), ExitReason::Stopped);
+}
+
 /// A device that records accesses and answers reads with a pattern.
 /// (is_write, offset, width, value written)
 type ProbeLog = Arc<Mutex<Vec<(bool, u64, usize, u64)>>>;
