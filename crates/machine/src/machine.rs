@@ -305,7 +305,7 @@ impl Machine {
     }
 
     /// Loads a RISC-V Linux `Image` at RAM + 2 MiB (the header's `text_offset` when it has
-    /// one), the initramfs at the next 4 KiB boundary after the kernel's `image_size`, and the
+    /// one), the initramfs at the next 2 MiB boundary after the kernel's `image_size`, and the
     /// device tree near the top of RAM (2 MiB aligned when there is room, else 8-byte
     /// aligned); then points the hart at the kernel as the RISC-V Linux boot protocol asks
     /// (`Documentation/riscv/boot.rst`): S-mode, a0 = hart ID 0, a1 = device tree address,
@@ -341,7 +341,9 @@ impl Machine {
         let mut used_end = kernel_end;
         let initrd_range = match initrd {
             Some(data) => {
-                let start = align_up(kernel_end, 4096).ok_or(no_room("initrd", 0))?;
+                // 2 MiB: a kernel with STRICT_KERNEL_RWX (Debian's) reserves its image up to
+                // the next PMD boundary and drops an initrd that overlaps the reservation.
+                let start = align_up(kernel_end, 2 << 20).ok_or(no_room("initrd", 0))?;
                 let end = start
                     .checked_add(data.len() as u64)
                     .filter(|&e| e <= ram_end)
