@@ -592,7 +592,8 @@ mod tests {
             .unwrap();
         assert_eq!(info.kernel_addr, 0x8020_0000);
         assert_eq!(info.kernel_end, 0x8050_0000);
-        assert_eq!(info.initrd, Some((0x8050_0000, 0x8050_0000 + 5000)));
+        // The next 2 MiB boundary after the kernel.
+        assert_eq!(info.initrd, Some((0x8060_0000, 0x8060_0000 + 5000)));
         assert!(
             info.dtb_addr.is_multiple_of(8)
                 && info.dtb_addr + info.dtb_len <= RAM_BASE + (64 << 20)
