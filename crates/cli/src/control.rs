@@ -40,6 +40,8 @@ pub struct DiskControl {
 pub struct Controls {
     pub disks: Vec<DiskControl>,
     pub console: Option<ConsoleConfigHandle>,
+    /// The engine each disk runs (for `--stats`), in `disks` order.
+    pub engines: Vec<vmmio_devices::IoEngine>,
 }
 
 /// One request line.
@@ -210,6 +212,7 @@ mod tests {
                 file,
             }],
             console: Some(console.config_handle()),
+            engines: Vec::new(),
         };
         (controls, block)
     }

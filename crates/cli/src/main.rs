@@ -19,7 +19,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use vmmio_devices::net::{Net, Stream, Tap};
 use vmmio_devices::vsock::{Vsock, VsockOptions};
-use vmmio_devices::{Block, BlockOptions, Console, Rng};
+use vmmio_devices::{Block, BlockOptions, Console, IoEngine, Rng};
 use vmmio_machine::{
     layout, ExecMode, ExitReason, Machine, MachineConfig, TransportVersion, VirtioHandle,
 };
@@ -192,6 +192,11 @@ struct BootArgs {
     /// "sync" (inside the guest's QueueNotify store, on the hart's thread).
     #[arg(long, value_name = "MODE", default_value = "worker")]
     exec: ExecMode,
+    /// How the block devices do their I/O: "io-uring" (requests in flight in the kernel,
+    /// completed out of order), "sync" (preadv/pwritev/fdatasync inside the notification), or
+    /// "auto" (io_uring when the kernel offers it, else sync; the log and --stats say which).
+    #[arg(long, value_name = "ENGINE", default_value = "auto")]
+    blk_backend: IoEngine,
     /// Write one line per executed instruction (and per trap) to this file, or to stderr
     /// when no file is given. Very slow.
     #[arg(long, num_args = 0..=1, default_missing_value = "-")]
@@ -403,12 +408,14 @@ fn attach_devices(
         queue_size: args
             .queue_size
             .unwrap_or(BlockOptions::default().queue_size),
+        engine: args.blk_backend,
         ..BlockOptions::default()
     };
     if args.disk.is_empty() {
         if !args.no_disk {
             let disk = scratch_disk(SCRATCH_DISK_BYTES, block_options.clone())?;
             controls.disks.push(disk_control(&disk)?);
+            controls.engines.push(disk.engine());
             handles.push(machine.add_virtio_device(version, Box::new(disk))?);
             tests.push("blk");
         }
@@ -423,6 +430,7 @@ fn attach_devices(
                 },
             )?;
             controls.disks.push(disk_control(&disk)?);
+            controls.engines.push(disk.engine());
             handles.push(machine.add_virtio_device(version, Box::new(disk))?);
             if i == 0 && !read_only {
                 tests.push("blk");
@@ -539,6 +547,7 @@ fn boot(args: &BootArgs) -> Result<(ExitReason, bool), BoxError> {
         exec: args.exec,
     })?;
     let (handles, tests, controls) = attach_devices(&mut machine, args)?;
+    let block_engines = controls.engines.clone();
     if let (Some(console), Some(fd)) = (&controls.console, control::host_terminal()) {
         control::follow_terminal_size(fd, console.clone())?;
     }
@@ -587,6 +596,9 @@ fn boot(args: &BootArgs) -> Result<(ExitReason, bool), BoxError> {
             n as f64 / busy / 1e6
         );
         print_memory_stats(&machine);
+        for (i, engine) in block_engines.iter().enumerate() {
+            eprintln!("vmmio: block device {i}: {engine} engine");
+        }
         for h in &handles {
             let st = h.stats();
             let at = h

@@ -2,7 +2,8 @@
 //! machine with the default guest (Linux 6.1 + the vmmio init, from `guest/build.sh`), in
 //! both register layouts (Version 2 and legacy Version 1) and both execution modes
 //! (`--exec worker`, the default, and `--exec sync`; the 140,000-request test runs in
-//! worker mode only, for CI time).
+//! worker mode only, for CI time). The default boot, the disk-file test and the crash test
+//! also run over both block engines (`--blk-backend sync` and `io-uring`).
 //!
 //! `VMMIO_GUEST_DIR=DIR` uses `DIR/Image` and `DIR/initramfs.cpio` instead of running the
 //! build script (which builds the kernel on first use: many minutes; later runs hit its
@@ -16,6 +17,23 @@ use common::Run;
 
 /// Both execution modes, as `--exec` values.
 const EXEC_MODES: [&str; 2] = ["worker", "sync"];
+
+/// Both block engines, as `--blk-backend` values (the default, `auto`, picks io-uring
+/// where the kernel has it).
+const BLK_BACKENDS: [&str; 2] = ["sync", "io-uring"];
+
+/// Every execution mode with every block engine.
+fn exec_and_backends() -> impl Iterator<Item = (&'static str, &'static str)> {
+    EXEC_MODES
+        .into_iter()
+        .flat_map(|e| BLK_BACKENDS.into_iter().map(move |b| (e, b)))
+}
+
+/// `--stats` names the block engine that ran.
+fn assert_engine(run: &Run, backend: &str) {
+    let line = format!("vmmio: block device 0: {backend} engine");
+    assert!(run.stderr.contains(&line), "no {line:?}:\n{}", run.dump());
+}
 
 /// The options every run here has: `--stats --no-stdin --timeout 240`.
 const FIXED: [&str; 4] = ["--stats", "--no-stdin", "--timeout", "240"];
@@ -93,9 +111,10 @@ fn assert_default_devices_work(run: &Run, version: &str) {
 
 #[test]
 fn linux_drives_version2_devices() {
-    for exec in EXEC_MODES {
-        let run = boot(&["--exec", exec]);
+    for (exec, backend) in exec_and_backends() {
+        let run = boot(&["--exec", exec, "--blk-backend", backend]);
         assert_default_devices_work(&run, "Modern");
+        assert_engine(&run, backend);
     }
 }
 
@@ -133,12 +152,12 @@ fn check_pattern(data: &[u8], seed: u64, what: &str) {
 
 #[test]
 fn guest_writes_reach_the_disk_file_byte_for_byte() {
-    for exec in EXEC_MODES {
-        guest_writes_reach_the_disk_file(exec);
+    for (exec, backend) in exec_and_backends() {
+        guest_writes_reach_the_disk_file(exec, backend);
     }
 }
 
-fn guest_writes_reach_the_disk_file(exec: &str) {
+fn guest_writes_reach_the_disk_file(exec: &str, backend: &str) {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("disk.img");
     // 16 MiB of 0xee: what the guest does not write must stay.
@@ -146,8 +165,18 @@ fn guest_writes_reach_the_disk_file(exec: &str) {
     let seed: u64 = 0x5eed_0000_1234_abcd;
     let disk = path.to_str().expect("utf-8 temp path");
     let append = format!("vmmio.tests=virtio,blk vmmio.pattern_seed={seed:#x}");
-    let run = boot(&["--disk", disk, "--append", &append, "--exec", exec]);
+    let run = boot(&[
+        "--disk",
+        disk,
+        "--append",
+        &append,
+        "--exec",
+        exec,
+        "--blk-backend",
+        backend,
+    ]);
     assert_eq!(run.code, Some(0), "{}", run.dump());
+    assert_engine(&run, backend);
     run.assert_has("vmmio-init: blk capacity sectors=32768 bytes=16777216");
     run.assert_has("vmmio-init: blk OK bytes=1048576");
 
@@ -239,7 +268,7 @@ fn legacy_small_queues_carry_block_requests() {
 #[test]
 fn synced_writes_survive_sigkill_at_the_marker() {
     use std::io::{BufRead, BufReader};
-    for exec in EXEC_MODES {
+    for (exec, backend) in exec_and_backends() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("crash.img");
         std::fs::write(&path, vec![0u8; 4 * MIB]).expect("write disk image");
@@ -255,6 +284,8 @@ fn synced_writes_survive_sigkill_at_the_marker() {
             &append,
             "--exec",
             exec,
+            "--blk-backend",
+            backend,
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -275,7 +306,7 @@ fn synced_writes_survive_sigkill_at_the_marker() {
         let status = child.wait().expect("reap vmmio");
         assert!(
             marker,
-            "{exec}: no marker ({status:?}):\n{}",
+            "{exec} {backend}: no marker ({status:?}):\n{}",
             seen.join("\n")
         );
         let data = std::fs::read(&path).expect("read disk image");

@@ -427,6 +427,19 @@ impl<M: GuestMemory> Served<'_, M> {
         want_more: impl Fn(&S) -> bool,
         mut handle: impl FnMut(&mut S, &M, &[Descriptor]) -> u32,
     ) {
+        self.serve_deferred(state, want_more, |s, m, d, _| Some(handle(s, m, d)));
+    }
+
+    /// As [`Served::serve`], for devices that complete some chains later:
+    /// `handle` also gets the chain's head index and returns `None` for a
+    /// chain it keeps (the device puts it in the used ring itself when it
+    /// completes, e.g. the block device's io_uring engine).
+    pub(crate) fn serve_deferred<S>(
+        self,
+        state: &mut S,
+        want_more: impl Fn(&S) -> bool,
+        mut handle: impl FnMut(&mut S, &M, &[Descriptor], u16) -> Option<u32>,
+    ) {
         let Served {
             name,
             queue,
@@ -443,6 +456,7 @@ impl<M: GuestMemory> Served<'_, M> {
         let batch = u32::from(queue.size()).max(1);
         for _ in 0..MAX_BATCHES {
             let mut served = 0u32;
+            let mut used = false;
             while served < batch && want_more(state) {
                 match queue.pop_into(mem, chain) {
                     Ok(true) => {}
@@ -452,14 +466,17 @@ impl<M: GuestMemory> Served<'_, M> {
                         break;
                     }
                 }
-                let len = handle(state, mem, chain.descriptors());
+                served += 1;
+                let Some(len) = handle(state, mem, chain.descriptors(), chain.head_index()) else {
+                    continue;
+                };
                 if let Err(e) = queue.add_used(mem, chain.head_index(), len) {
                     break_queue(name, broken_log, broken, interrupt, &e);
                     break;
                 }
-                served += 1;
+                used = true;
             }
-            if served > 0 {
+            if used {
                 // On error, notify anyway: a spurious interrupt is harmless.
                 if queue.needs_notification(mem).unwrap_or(true) {
                     interrupt.raise(InterruptCause::UsedBuffer);
@@ -482,7 +499,7 @@ impl<M: GuestMemory> Served<'_, M> {
 /// The driver broke a queue: logs `e` (at error level the first
 /// [`LogLimiter::LIMIT`] times, then at debug level), marks the queue
 /// broken and reports DEVICE_NEEDS_RESET.
-fn break_queue(
+pub(crate) fn break_queue(
     name: &str,
     log: &mut LogLimiter,
     broken: &mut bool,

@@ -40,7 +40,8 @@ pub struct RepositoryReadmeDoctests;
 pub struct ReadmeDoctests;
 
 pub use block::{
-    Backend, Block, BlockConfigHandle, BlockError, BlockOptions, FileBackend, MemoryBackend,
+    Backend, Block, BlockConfigHandle, BlockError, BlockOptions, FileBackend, IoEngine,
+    MemoryBackend,
 };
 pub use console::{Console, ConsoleConfigHandle};
 pub use net::{Net, NetHandle};

@@ -8,11 +8,12 @@
 use std::io::{Read, Seek, SeekFrom, Write};
 
 use vmmio_device::{ExecMode, TransportVersion};
+use vmmio_devices::{BlockOptions, IoEngine};
 use vmmio_driver::blk::Block;
 use vmmio_driver::console::Console;
 use vmmio_driver::rng::Entropy;
 use vmmio_driver::{Transport, Version};
-use vmmio_integration::{window_in, Loopback, Mem};
+use vmmio_integration::{window_in, Loopback, Mem, Window};
 use vmmio_spec::features::{bit, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC};
 
 #[derive(Clone, Copy, Debug)]
@@ -21,6 +22,28 @@ struct Cfg {
     version: TransportVersion,
     event_idx: bool,
     indirect: bool,
+}
+
+/// The block engines each block test runs over.
+const ENGINES: [IoEngine; 2] = [IoEngine::Sync, IoEngine::IoUring];
+
+/// A block device over `path` with `engine`, behind a window run as `cfg`
+/// says; a synchronous window delivers backend events while the driver
+/// waits (the io_uring engine completes through them).
+fn block_window(cfg: Cfg, engine: IoEngine, path: &std::path::Path, read_only: bool) -> Window {
+    let dev = vmmio_devices::Block::<Mem, _>::from_path_with_options(
+        path,
+        BlockOptions {
+            read_only,
+            engine,
+            ..BlockOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(dev.engine(), engine);
+    let mut w = window_in(cfg.exec, cfg.version, Box::new(dev));
+    w.io.poll_backends = true;
+    w
 }
 
 /// Every ring configuration in both execution modes.
@@ -89,14 +112,16 @@ fn pattern(seed: u64, len: usize) -> Vec<u8> {
 #[test]
 fn block_writes_land_in_the_backing_file_byte_for_byte() {
     const SECTORS: u64 = 2048; // 1 MiB image
-    for (i, cfg) in configs().enumerate() {
+    let runs = ENGINES
+        .into_iter()
+        .flat_map(|e| configs().map(move |c| (e, c)));
+    for (i, (engine, cfg)) in runs.enumerate() {
         let mut file = tempfile::NamedTempFile::new().unwrap();
         let initial = pattern(1000 + i as u64, (SECTORS * 512) as usize);
         file.write_all(&initial).unwrap();
         file.flush().unwrap();
 
-        let dev = vmmio_devices::Block::<Mem, _>::from_path(file.path(), false).unwrap();
-        let w = window_in(cfg.exec, cfg.version, Box::new(dev));
+        let w = block_window(cfg, engine, file.path(), false);
         let mut b = Block::new(probe(cfg, w.io), w.hal).unwrap();
         check(cfg, b.transport());
         assert_eq!(b.capacity(), SECTORS, "{cfg:?}");
@@ -137,11 +162,13 @@ fn read_only_block_refuses_writes_and_keeps_the_file() {
     let mut file = tempfile::NamedTempFile::new().unwrap();
     let initial = pattern(7, 64 * 512);
     file.write_all(&initial).unwrap();
-    for cfg in configs() {
-        let dev = vmmio_devices::Block::<Mem, _>::from_path(file.path(), true).unwrap();
-        let w = window_in(cfg.exec, cfg.version, Box::new(dev));
+    for (engine, cfg) in ENGINES
+        .into_iter()
+        .flat_map(|e| configs().map(move |c| (e, c)))
+    {
+        let w = block_window(cfg, engine, file.path(), true);
         let mut b = Block::new(probe(cfg, w.io), w.hal).unwrap();
-        assert!(b.read_only(), "{cfg:?}");
+        assert!(b.read_only(), "{engine:?} {cfg:?}");
         assert!(b.write_blocks(0, &[0xaa; 512]).is_err(), "{cfg:?}");
         let mut back = vec![0u8; 512];
         b.read_blocks(0, &mut back).unwrap();
@@ -158,11 +185,20 @@ fn block_past_the_16_bit_index_wrap_on_a_file() {
     // and Version 1 without: the ring index wraps at 65536.
     let mut file = tempfile::NamedTempFile::new().unwrap();
     file.write_all(&vec![0u8; 64 * 512]).unwrap();
-    for cfg in
-        configs().filter(|c| (c.version == TransportVersion::Modern) == c.event_idx && !c.indirect)
-    {
-        let dev = vmmio_devices::Block::<Mem, _>::from_path(file.path(), false).unwrap();
-        let w = window_in(cfg.exec, cfg.version, Box::new(dev));
+    // Every such config on the synchronous engine; the io_uring engine
+    // (completions through backend events) on the synchronous window with
+    // EVENT_IDX, the case where a missed completion would hang.
+    let runs = configs()
+        .filter(|c| (c.version == TransportVersion::Modern) == c.event_idx && !c.indirect)
+        .map(|c| (IoEngine::Sync, c))
+        .chain(
+            configs()
+                .filter(|c| c.exec == ExecMode::Sync && c.event_idx && !c.indirect)
+                .filter(|c| c.version == TransportVersion::Modern)
+                .map(|c| (IoEngine::IoUring, c)),
+        );
+    for (engine, cfg) in runs {
+        let w = block_window(cfg, engine, file.path(), false);
         let mut b = Block::with_queue_size(probe(cfg, w.io), w.hal, 8).unwrap();
         let mut buf = vec![0u8; 512];
         for r in 0..35_000u32 {
@@ -171,7 +207,11 @@ fn block_past_the_16_bit_index_wrap_on_a_file() {
             b.write_blocks(sector, &buf).unwrap();
             buf[..4].fill(0);
             b.read_blocks(sector, &mut buf).unwrap();
-            assert_eq!(buf[..4], r.to_le_bytes(), "{cfg:?} round trip {r}");
+            assert_eq!(
+                buf[..4],
+                r.to_le_bytes(),
+                "{engine:?} {cfg:?} round trip {r}"
+            );
         }
     }
 }

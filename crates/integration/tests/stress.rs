@@ -1,7 +1,8 @@
 //! Stress: 8 driver threads share one block device (the real file backend)
 //! through the loopback, issuing reads, writes and flushes of random sizes
 //! while any of them resets the device at random points; the device runs
-//! on its worker thread (20 s) and, shorter, synchronously (5 s).
+//! on its worker thread (20 s), on its worker thread with the io_uring
+//! engine (8 s) and, shorter, synchronously (5 s).
 //!
 //! Every thread owns a region of the disk and issues one request at a time,
 //! so it knows, for each of its sectors, the writes it issued in order and
@@ -23,6 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use vmmio_device::{ExecMode, TransportVersion};
+use vmmio_devices::{BlockOptions, IoEngine};
 use vmmio_driver::{Dma, Segment, Transport, VirtQueue};
 use vmmio_integration::{window_in, GuestHal, Loopback, Mem};
 use vmmio_spec::blk::{features, status, types, SECTOR_SIZE};
@@ -309,15 +311,22 @@ fn driver_thread(
     (model, counts)
 }
 
-fn stress(exec: ExecMode, secs: u64) {
+fn stress(exec: ExecMode, engine: IoEngine, secs: u64) {
     let mut file = tempfile::NamedTempFile::new().expect("temp file");
     std::io::Write::write_all(
         &mut file,
         &vec![0u8; (THREADS * REGION * SECTOR_SIZE) as usize],
     )
     .expect("image");
-    let dev = vmmio_devices::Block::<Mem, _>::from_path(file.path(), false).expect("block device");
-    let w = window_in(exec, TransportVersion::Modern, Box::new(dev));
+    let options = BlockOptions {
+        engine,
+        ..BlockOptions::default()
+    };
+    let dev = vmmio_devices::Block::<Mem, _>::from_path_with_options(file.path(), options)
+        .expect("block device");
+    assert_eq!(dev.engine(), engine);
+    let mut w = window_in(exec, TransportVersion::Modern, Box::new(dev));
+    w.io.poll_backends = true;
     let t = Transport::probe(w.io).expect("probe").expect("a device");
     let mut driver = Driver {
         t,
@@ -354,7 +363,7 @@ fn stress(exec: ExecMode, secs: u64) {
         total.lost += counts.lost;
         total.resets += counts.resets;
     }
-    eprintln!("{exec} stress, {secs} s: {total:?}");
+    eprintln!("{exec} stress, {engine} engine, {secs} s: {total:?}");
     assert!(
         total.acked > 1000,
         "too little I/O to mean anything: {total:?}"
@@ -368,10 +377,18 @@ fn eight_threads_with_random_resets_worker() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
-    stress(ExecMode::Worker, secs);
+    stress(ExecMode::Worker, IoEngine::Sync, secs);
+}
+
+/// The io_uring engine: requests of the 8 threads in flight in the kernel
+/// at once, completed out of order, and every reset cancels or waits for
+/// them (a write landing after its reset would fail the image check).
+#[test]
+fn eight_threads_with_random_resets_worker_io_uring() {
+    stress(ExecMode::Worker, IoEngine::IoUring, 8);
 }
 
 #[test]
 fn eight_threads_with_random_resets_sync() {
-    stress(ExecMode::Sync, 5);
+    stress(ExecMode::Sync, IoEngine::Sync, 5);
 }

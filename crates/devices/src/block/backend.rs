@@ -97,6 +97,15 @@ pub trait Backend: Send {
         Ok(())
     }
 
+    /// The host file descriptor behind the storage, when reads and writes
+    /// at byte offsets of it are exactly this backend's `read_at` /
+    /// `write_at` (and `fdatasync` its `flush`): the io_uring engine then
+    /// submits them to the kernel directly. Default: `None` (always served
+    /// synchronously); [`FileBackend`] gives its file's.
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+
     /// Makes every write that returned before this call durable
     /// (`fdatasync` for a file). Used for `VIRTIO_BLK_T_FLUSH` and for
     /// write-through operation (virtio v1.4 §5.2.6.2).
@@ -195,6 +204,10 @@ fn file_offset(offset: u64, done: usize) -> io::Result<libc::off_t> {
 impl Backend for FileBackend {
     fn len(&self) -> u64 {
         self.len
+    }
+
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(self.file.as_raw_fd())
     }
 
     fn read_at<B: BitmapSlice>(

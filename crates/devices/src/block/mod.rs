@@ -4,13 +4,24 @@
 //! [`Backend`]: a file or raw image ([`FileBackend`], the default), host
 //! memory ([`MemoryBackend`]) or anything a test injects.
 //!
-//! Requests are processed synchronously in [`VirtioDevice::queue_notify`]:
-//! every available chain of the notified queue is popped, executed and put
-//! in the used ring, then the device asks the queue once whether the driver
-//! wants a notification and raises at most one interrupt for the batch.
-//! Data moves between guest memory and the backend without intermediate
-//! copies and without per-request heap allocation (beyond what the queue
-//! does to hand out a chain).
+//! With the synchronous engine ([`IoEngine::Sync`], the default), requests
+//! are processed in [`VirtioDevice::queue_notify`]: every available chain
+//! of the notified queue is popped, executed and put in the used ring, then
+//! the device asks the queue once whether the driver wants a notification
+//! and raises at most one interrupt for the batch. Data moves between guest
+//! memory and the backend without intermediate copies and without
+//! per-request heap allocation (beyond what the queue does to hand out a
+//! chain).
+//!
+//! With the io_uring engine ([`IoEngine::IoUring`], or [`IoEngine::Auto`]
+//! where the kernel has it), IN, OUT and FLUSH requests are submitted to
+//! the kernel, one SQE each, and stay in flight across notifications; they
+//! complete in any order through the ring's eventfd, listed in
+//! [`VirtioDevice::backend_fds`]: the embedder must deliver
+//! `backend_event`s (the worker execution model does,
+//! `MmioTransport::poll_backends` does for synchronous embedders). Other
+//! request types are still served inline. See `uring.rs` for ordering,
+//! bounds, reset and the soundness of handing guest memory to the kernel.
 //!
 //! # Offered features
 //! `VIRTIO_BLK_F_SIZE_MAX`, `SEG_MAX`, `BLK_SIZE`, `FLUSH`, `RO` (read-only
@@ -34,6 +45,7 @@
 
 mod backend;
 pub mod request;
+mod uring;
 
 #[cfg(test)]
 mod tests;
@@ -51,6 +63,8 @@ use vmmio_spec::features::{bit, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRT
 use crate::chain::{LogLimiter, MoreWork, Served};
 pub use backend::{Backend, FileBackend, MemoryBackend};
 use request::{features as blk, Capacity, Disk, Limits, ID_BYTES, SECTOR_SIZE};
+pub use uring::IoEngine;
+use uring::{Done, Tag, Uring};
 
 /// Size of the configuration space this device exposes, in bytes: `struct
 /// virtio_blk_config` up to and including `unused1` (virtio v1.4 §5.2.4).
@@ -79,6 +93,10 @@ pub enum BlockError {
     /// would not fit 64 bits).
     #[error("capacity of {0} sectors is too large")]
     CapacityTooLarge(u64),
+    /// [`IoEngine::IoUring`] was asked for and cannot run: the kernel has
+    /// no (usable) io_uring, or the backend has no file descriptor.
+    #[error("io_uring engine unavailable")]
+    IoUring(#[source] io::Error),
 }
 
 /// Options of a [`Block`] device. `Default` gives one queue of 256 entries,
@@ -110,6 +128,8 @@ pub struct BlockOptions {
     pub discard: bool,
     /// Offer `VIRTIO_BLK_F_WRITE_ZEROES` if the backend supports it.
     pub write_zeroes: bool,
+    /// Which engine serves reads, writes and flushes.
+    pub engine: IoEngine,
 }
 
 impl Default for BlockOptions {
@@ -124,6 +144,7 @@ impl Default for BlockOptions {
             size_max: 1 << 20,
             discard: false,
             write_zeroes: false,
+            engine: IoEngine::Sync,
         }
     }
 }
@@ -155,6 +176,12 @@ struct Active<M> {
 /// [`Block::from_path`] or [`Block::with_backend`], then hand it to an
 /// `MmioTransport`.
 pub struct Block<M, B = FileBackend> {
+    /// The io_uring engine, if it runs. Declared before `active` so that it
+    /// is dropped first: its drop waits for every SQE, and the guest memory
+    /// in `active` must outlive them.
+    uring: Option<Uring>,
+    /// Completions reaped from `uring`, reused.
+    done: Vec<Done>,
     disk: Disk<B>,
     /// `struct virtio_blk_config`, shared with [`BlockConfigHandle`]s.
     config: LiveConfig,
@@ -321,7 +348,40 @@ impl<M, B: Backend> Block<M, B> {
             max_write_zeroes_seg: MAX_SEGMENTS,
             max_write_zeroes_sectors: MAX_SEGMENT_SECTORS,
         };
+        let queue_entries =
+            u32::from(options.queue_size).saturating_mul(u32::from(options.num_queues));
+        let uring = match (options.engine, backend.raw_fd()) {
+            (IoEngine::Sync, _) => None,
+            (IoEngine::IoUring, None) => {
+                return Err(BlockError::IoUring(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "the backend has no file descriptor",
+                )))
+            }
+            (IoEngine::IoUring, Some(fd)) => {
+                Some(Uring::new(fd, queue_entries).map_err(BlockError::IoUring)?)
+            }
+            (IoEngine::Auto, None) => {
+                log::info!("virtio-blk: synchronous engine (the backend has no file descriptor)");
+                None
+            }
+            (IoEngine::Auto, Some(fd)) => match Uring::new(fd, queue_entries) {
+                Ok(u) => Some(u),
+                Err(e) => {
+                    log::info!("virtio-blk: io_uring unavailable ({e}), synchronous engine");
+                    None
+                }
+            },
+        };
+        if let Some(u) = &uring {
+            log::info!(
+                "virtio-blk: io_uring engine, up to {} requests in flight",
+                u.capacity()
+            );
+        }
         Ok(Self {
+            uring,
+            done: Vec::new(),
             disk: Disk::new(backend, limits, id),
             config: LiveConfig::new(config.to_vec()),
             features,
@@ -358,6 +418,22 @@ impl<M, B: Backend> Block<M, B> {
         &self.disk.id
     }
 
+    /// The engine that runs: [`IoEngine::IoUring`] or [`IoEngine::Sync`]
+    /// (never `Auto`: that was resolved when the device was built).
+    pub fn engine(&self) -> IoEngine {
+        if self.uring.is_some() {
+            IoEngine::IoUring
+        } else {
+            IoEngine::Sync
+        }
+    }
+
+    /// Requests the io_uring engine has in flight (0 for the synchronous
+    /// engine).
+    pub fn in_flight(&self) -> usize {
+        self.uring.as_ref().map_or(0, Uring::in_flight)
+    }
+
     /// The backend.
     pub fn backend(&self) -> &B {
         &self.disk.backend
@@ -371,7 +447,9 @@ impl<M, B: Backend> Block<M, B> {
 
 impl<M: GuestMemory, B: Backend> Block<M, B> {
     /// Serves every available chain of queue `index`, with one used-buffer
-    /// interrupt per batch if the driver wants it.
+    /// interrupt per batch if the driver wants it. With the io_uring engine,
+    /// pops only while the engine has room, submits what it queued and
+    /// completes what is already done.
     fn serve(&mut self, index: u16) {
         let Some(active) = self.active.as_mut() else {
             return;
@@ -380,7 +458,7 @@ impl<M: GuestMemory, B: Backend> Block<M, B> {
             return;
         };
         let features = active.features;
-        Served {
+        let served = Served {
             name: "virtio-blk",
             queue: &mut rq.queue,
             broken: &mut rq.broken,
@@ -389,14 +467,84 @@ impl<M: GuestMemory, B: Backend> Block<M, B> {
             chain: &mut self.chain,
             broken_log: &mut self.broken_log,
             more: &mut self.more,
+        };
+        match self.uring.as_mut() {
+            None => served.serve(
+                &mut self.disk,
+                |_| true,
+                |disk, mem, descs| disk.process(mem, descs, features, None).unwrap_or(0),
+            ),
+            Some(uring) => {
+                let mut state = (&mut self.disk, &mut *uring);
+                served.serve_deferred(
+                    &mut state,
+                    |(_, uring)| uring.has_room(),
+                    |(disk, uring), mem, descs, head| {
+                        let tag = Tag { queue: index, head };
+                        disk.process(mem, descs, features, Some((&mut **uring, tag)))
+                    },
+                );
+                uring.submit();
+                self.complete();
+            }
         }
-        .serve(
-            &mut self.disk,
-            |_| true,
-            |disk, mem, descs| disk.process(mem, descs, features),
-        );
+    }
+
+    /// Reaps the io_uring engine's completions and puts them in the used
+    /// rings, one interrupt per queue at most. Returns whether any request
+    /// completed.
+    fn complete(&mut self) -> bool {
+        let (Some(uring), Some(active)) = (self.uring.as_mut(), self.active.as_mut()) else {
+            return false;
+        };
+        let mut done = std::mem::take(&mut self.done);
+        done.clear();
+        uring.reap(Some(&active.mem), None, &mut done);
+        let any = !done.is_empty();
+        put_used(active, &done, &mut self.broken_log);
+        self.done = done;
+        any
     }
 }
+
+/// Puts finished io_uring requests in their queues' used rings and raises
+/// one used-buffer interrupt per queue that wants one. Requests of a queue
+/// that was reset or broke meanwhile are dropped (the driver gave them up).
+fn put_used<M: GuestMemory>(active: &mut Active<M>, done: &[Done], log: &mut LogLimiter) {
+    let mut touched = [false; 64];
+    let mut many = false;
+    for d in done {
+        let Some(Some(rq)) = active.queues.get_mut(usize::from(d.queue)) else {
+            continue;
+        };
+        if rq.broken {
+            continue;
+        }
+        if let Err(e) = rq.queue.add_used(&active.mem, d.head, d.len) {
+            crate::chain::break_queue("virtio-blk", log, &mut rq.broken, &active.interrupt, &e);
+            continue;
+        }
+        match touched.get_mut(usize::from(d.queue)) {
+            Some(t) => *t = true,
+            None => many = true,
+        }
+    }
+    for (i, slot) in active.queues.iter_mut().enumerate() {
+        let Some(rq) = slot.as_mut() else { continue };
+        if rq.broken || !(many || touched.get(i).copied().unwrap_or(false)) {
+            continue;
+        }
+        // On error, notify anyway: a spurious interrupt is harmless.
+        if rq.queue.needs_notification(&active.mem).unwrap_or(true) {
+            active
+                .interrupt
+                .raise(vmmio_device::InterruptCause::UsedBuffer);
+        }
+    }
+}
+
+/// The token of the io_uring completion eventfd in `backend_fds`.
+const URING_TOKEN: u64 = MoreWork::TOKEN - 1;
 
 impl<M, B> VirtioDevice<M> for Block<M, B>
 where
@@ -472,17 +620,34 @@ where
 
     fn reset(&mut self) {
         self.config.deactivate();
-        self.active = None;
+        let active = self.active.take();
+        // §2.4: nothing may touch guest memory once Status reads 0, so wait
+        // for (or cancel) every SQE before returning, with `active` (the
+        // guest memory the iovecs point into) still alive.
+        if let Some(uring) = self.uring.as_mut() {
+            uring.drain::<M>(None, None, &mut self.done);
+            self.done.clear();
+        }
+        drop(active);
         self.more.clear();
     }
 
     fn queue_reset(&mut self, index: u16) {
-        if let Some(slot) = self
-            .active
-            .as_mut()
-            .and_then(|a| a.queues.get_mut(usize::from(index)))
-        {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        if let Some(slot) = active.queues.get_mut(usize::from(index)) {
             *slot = None;
+        }
+        // The reset queue's requests are cancelled or waited for and
+        // dropped (their queue is gone); other queues' that complete
+        // meanwhile go to their used rings.
+        if let Some(uring) = self.uring.as_mut() {
+            let mut done = std::mem::take(&mut self.done);
+            done.clear();
+            uring.drain(Some(&active.mem), Some(index), &mut done);
+            put_used(active, &done, &mut self.broken_log);
+            self.done = done;
         }
     }
 
@@ -501,10 +666,26 @@ where
     }
 
     fn backend_fds(&self) -> Vec<BackendFd> {
-        self.more.backend_fd().into_iter().collect()
+        let uring = self
+            .uring
+            .as_ref()
+            .filter(|u| u.in_flight() > 0)
+            .map(|u| BackendFd {
+                fd: u.eventfd(),
+                token: URING_TOKEN,
+                readable: true,
+                writable: false,
+            });
+        self.more.backend_fd().into_iter().chain(uring).collect()
     }
 
     fn backend_event(&mut self, token: u64) {
+        if token == URING_TOKEN && self.complete() {
+            // Chains may have waited for room in the engine.
+            for index in 0..self.queue_max_sizes.len() {
+                self.serve(u16::try_from(index).unwrap_or(u16::MAX));
+            }
+        }
         if token == MoreWork::TOKEN && self.active.is_some() {
             self.more.clear();
             for index in 0..self.queue_max_sizes.len() {

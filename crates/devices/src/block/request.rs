@@ -16,6 +16,7 @@ use vmmio_device::queue::Descriptor;
 use vmmio_spec::features::bit;
 
 use super::backend::Backend;
+use super::uring::{Tag, Uring};
 use crate::chain::{ChainLayout, LogLimiter, Region};
 
 pub use vmmio_spec::blk::{
@@ -124,12 +125,17 @@ impl<B: Backend> Disk<B> {
     /// `features` are the negotiated feature bits: without
     /// `VIRTIO_BLK_F_FLUSH` every write is made durable before its status is
     /// written (virtio v1.4 §5.2.6.2, write-through case 1).
+    ///
+    /// With `uring`, IN, OUT and FLUSH requests that pass every check are
+    /// handed to the io_uring engine instead, tagged with `Tag`, and
+    /// `None` is returned: the engine completes them later.
     pub(crate) fn process<M: GuestMemory>(
         &mut self,
         mem: &M,
         descs: &[Descriptor],
         features: u64,
-    ) -> u32 {
+        uring: Option<(&mut Uring, Tag)>,
+    ) -> Option<u32> {
         let layout = match ChainLayout::split(descs) {
             Ok(layout) => layout,
             Err(e) => {
@@ -137,7 +143,7 @@ impl<B: Backend> Disk<B> {
                     self.faults.malformed.level(),
                     "virtio-blk: malformed chain: {e}"
                 );
-                return 0;
+                return Some(0);
             }
         };
         // The status byte is the last writable byte (§5.2.6, struct
@@ -147,8 +153,14 @@ impl<B: Backend> Disk<B> {
                 self.faults.malformed.level(),
                 "virtio-blk: request without a writable status byte"
             );
-            return 0;
+            return Some(0);
         };
+        let status_region = Region::new(layout.writable, status_at, 1);
+        if let Some((uring, tag)) = uring {
+            if self.queue_async(mem, &layout, status_at, features, uring, tag) {
+                return None;
+            }
+        }
         let outcome = if layout.readable_len < HEADER_SIZE {
             log::log!(
                 self.faults.malformed.level(),
@@ -159,16 +171,74 @@ impl<B: Backend> Disk<B> {
         } else {
             self.execute(mem, &layout, status_at, features)
         };
-        let status_region = Region::new(layout.writable, status_at, 1);
         if let Err(e) = status_region.write_byte(mem, outcome.status) {
             log::log!(
                 self.faults.malformed.level(),
                 "virtio-blk: cannot write the status byte: {e}"
             );
-            return 0;
+            return Some(0);
         }
         // `written <= status_at`, so adding the status byte cannot overflow.
-        u32::try_from(outcome.written + 1).unwrap_or(u32::MAX)
+        Some(u32::try_from(outcome.written + 1).unwrap_or(u32::MAX))
+    }
+
+    /// Hands an IN, OUT or FLUSH request that passes every check to the
+    /// io_uring engine. `false`: not handed over (another type, a check
+    /// failed, the engine is full); the caller serves it synchronously,
+    /// which answers the failed check as usual.
+    fn queue_async<M: GuestMemory>(
+        &mut self,
+        mem: &M,
+        layout: &ChainLayout<'_>,
+        status_at: u64,
+        features: u64,
+        uring: &mut Uring,
+        tag: Tag,
+    ) -> bool {
+        if layout.readable_len < HEADER_SIZE {
+            return false;
+        }
+        let Some(Ok((status, _))) = Region::new(layout.writable, status_at, 1).pieces().next()
+        else {
+            return false;
+        };
+        let writable = mem
+            .get_slices(status, 1, Permissions::Write)
+            .is_ok_and(|mut it| matches!(it.next(), Some(Ok(_))));
+        if !writable {
+            return false;
+        }
+        let Ok(header) = Region::new(layout.readable, 0, HEADER_SIZE)
+            .read_array::<{ HEADER_SIZE as usize }, M>(mem)
+        else {
+            return false;
+        };
+        let [t0, t1, t2, t3, _, _, _, _, s0, s1, s2, s3, s4, s5, s6, s7] = header;
+        let req_type = u32::from_le_bytes([t0, t1, t2, t3]);
+        let sector = u64::from_le_bytes([s0, s1, s2, s3, s4, s5, s6, s7]);
+        let (data, write) = match req_type {
+            types::IN => (Region::new(layout.writable, 0, status_at), None),
+            types::OUT if !self.limits.read_only => (
+                Region::new(
+                    layout.readable,
+                    HEADER_SIZE,
+                    layout.readable_len - HEADER_SIZE,
+                ),
+                // Write-through without FLUSH (§5.2.6.2 case 1).
+                Some(features & bit(features::FLUSH) == 0),
+            ),
+            types::FLUSH => return uring.queue_flush(tag, status).is_ok(),
+            _ => return false,
+        };
+        if !data.len().is_multiple_of(SECTOR_SIZE) {
+            return false;
+        }
+        let Some(offset) = self.range(sector, data.len()) else {
+            return false;
+        };
+        uring
+            .queue_rw(mem, tag, status, data, offset, write)
+            .is_ok()
     }
 
     fn execute<M: GuestMemory>(
@@ -227,18 +297,24 @@ impl<B: Backend> Disk<B> {
     /// Checks that `len` bytes at sector `sector` lie inside the disk and
     /// returns the byte offset.
     fn check_range(&mut self, sector: u64, len: u64) -> Option<u64> {
-        let offset = sector.checked_mul(SECTOR_SIZE)?;
-        let end = offset.checked_add(len)?;
-        let capacity = self.limits.capacity.get();
-        // capacity <= Capacity::MAX, so this does not overflow.
-        if end > capacity * SECTOR_SIZE {
+        let offset = self.range(sector, len);
+        if offset.is_none() {
+            let capacity = self.limits.capacity.get();
             log::log!(
                 self.faults.bad_request.level(),
                 "virtio-blk: sectors {sector}+{len}B beyond capacity {capacity}"
             );
-            return None;
         }
-        Some(offset)
+        offset
+    }
+
+    /// The byte offset of `len` bytes at sector `sector` when they lie
+    /// inside the disk (no log).
+    fn range(&self, sector: u64, len: u64) -> Option<u64> {
+        let offset = sector.checked_mul(SECTOR_SIZE)?;
+        let end = offset.checked_add(len)?;
+        // capacity <= Capacity::MAX, so this does not overflow.
+        (end <= self.limits.capacity.get() * SECTOR_SIZE).then_some(offset)
     }
 
     /// Checks an IN/OUT data length: a multiple of 512 bytes (§5.2.6.1).

@@ -14,6 +14,7 @@ use super::request::{features as blk, status, types, Capacity, Disk, Limits};
 use super::*;
 use crate::test_util::{desc, interrupt, mem, CountingLine, Mem, TestRing, F_NEXT, F_WRITE};
 
+mod uring;
 mod vectored;
 
 /// Features a typical driver negotiates.
@@ -582,9 +583,9 @@ fn readable_after_writable_completes_with_zero() {
         desc(0x200, 512, true),
         desc(0x400, 1, false),
     ];
-    assert_eq!(disk.process(&m, &descs, FEATURES), 0);
+    assert_eq!(disk.process(&m, &descs, FEATURES, None), Some(0));
     // Empty chain.
-    assert_eq!(disk.process(&m, &[], FEATURES), 0);
+    assert_eq!(disk.process(&m, &[], FEATURES, None), Some(0));
 }
 
 // ---- batching and interrupts ----
