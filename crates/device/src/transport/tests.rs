@@ -1817,3 +1817,20 @@ fn poll_backends_waits_for_the_interest_the_device_lists() {
     assert_eq!(h.t.poll_backends(Duration::ZERO).unwrap(), 1);
     assert_eq!(h.rec().backend_events, [7]);
 }
+
+#[test]
+fn queue_shows_the_window_copy_of_each_queue() {
+    let mut h = modern();
+    h.linux_v2_probe(all_modern_bits());
+    for (index, base) in [(0u16, 0x1_0000u64), (1, 0x2_0000)] {
+        let q = h.t.queue(index).expect("the fake has two queues");
+        let max = FAKE_MAX[usize::from(index)];
+        let want = (true, max, (base, base + 0x1000, base + 0x2000));
+        assert_eq!(view(&q), want, "queue {index}");
+    }
+    assert!(h.t.queue(2).is_none());
+    assert!(h.t.is_activated());
+    h.w(mmio::STATUS, 0);
+    assert!(!h.t.is_activated());
+    assert_eq!(h.t.queue(0).map(|q| q.ready()), Some(false));
+}
