@@ -1834,3 +1834,16 @@ fn queue_shows_the_window_copy_of_each_queue() {
     assert!(!h.t.is_activated());
     assert_eq!(h.t.queue(0).map(|q| q.ready()), Some(false));
 }
+
+#[test]
+fn needs_reset_from_both_the_device_and_the_embedder_shows_once() {
+    let mut h = modern();
+    h.linux_v2_probe(all_modern_bits());
+    let interrupt = h.rec().interrupt.clone().expect("activated");
+    interrupt.device_needs_reset();
+    h.t.set_device_needs_reset();
+    assert_ne!(h.r(mmio::STATUS) & DEVICE_NEEDS_RESET, 0);
+    assert_ne!(h.t.status() & DEVICE_NEEDS_RESET, 0);
+    h.w(mmio::STATUS, 0);
+    assert_eq!(h.r(mmio::STATUS), 0);
+}
