@@ -1193,6 +1193,8 @@ fn legacy_queue_pfn_enables_reads_back_and_zero_stops() {
     h.linux_legacy_probe();
     h.w(mmio::QUEUE_SEL, 0);
     assert_eq!(h.r(mmio::LEGACY_QUEUE_PFN), 0x10);
+    // Version 1 has no QueueReady (0x44): it reads 0 on a live queue.
+    assert_eq!(h.r(mmio::QUEUE_READY), 0);
     // In use: a new PFN is refused.
     h.w(mmio::LEGACY_QUEUE_PFN, 0x30);
     assert_eq!(h.r(mmio::LEGACY_QUEUE_PFN), 0x10);
