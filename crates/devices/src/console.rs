@@ -21,6 +21,11 @@
 //!
 //! The device state sits behind a mutex shared with the input handles, so
 //! input delivery and queue notifications never run at the same time.
+//! Output that may block (stdout, a socket, any [`Console::new`] sink) is
+//! written by a thread of its own through a bounded buffer (module
+//! `output`, [`OUTPUT_BUFFER`] bytes): a host sink that stops reading only
+//! makes the guest's transmit chains wait, it never blocks the device (a
+//! reset, a configuration access, input delivery).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -38,6 +43,10 @@ use vmmio_spec::device_id;
 use vmmio_spec::features::{bit, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_RING_RESET};
 
 use crate::chain::{ChainLayout, LogLimiter, MoreWork, Region, Served};
+use output::Sink;
+pub use output::{DRAIN_ON_DROP, OUTPUT_BUFFER, OUTPUT_WAIT};
+
+mod output;
 
 pub use vmmio_spec::console::{F_EMERG_WRITE, F_MULTIPORT, F_SIZE, RECEIVEQ, TRANSMITQ};
 
@@ -79,7 +88,7 @@ struct Active<M> {
 
 /// Everything behind the console's mutex.
 struct Inner<M> {
-    output: Output,
+    output: Sink,
     pending: VecDeque<u8>,
     tx_buf: Box<[u8; TX_CHUNK]>,
     active: Option<Active<M>>,
@@ -198,10 +207,18 @@ fn lock<M>(m: &Mutex<Inner<M>>) -> MutexGuard<'_, Inner<M>> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Token of the output's "room again" fd in `backend_fds`.
+const ROOM_TOKEN: u64 = 0;
+
 impl<M> Console<M> {
-    /// A console writing to `output`, with no input source (use
-    /// [`Console::push_input`]) and a size of 80x25.
+    /// A console writing to `output` through its own writer thread (see the
+    /// module docs: `output` may block without blocking the device), with
+    /// no input source (use [`Console::push_input`]) and a size of 80x25.
     pub fn new(output: Output) -> Self {
+        Self::with_sink(Sink::queued(output))
+    }
+
+    fn with_sink(output: Sink) -> Self {
         Self {
             inner: Arc::new(Mutex::new(Inner {
                 output,
@@ -238,7 +255,9 @@ impl<M> Console<M> {
             buf: buf.clone(),
             limit: limit.max(1),
         };
-        (Self::new(Box::new(capture)), buf)
+        // In memory, never blocks: written in place, so the bytes are
+        // there when the chain is used.
+        (Self::with_sink(Sink::Direct(Box::new(capture))), buf)
     }
 
     /// Sets `cols` and `rows` (character cells) before the device runs;
@@ -428,7 +447,6 @@ impl<M: GuestMemory> Inner<M> {
             buf: &mut self.tx_buf,
             malformed: &mut self.malformed,
             host_errors: &mut self.host_errors,
-            sent: false,
         };
         Served {
             name: "virtio-console",
@@ -442,21 +460,15 @@ impl<M: GuestMemory> Inner<M> {
         }
         .serve(
             &mut tx,
-            |_| true,
+            // Chains wait in the ring while a blocked sink's buffer is full.
+            |tx| tx.output.has_room_for_a_chain(),
             |tx, mem, descs| {
                 tx.send(mem, descs);
                 // The device writes nothing into transmit buffers.
                 0
             },
         );
-        if tx.sent {
-            if let Err(e) = self.output.flush() {
-                log::log!(
-                    self.host_errors.level(),
-                    "virtio-console: output failed: {e}"
-                );
-            }
-        }
+        self.output.settle();
     }
 
     /// Handles a write of `data` at `offset` into the config space: the
@@ -469,16 +481,8 @@ impl<M: GuestMemory> Inner<M> {
         let Some(&byte) = usize::try_from(index).ok().and_then(|i| data.get(i)) else {
             return;
         };
-        if let Err(e) = self
-            .output
-            .write_all(&[byte])
-            .and_then(|()| self.output.flush())
-        {
-            log::log!(
-                self.host_errors.level(),
-                "virtio-console: emergency write failed: {e}"
-            );
-        }
+        self.output.write(&[byte], &mut self.host_errors);
+        self.output.settle();
     }
 }
 
@@ -549,12 +553,10 @@ impl RxState<'_> {
 
 /// What sending transmit buffers needs.
 struct TxState<'a> {
-    output: &'a mut Output,
+    output: &'a mut Sink,
     buf: &'a mut [u8; TX_CHUNK],
     malformed: &'a mut LogLimiter,
     host_errors: &'a mut LogLimiter,
-    /// Some bytes were written to `output` (it needs a flush).
-    sent: bool,
 }
 
 impl TxState<'_> {
@@ -566,7 +568,6 @@ impl TxState<'_> {
             buf,
             malformed,
             host_errors,
-            sent,
         } = self;
         let layout = match ChainLayout::split(descs) {
             Ok(l) => l,
@@ -596,11 +597,7 @@ impl TxState<'_> {
                 );
                 return;
             }
-            if let Err(e) = output.write_all(chunk) {
-                log::log!(host_errors.level(), "virtio-console: output failed: {e}");
-                return;
-            }
-            *sent = true;
+            output.write(chunk, host_errors);
             off += n;
         }
     }
@@ -737,15 +734,31 @@ impl<M: GuestMemory + Send> VirtioDevice<M> for Console<M> {
     }
 
     fn backend_fds(&self) -> Vec<BackendFd> {
-        lock(&self.inner).more.backend_fd().into_iter().collect()
+        let inner = lock(&self.inner);
+        if inner.active.is_none() {
+            return Vec::new();
+        }
+        let mut fds: Vec<BackendFd> = inner.more.backend_fd().into_iter().collect();
+        fds.extend(inner.output.backend_fd(ROOM_TOKEN));
+        fds
     }
 
     fn backend_event(&mut self, token: u64) {
         let mut inner = lock(&self.inner);
-        if token == MoreWork::TOKEN && inner.active.is_some() {
-            inner.more.clear();
-            inner.transmit();
-            inner.deliver();
+        if inner.active.is_none() {
+            return;
+        }
+        match token {
+            MoreWork::TOKEN => {
+                inner.more.clear();
+                inner.transmit();
+                inner.deliver();
+            }
+            ROOM_TOKEN => {
+                inner.output.clear_room_event();
+                inner.transmit();
+            }
+            _ => {}
         }
     }
 }

@@ -262,3 +262,123 @@ fn capture_keeps_at_most_its_limit_and_the_latest_bytes() {
     let (_dev, out) = Console::<Mem>::capture_with_limit(0);
     assert!(out.lock().unwrap().is_empty());
 }
+
+/// A sink whose writes block until the gate opens, then record.
+struct Gate {
+    open: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    out: Arc<Mutex<Vec<u8>>>,
+}
+
+impl std::io::Write for Gate {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let (lock, cond) = &*self.open;
+        let mut open = lock.lock().unwrap();
+        while !*open {
+            open = cond.wait(open).unwrap();
+        }
+        self.out.lock().unwrap().extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A host output that blocks (a pipe nobody drains) never blocks the
+/// device: transmit stops at the bounded buffer (the rest waits in the
+/// ring), config accesses, input and reset return; once the sink moves
+/// again the device is woken through its fd and every byte arrives, in
+/// order.
+#[test]
+fn a_blocked_output_never_blocks_the_device() {
+    const CHAIN: u32 = 256 * 1024;
+    const CHAINS: usize = 16;
+    let open = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let dev = Console::new(Box::new(Gate {
+        open: open.clone(),
+        out: out.clone(),
+    }));
+    let pattern: Vec<u8> = (0..CHAIN).map(|i| (i % 251) as u8).collect();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let data = pattern.clone();
+    let device = std::thread::spawn(move || {
+        let mut fx = activate(dev);
+        let a = fx.tx.alloc(u64::from(CHAIN));
+        fx.m.write_slice(&data, GuestAddress(a)).unwrap();
+        for _ in 0..CHAINS {
+            fx.tx.add_chain(&fx.m, &[desc(a, CHAIN, false)]);
+        }
+        fx.dev.queue_notify(TRANSMITQ, None);
+        let mut used = fx.tx.take_used(&fx.m).len();
+        let mut b = [0u8; 4];
+        fx.dev.read_config(0, &mut b);
+        fx.dev.write_config(EMERG_WR_OFFSET, b"!");
+        fx.dev.push_input(b"typed");
+        let waiting = fx.dev.backend_fds().len();
+        tx.send((used, waiting)).unwrap();
+        // The sink moves again: the device's fd wakes it until all is out.
+        while used < CHAINS {
+            assert!(
+                crate::test_util::wait_backends(&mut fx.dev, 10_000) > 0,
+                "the device was not woken when the output had room again"
+            );
+            used += fx.tx.take_used(&fx.m).len();
+        }
+        fx.dev.reset();
+        drop(fx);
+    });
+    let returned = rx.recv_timeout(Duration::from_secs(20));
+    // Open the gate whatever happened, so the device thread can end.
+    *open.0.lock().unwrap() = true;
+    open.1.notify_all();
+    let (used, waiting) = returned.expect("device calls did not return while the output blocked");
+    assert!(
+        used < CHAINS && used * CHAIN as usize <= OUTPUT_BUFFER + 64 * 1024,
+        "{used} chains taken with the sink blocked"
+    );
+    assert_eq!(waiting, 1, "the device waits for room on its fd");
+    device.join().unwrap();
+    // Dropping the console drained the buffer (DRAIN_ON_DROP).
+    let out = out.lock().unwrap();
+    let first = used * CHAIN as usize;
+    assert_eq!(out.len(), CHAINS * CHAIN as usize + 1);
+    for (i, chunk) in out[..first].chunks(CHAIN as usize).enumerate() {
+        assert!(chunk == pattern.as_slice(), "chain {i} out of order");
+    }
+    assert_eq!(
+        out[first], b'!',
+        "the emergency write after the buffered chains"
+    );
+    for (i, chunk) in out[first + 1..].chunks(CHAIN as usize).enumerate() {
+        assert!(chunk == pattern.as_slice(), "late chain {i} out of order");
+    }
+}
+
+/// A sink that keeps up gets the bytes before the notification returns
+/// (the device waits for its writer, at most `OUTPUT_WAIT`): guest output
+/// keeps its order against other host output on the same stream.
+#[test]
+fn output_that_keeps_up_is_written_before_the_notification_returns() {
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Shared {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            // A slow sink, still well within OUTPUT_WAIT.
+            std::thread::sleep(Duration::from_millis(5));
+            self.0.lock().unwrap().extend_from_slice(data);
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let mut fx = activate(Console::new(Box::new(Shared(out.clone()))));
+    let a = fx.tx.alloc(5);
+    fx.m.write_slice(b"first", GuestAddress(a)).unwrap();
+    fx.tx.add_chain(&fx.m, &[desc(a, 5, false)]);
+    fx.dev.queue_notify(TRANSMITQ, None);
+    assert_eq!(captured(&out), b"first");
+    fx.dev.write_config(EMERG_WR_OFFSET, b"!");
+    assert_eq!(captured(&out), b"first!");
+}
