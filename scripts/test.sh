@@ -10,6 +10,10 @@ cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 guest_dir="$(./guest/build.sh | tail -n 1)"
 echo "test: default guest in $guest_dir" >&2
+# Debian's riscv64 kernel + busybox (crates/cli/tests/linux_debian.rs): fetched
+# through apt once (about 115 MB, ~30 s), then found in ~/.cache/vmmio/debian.
+debian_dir="$(./scripts/debian-guest.sh | tail -n 1)"
+echo "test: Debian guest in $debian_dir" >&2
 
 # The independent vsock device the qtest vsock test runs our driver against
 # (a one-time build of a few minutes, then found in ~/.cargo/bin).
