@@ -536,6 +536,121 @@ mod tests {
         }
     }
 
+    /// The directed modes, RMM and NX against the host: the host gives the RNE result `n` and
+    /// the exact error `e` of it (TwoSum for add, a fused multiply-add for the product, the
+    /// residual for the quotient and the root), so the exact value is `n + e` and every mode's
+    /// result follows: `e == 0` is exact (no NX, all modes give `n`), `e > 0` puts the exact
+    /// value between `n` and its successor, a tie has `|e|` half an ulp. Operands and results
+    /// stay in the normal range, where those error terms are exact.
+    #[test]
+    fn every_rounding_mode_and_nx_match_the_exact_error() {
+        let mut st = 0x1319_8a2e_0370_7344;
+        let mut checked = 0;
+        for _ in 0..100_000 {
+            // Exponents within +-2^8 of 1.0 keep everything normal.
+            let mut val = || {
+                let r = rng(&mut st);
+                (r & 0x800f_ffff_ffff_ffff) | ((0x3ff - 256 + (r >> 52) % 512) << 52)
+            };
+            let (a, b) = (val(), val());
+            let (fa, fb) = (f64::from_bits(a), f64::from_bits(b));
+            let abs_a = f64::from_bits(a & !(1 << 63));
+            let cases: [(&str, f64, f64, Out, Out, Out, Out, Out); 4] = [
+                {
+                    let n = fa + fb;
+                    let bb = n - fa;
+                    let e = (fa - (n - bb)) + (fb - bb);
+                    let m = |rm| add::<D>(a, b, rm);
+                    (
+                        "add",
+                        n,
+                        e,
+                        m(Rm::Rne),
+                        m(Rm::Rtz),
+                        m(Rm::Rdn),
+                        m(Rm::Rup),
+                        m(Rm::Rmm),
+                    )
+                },
+                {
+                    let n = fa * fb;
+                    let e = fa.mul_add(fb, -n);
+                    let m = |rm| mul::<D>(a, b, rm);
+                    (
+                        "mul",
+                        n,
+                        e,
+                        m(Rm::Rne),
+                        m(Rm::Rtz),
+                        m(Rm::Rdn),
+                        m(Rm::Rup),
+                        m(Rm::Rmm),
+                    )
+                },
+                {
+                    // a = q*b + r exactly; the exact quotient is q + r/b.
+                    let n = fa / fb;
+                    let e = (-n).mul_add(fb, fa) / fb;
+                    let m = |rm| div::<D>(a, b, rm);
+                    (
+                        "div",
+                        n,
+                        e,
+                        m(Rm::Rne),
+                        m(Rm::Rtz),
+                        m(Rm::Rdn),
+                        m(Rm::Rup),
+                        m(Rm::Rmm),
+                    )
+                },
+                {
+                    // a = s^2 + r; the exact root is above s iff r > 0 (never a tie).
+                    let n = abs_a.sqrt();
+                    let e = (-n).mul_add(n, abs_a);
+                    let a = a & !(1 << 63);
+                    let m = |rm| sqrt::<D>(a, rm);
+                    (
+                        "sqrt",
+                        n,
+                        e,
+                        m(Rm::Rne),
+                        m(Rm::Rtz),
+                        m(Rm::Rdn),
+                        m(Rm::Rup),
+                        m(Rm::Rmm),
+                    )
+                },
+            ];
+            for (op, n, e, rne, rtz, rdn, rup, rmm) in cases {
+                let nb = n.to_bits();
+                if e == 0.0 {
+                    for r in [rne, rtz, rdn, rup, rmm] {
+                        assert_eq!(r, (nb, 0), "{op} {a:#x} {b:#x} exact");
+                    }
+                    continue;
+                }
+                checked += 1;
+                let (down, up) = if e > 0.0 {
+                    (n, n.next_up())
+                } else {
+                    (n.next_down(), n)
+                };
+                let toward_zero = if n > 0.0 { down } else { up };
+                let away = if n > 0.0 { up } else { down };
+                let tie = e.abs() == (up - down) / 2.0;
+                let nearest_away = if tie { away } else { n };
+                let want = |v: f64| (v.to_bits(), flag::NX);
+                let ctx = format!("{op} {a:#x} {b:#x}");
+                assert_eq!(rne, want(n), "RNE {ctx}");
+                assert_eq!(rtz, want(toward_zero), "RTZ {ctx}");
+                assert_eq!(rdn, want(down), "RDN {ctx}");
+                assert_eq!(rup, want(up), "RUP {ctx}");
+                assert_eq!(rmm, want(nearest_away), "RMM {ctx}");
+            }
+        }
+        assert!(checked > 100_000, "{checked} inexact cases");
+    }
+
     /// Square roots of values near 1 and of every binary32 subnormal exponent: the result
     /// squared brackets the operand, and NX is set exactly when it is not exact.
     #[test]

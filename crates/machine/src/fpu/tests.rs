@@ -817,3 +817,34 @@ fn random_fp_encodings_never_panic() {
     // Both outcomes are exercised.
     assert!(executed > 2_000 && illegal > 2_000, "{executed} {illegal}");
 }
+
+/// Throughput of an FP loop (fmadd.d, fdiv.d, fcvt.w.d, fsgnj, branch), next to the integer
+/// `mips_loop`; run with `cargo test --release -- --ignored --nocapture mips`.
+#[test]
+#[ignore = "benchmark; run in release with --nocapture"]
+fn fp_mips_loop() {
+    let mut m = crate::Machine::new(crate::MachineConfig {
+        ram_size: 4 << 20,
+        console: Box::new(std::io::sink()),
+        instruction_limit: Some(50_000_000),
+        ..Default::default()
+    })
+    .unwrap();
+    m.hart.sstatus |= FS_INITIAL;
+    m.hart.fp.f[1] = ONE_D;
+    m.hart.fp.f[2] = 0x3ff0_0000_0000_0001;
+    m.hart.fp.f[3] = 0x3fe0_0000_0000_0000;
+    let fmadd_d = 0x43 | (1 << 7) | (1 << 15) | (2 << 20) | (1 << 25) | (3 << 27); // f1 = f1*f2 + f3
+    let fdiv_d = 0x53 | (5 << 7) | (1 << 15) | (2 << 20) | (0x0d << 25); // f5 = f1 / f2
+    let fcvt_w_d = 0x53 | (6 << 7) | (1 << 12) | (5 << 15) | (0x61 << 25); // x6 = (int) f5
+    let fsgnjx_d = 0x53 | (7 << 7) | (2 << 12) | (1 << 15) | (3 << 20) | (0x11 << 25);
+    let jal_back = crate::decode::asm::jal(0, -16);
+    put(&m, CODE, &[fmadd_d, fdiv_d, fcvt_w_d, fsgnjx_d, jal_back]);
+    let t = std::time::Instant::now();
+    assert_eq!(m.run().unwrap(), crate::ExitReason::InstructionLimit);
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "{:.1} MIPS (4 of 5 instructions FP)",
+        m.instructions_retired() as f64 / secs / 1e6
+    );
+}
