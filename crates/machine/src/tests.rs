@@ -11,6 +11,7 @@ use crate::hart::{cause, csr, sstatus, Privilege, SEIP, SSIP, STIP};
 use crate::layout::RAM_BASE;
 use crate::{ExitReason, Machine, MachineConfig, MmioDevice};
 
+mod blocks;
 mod rvc;
 
 /// Console capture (also used by the UART's tests).

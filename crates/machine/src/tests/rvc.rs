@@ -49,12 +49,17 @@ struct Outcome {
 /// through the fast path, at a 2- and a 4-aligned offset).
 const PREFIXES: [&[u16]; 3] = [&[], &[0x0001], &[0x0013, 0x0000]];
 
-/// Runs `prefix` (no-ops) then `code` from CODE; returns the outcome and where `code` was.
-fn run_one(prefix: &[u16], code: &[u16], regs: &[u64; 32]) -> (Outcome, u64) {
-    let mut m = machine();
-    put16(&m, CODE, prefix);
+/// Runs `prefix` (no-ops) then `code` from CODE on `m` (reused: fresh registers, data and
+/// pc; the decode caches stay, as they may); returns the outcome and where `code` was.
+fn run_one(m: &mut Machine, prefix: &[u16], code: &[u16], regs: &[u64; 32]) -> (Outcome, u64) {
+    if prefix.is_empty() {
+        // Forget the fetch page: the slow path.
+        m.hart.flush_tlb();
+    }
+    m.set_pc(CODE);
+    put16(m, CODE, prefix);
     let at = CODE + 2 * prefix.len() as u64;
-    put16(&m, at, code);
+    put16(m, at, code);
     let pattern: Vec<u8> = (0..0x8400u32).map(|i| (i * 7 + 3) as u8).collect();
     m.memory()
         .write_slice(&pattern, GuestAddress(DATA))
@@ -64,10 +69,10 @@ fn run_one(prefix: &[u16], code: &[u16], regs: &[u64; 32]) -> (Outcome, u64) {
     }
     m.hart.scause = u64::MAX;
     if !prefix.is_empty() {
-        step(&mut m, 1);
+        step(m, 1);
     }
     assert_eq!(m.pc(), at);
-    step(&mut m, 1);
+    step(m, 1);
     let trap = (m.pc() == HANDLER).then_some((m.hart.scause, m.hart.stval, m.hart.sepc));
     let mut mem = vec![0; pattern.len()];
     m.memory().read_slice(&mut mem, GuestAddress(DATA)).unwrap();
@@ -99,14 +104,15 @@ fn register_files() -> Vec<[u64; 32]> {
 
 #[test]
 fn every_compressed_instruction_executes_as_its_32_bit_counterpart() {
+    let (mut m_short, mut m_long) = (machine(), machine());
     let files = register_files();
     let cases = files
         .iter()
         .flat_map(|r| PREFIXES.iter().map(move |p| (r, p)));
     for (regs, prefix) in cases {
         for &(c, w, asm) in PAIRS {
-            let (short, at) = run_one(prefix, &[c], regs);
-            let (long, _) = run_one(prefix, &halves(w), regs);
+            let (short, at) = run_one(&mut m_short, prefix, &[c], regs);
+            let (long, _) = run_one(&mut m_long, prefix, &halves(w), regs);
             let what = format!("{asm} ({c:#06x} vs {w:#010x}) at {at:#x} from {regs:#x?}");
             let mnemonic = asm.split(' ').next().unwrap();
             let mut expect_x = long.x;
@@ -192,7 +198,7 @@ fn hints_execute_as_no_ops() {
         0x8401,    // C.SRAI s0, 0
     ] {
         let regs: [u64; 32] = std::array::from_fn(|k| 0x1111 * k as u64 + 0xf000_0000_0000_0000);
-        let (o, at) = run_one(PREFIXES[2], &[h], &regs);
+        let (o, at) = run_one(&mut machine(), PREFIXES[2], &[h], &regs);
         assert_eq!((o.pc, o.trap), (at + 2, None), "{h:#06x}");
         let mut expect = regs;
         expect[0] = 0;
