@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use vmmio_device::{ExecMode, TransportVersion};
-use vmmio_devices::{Block as BlockDevice, BlockOptions, FileBackend};
+use vmmio_devices::{Block as BlockDevice, BlockOptions, FileBackend, IoEngine};
 use vmmio_driver::blk::{Block, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
 use vmmio_driver::{Dma, Segment, Transport, VirtQueue, DEFAULT_TRANSPORT_FEATURES};
 use vmmio_integration::{window_in, GuestHal, Loopback, Mem};
@@ -182,6 +182,16 @@ impl Pread {
             .write_all_at(&self.storage[self.range.clone()], offset)
     }
 
+    /// Writes buffer `k` (modulo the number of buffers) at `offset`.
+    ///
+    /// # Errors
+    /// The host error.
+    #[inline(never)]
+    pub fn write_from(&mut self, k: usize, offset: u64) -> io::Result<()> {
+        let r = self.buffer(k);
+        self.file.write_all_at(&self.storage[r], offset)
+    }
+
     /// Buffer 0.
     pub fn data(&self) -> &[u8] {
         &self.storage[self.range.clone()]
@@ -201,10 +211,21 @@ fn probe_ring(
     exec: ExecMode,
     packed: bool,
 ) -> io::Result<(Transport<Loopback>, GuestHal)> {
+    probe_engine(disk, exec, packed, IoEngine::Sync)
+}
+
+/// As [`probe_ring`], with the device's block `engine`.
+fn probe_engine(
+    disk: &DiskFile,
+    exec: ExecMode,
+    packed: bool,
+    engine: IoEngine,
+) -> io::Result<(Transport<Loopback>, GuestHal)> {
     let dev: BlockDevice<Mem, FileBackend> = BlockDevice::from_path_with_options(
         disk.path(),
         BlockOptions {
             queue_size: 256,
+            engine,
             ..BlockOptions::default()
         },
     )
@@ -352,7 +373,17 @@ pub struct RawQueue {
     depth: usize,
     tokens: Vec<u16>,
     exec: ExecMode,
+    /// The device's engine: with io_uring in [`ExecMode::Sync`], a batch
+    /// not completed by the kick waits in `poll_backends` for the ring's
+    /// completions, as a synchronous VMM's event loop would.
+    engine: IoEngine,
 }
+
+/// `poll_backends` rounds a synchronous io_uring batch waits at most (each
+/// up to [`POLL_WAIT`]).
+const POLL_ROUNDS: u32 = 10_000;
+/// One `poll_backends` wait.
+const POLL_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Used-ring polls a worker-mode batch waits at most (far more than a
 /// loaded machine needs).
@@ -394,8 +425,24 @@ impl RawQueue {
         exec: ExecMode,
         packed: bool,
     ) -> io::Result<Self> {
+        Self::with_engine(disk, len, depth, exec, packed, IoEngine::Sync)
+    }
+
+    /// As [`RawQueue::with_ring`], with the device's block `engine`
+    /// ([`IoEngine::IoUring`] fails where the kernel has no io_uring).
+    ///
+    /// # Errors
+    /// As [`RawQueue::with_ring`].
+    pub fn with_engine(
+        disk: &DiskFile,
+        len: usize,
+        depth: usize,
+        exec: ExecMode,
+        packed: bool,
+        engine: IoEngine,
+    ) -> io::Result<Self> {
         let depth = depth.clamp(1, DEPTH);
-        let (mut transport, hal) = probe_ring(disk, exec, packed)?;
+        let (mut transport, hal) = probe_engine(disk, exec, packed, engine)?;
         transport
             .begin_init(bit(VIRTIO_BLK_F_FLUSH))
             .map_err(driver_error)?;
@@ -417,6 +464,7 @@ impl RawQueue {
             depth,
             tokens: Vec::with_capacity(DEPTH),
             exec,
+            engine,
         })
     }
 
@@ -474,9 +522,17 @@ impl RawQueue {
             .map_err(driver_error)?;
         let mut done = 0;
         let mut waits = 0u64;
+        let mut polls = 0u32;
         while done < n {
             match queue.pop_used().map_err(driver_error)? {
                 Some(_) => done += 1,
+                None if self.exec == ExecMode::Sync
+                    && self.engine == IoEngine::IoUring
+                    && polls < POLL_ROUNDS =>
+                {
+                    polls += 1;
+                    self.transport.io_mut().transport.poll_backends(POLL_WAIT)?;
+                }
                 None if self.exec == ExecMode::Sync => {
                     return Err(io::Error::other("request not completed by the kick"))
                 }

@@ -13,6 +13,9 @@
 //! - [`vsock`]: one loopback vsock connection (driver -> device -> a host
 //!   Unix stream) against a Unix socket pair: throughput and connection
 //!   setup rate.
+//! - [`fio`]: a fio-style table (4 KiB random and 1 MiB sequential reads
+//!   and writes at several queue depths) of our block device's sync and
+//!   io_uring engines beside `pread` and raw io_uring on the same file.
 //! - [`report`]: every workload once with a plain timing loop, as a table
 //!   ([`report::run`], [`report::print_table`]): what `vmmio bench` shows.
 //!
@@ -23,6 +26,7 @@
 #![deny(missing_docs)]
 
 pub mod block;
+pub mod fio;
 pub mod net;
 pub mod packed;
 pub mod queue;

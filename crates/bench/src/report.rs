@@ -60,15 +60,15 @@ impl Row {
 
 /// How long each side of a measure runs.
 #[derive(Clone, Copy, Debug)]
-struct Timing {
+pub(crate) struct Timing {
     /// Length of one round.
-    round: Duration,
+    pub(crate) round: Duration,
     /// Rounds per side.
-    rounds: u32,
+    pub(crate) rounds: u32,
 }
 
 impl Timing {
-    fn new(quick: bool) -> Self {
+    pub(crate) fn new(quick: bool) -> Self {
         if quick {
             Self {
                 round: Duration::from_millis(40),
@@ -85,7 +85,7 @@ impl Timing {
 
 /// Runs `f` (which returns the units of work it did) for at least
 /// `round`, returns units per second.
-fn rate(round: Duration, f: &mut dyn FnMut() -> u64) -> f64 {
+pub(crate) fn rate(round: Duration, f: &mut dyn FnMut() -> u64) -> f64 {
     let start = Instant::now();
     let mut units = 0u64;
     loop {

@@ -680,6 +680,11 @@ where
     }
 
     fn backend_event(&mut self, token: u64) {
+        if token == URING_TOKEN {
+            if let Some(uring) = self.uring.as_mut() {
+                uring.clear_eventfd();
+            }
+        }
         if token == URING_TOKEN && self.complete() {
             // Chains may have waited for room in the engine.
             for index in 0..self.queue_max_sizes.len() {
