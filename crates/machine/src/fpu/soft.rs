@@ -555,53 +555,28 @@ mod tests {
             let (a, b) = (val(), val());
             let (fa, fb) = (f64::from_bits(a), f64::from_bits(b));
             let abs_a = f64::from_bits(a & !(1 << 63));
-            let cases: [(&str, f64, f64, Out, Out, Out, Out, Out); 4] = [
+            // Results in the order RNE, RTZ, RDN, RUP, RMM.
+            let modes = [Rm::Rne, Rm::Rtz, Rm::Rdn, Rm::Rup, Rm::Rmm];
+            let cases: [(&str, f64, f64, [Out; 5]); 4] = [
                 {
                     let n = fa + fb;
                     let bb = n - fa;
                     let e = (fa - (n - bb)) + (fb - bb);
                     let m = |rm| add::<D>(a, b, rm);
-                    (
-                        "add",
-                        n,
-                        e,
-                        m(Rm::Rne),
-                        m(Rm::Rtz),
-                        m(Rm::Rdn),
-                        m(Rm::Rup),
-                        m(Rm::Rmm),
-                    )
+                    ("add", n, e, modes.map(m))
                 },
                 {
                     let n = fa * fb;
                     let e = fa.mul_add(fb, -n);
                     let m = |rm| mul::<D>(a, b, rm);
-                    (
-                        "mul",
-                        n,
-                        e,
-                        m(Rm::Rne),
-                        m(Rm::Rtz),
-                        m(Rm::Rdn),
-                        m(Rm::Rup),
-                        m(Rm::Rmm),
-                    )
+                    ("mul", n, e, modes.map(m))
                 },
                 {
                     // a = q*b + r exactly; the exact quotient is q + r/b.
                     let n = fa / fb;
                     let e = (-n).mul_add(fb, fa) / fb;
                     let m = |rm| div::<D>(a, b, rm);
-                    (
-                        "div",
-                        n,
-                        e,
-                        m(Rm::Rne),
-                        m(Rm::Rtz),
-                        m(Rm::Rdn),
-                        m(Rm::Rup),
-                        m(Rm::Rmm),
-                    )
+                    ("div", n, e, modes.map(m))
                 },
                 {
                     // a = s^2 + r; the exact root is above s iff r > 0 (never a tie).
@@ -609,19 +584,10 @@ mod tests {
                     let e = (-n).mul_add(n, abs_a);
                     let a = a & !(1 << 63);
                     let m = |rm| sqrt::<D>(a, rm);
-                    (
-                        "sqrt",
-                        n,
-                        e,
-                        m(Rm::Rne),
-                        m(Rm::Rtz),
-                        m(Rm::Rdn),
-                        m(Rm::Rup),
-                        m(Rm::Rmm),
-                    )
+                    ("sqrt", n, e, modes.map(m))
                 },
             ];
-            for (op, n, e, rne, rtz, rdn, rup, rmm) in cases {
+            for (op, n, e, [rne, rtz, rdn, rup, rmm]) in cases {
                 let nb = n.to_bits();
                 if e == 0.0 {
                     for r in [rne, rtz, rdn, rup, rmm] {
