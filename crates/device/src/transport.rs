@@ -554,19 +554,7 @@ impl<M: GuestMemory + Clone + Send> MmioTransport<M> {
             mmio::QUEUE_RESET if modern => 0,
             mmio::CONFIG_GENERATION if modern => self.config_generation(),
             _ => {
-                match mmio::register(offset) {
-                    Some(r) if self.has_layout(r.layout) && r.direction == Direction::W => {
-                        fault!(
-                            self,
-                            "read of write-only register {} ({offset:#x}) reads 0",
-                            r.name
-                        )
-                    }
-                    _ => fault!(
-                        self,
-                        "read at {offset:#x}: no such register in this version, reads 0"
-                    ),
-                }
+                self.report_unserved(offset, None);
                 0
             }
         }
@@ -609,17 +597,36 @@ impl<M: GuestMemory + Clone + Send> MmioTransport<M> {
             mmio::STATUS => self.write_status(value),
             mmio::SHM_SEL if modern => self.shm_sel = value,
             mmio::QUEUE_RESET if modern => self.write_queue_reset(value),
-            _ => match mmio::register(offset) {
-                Some(r) if self.has_layout(r.layout) && r.direction == Direction::R => fault!(
-                    self,
-                    "write of {value:#x} to read-only register {} ({offset:#x}) ignored",
-                    r.name
-                ),
-                _ => fault!(
-                    self,
-                    "write of {value:#x} at {offset:#x}: no such register in this version, ignored"
-                ),
-            },
+            _ => self.report_unserved(offset, Some(value)),
+        }
+    }
+
+    /// Logs a control register read (`written` None: it reads 0) or write
+    /// (dropped) that no register of this version serves: the register
+    /// goes the other way, or there is none. Only the message differs.
+    fn report_unserved(&mut self, offset: u64, written: Option<u32>) {
+        let wrong_way = written.map_or(Direction::W, |_| Direction::R);
+        let register = mmio::register(offset)
+            .filter(|r| self.has_layout(r.layout) && r.direction == wrong_way);
+        match (register, written) {
+            (Some(r), None) => fault!(
+                self,
+                "read of write-only register {} ({offset:#x}) reads 0",
+                r.name
+            ),
+            (Some(r), Some(value)) => fault!(
+                self,
+                "write of {value:#x} to read-only register {} ({offset:#x}) ignored",
+                r.name
+            ),
+            (None, None) => fault!(
+                self,
+                "read at {offset:#x}: no such register in this version, reads 0"
+            ),
+            (None, Some(value)) => fault!(
+                self,
+                "write of {value:#x} at {offset:#x}: no such register in this version, ignored"
+            ),
         }
     }
 

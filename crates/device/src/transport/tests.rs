@@ -465,6 +465,9 @@ fn registers_of_the_other_version_behave_as_unknown() {
         h.w(r.offset, 1);
         assert_eq!(h.r(r.offset), 0, "{}", r.name);
     }
+    // QueuePFN 1 (a valid legacy ring at 4 KiB) did not set up queue 0.
+    let unset = (false, FAKE_MAX[0], (0, 0, 0));
+    assert_eq!(h.t.queue(0).map(|q| view(&q)), Some(unset));
     // Modern-only registers in a Legacy window: no QueueReady,
     // ConfigGeneration, SHM or QueueReset.
     let mut h = legacy();
@@ -476,10 +479,24 @@ fn registers_of_the_other_version_behave_as_unknown() {
     {
         assert_eq!(h.r(r.offset), 0, "{}", r.name);
     }
-    // A QueueReady write does not enable queue 0 of a legacy window.
+    // Writes to them (QueueDesc/Driver/Device halves, QueueReady, ...)
+    // leave queue 0 as it was.
     h.w(mmio::QUEUE_SEL, 0);
-    h.w(mmio::QUEUE_READY, 1);
+    for r in mmio::REGISTERS
+        .iter()
+        .filter(|r| r.layout == Layout::Modern && r.direction != Direction::R)
+    {
+        h.w(r.offset, 0x1000);
+        h.w(r.offset, 1);
+    }
     assert_eq!(h.r(mmio::LEGACY_QUEUE_PFN), 0);
+    assert_eq!(h.t.queue(0).map(|q| view(&q)), Some(unset));
+    // QueueReset does not reset a live legacy queue.
+    h.linux_legacy_probe();
+    h.w(mmio::QUEUE_SEL, 0);
+    h.w(mmio::QUEUE_RESET, 1);
+    assert_eq!(h.r(mmio::LEGACY_QUEUE_PFN), 0x10);
+    assert!(h.rec().queue_resets.is_empty());
 }
 
 // ---- access widths ----------------------------------------------------
@@ -1848,4 +1865,16 @@ fn needs_reset_from_both_the_device_and_the_embedder_shows_once() {
     assert_ne!(h.t.status() & DEVICE_NEEDS_RESET, 0);
     h.w(mmio::STATUS, 0);
     assert_eq!(h.r(mmio::STATUS), 0);
+}
+
+#[test]
+fn version_1_offered_by_the_device_stays_offered() {
+    // A device that offers VIRTIO_F_VERSION_1 itself: a Modern window
+    // still offers it (adding the bit twice must not clear it).
+    let h = harness_with(TransportVersion::Modern, |d| {
+        d.features |= bit(features::VIRTIO_F_VERSION_1);
+    });
+    let version_1 = bit(features::VIRTIO_F_VERSION_1);
+    assert_eq!(h.t.offered_features() & version_1, version_1);
+    assert_eq!(h.t.offered_features() & FAKE_FEATURES, FAKE_FEATURES);
 }
