@@ -149,9 +149,11 @@ impl Conn {
     }
 
     /// Whether the host stream should be polled for reading: the guest has
-    /// credit and nothing read is waiting.
+    /// credit and nothing read is waiting. Also while the stream is known
+    /// readable: the device reads at most two stages per run, and only a
+    /// wakeup makes it run again (the guest may not notify for a while).
     pub(crate) fn wants_read(&self) -> bool {
-        self.reads_host() && !self.host_readable && self.staged.is_empty() && self.peer_free() > 0
+        self.reads_host() && self.staged.is_empty() && self.peer_free() > 0
     }
 
     /// Whether bytes wait for room in the host stream.
