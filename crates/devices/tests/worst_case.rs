@@ -1,5 +1,5 @@
 //! Host resources under a hostile guest: for each device (block over a
-//! file, entropy, net over a stream socket whose peer never reads,
+//! file, with the sync and the io_uring engine, entropy, net over a stream socket whose peer never reads,
 //! console), the worst a driver may legally (or almost
 //! legally) ask, through a real `MmioTransport` (Version 2):
 //!
@@ -33,7 +33,7 @@ use vm_memory::{Bytes, GuestAddress};
 use vmmio_device::VirtioDevice;
 use vmmio_devices::net::Stream;
 use vmmio_devices::rng::EntropySource;
-use vmmio_devices::{Block, BlockOptions, Console, Net, Rng};
+use vmmio_devices::{Block, BlockOptions, Console, IoEngine, Net, Rng};
 use vmmio_spec::mmio;
 
 use support::rig::{
@@ -142,20 +142,23 @@ fn each_device_survives_worst_cases_within_a_memory_bound() {
     // Sparse: the file's pages are page cache, not our resident memory.
     image.as_file().set_len(64 << 20).expect("size");
     let path = image.path().to_path_buf();
-    for writable in [true, false] {
+    let runs = [IoEngine::Sync, IoEngine::IoUring]
+        .into_iter()
+        .flat_map(|e| [true, false].map(|w| (e, w)));
+    for (engine, writable) in runs {
         let path = path.clone();
         worst_cases(
-            if writable {
-                "block (IN)"
-            } else {
-                "block (OUT)"
-            },
+            &format!(
+                "block ({}, {engine} engine)",
+                if writable { "IN" } else { "OUT" }
+            ),
             &move || {
                 Box::new(
                     Block::<Mem, _>::from_path_with_options(
                         &path,
                         BlockOptions {
                             queue_size: QUEUE,
+                            engine,
                             ..BlockOptions::default()
                         },
                     )

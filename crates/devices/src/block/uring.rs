@@ -54,8 +54,11 @@ use crate::chain::{LogLimiter, Region};
 /// data descriptors is served synchronously.
 pub(crate) const IOV_MAX: usize = 1024;
 
-/// Most SQ entries the engine asks for, whatever the queues' sizes.
-const MAX_ENTRIES: u32 = 1024;
+/// Most SQ entries the engine asks for, whatever the queues' sizes: at
+/// most 255 requests in flight, so the per-slot storage (iovecs and guest
+/// ranges, 32 bytes per data segment, at most [`IOV_MAX`] segments) stays
+/// under 8 MiB whatever the guest does.
+const MAX_ENTRIES: u32 = 256;
 
 /// `user_data` of cancel SQEs (never a slot index).
 const CANCEL: u64 = u64::MAX;
@@ -180,7 +183,7 @@ impl std::fmt::Debug for Uring {
 
 impl Uring {
     /// A ring for `fd` sized for `queue_entries` descriptors over all
-    /// queues (clamped to 2..=1024 SQ entries), with its completion
+    /// queues (clamped to 2..=256 SQ entries), with its completion
     /// eventfd registered. Fails when the kernel has no io_uring (ENOSYS,
     /// or EPERM under a seccomp filter or `io_uring_disabled`) or lacks
     /// one of the opcodes used.
