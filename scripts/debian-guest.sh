@@ -132,8 +132,10 @@ resolve
 # The test program is optional (a shell needs only busybox): built when the
 # cross compiler and the nolibc headers are there.
 CAN_BUILD_INIT=0
+KSRC_VERSION=none
 if command -v "${CROSS}gcc" >/dev/null && [ -f "$KSRC_TARBALL" ]; then
 	CAN_BUILD_INIT=1
+	KSRC_VERSION=$(dpkg-query -W -f='${Version}' linux-source-6.1 2>/dev/null || echo unknown)
 fi
 
 INPUTS=$(
@@ -145,7 +147,7 @@ INPUTS=$(
 	if [ $CAN_BUILD_INIT = 1 ]; then
 		printf 'init.c %s\n' "$(sha256sum <"$INIT_C" | cut -d' ' -f1)"
 		printf 'gcc %s\n' "$(${CROSS}gcc --version | head -n 1)"
-		printf 'linux-source-6.1 %s\n' "$(dpkg-query -W -f='${Version}' linux-source-6.1 2>/dev/null || echo none)"
+		printf 'linux-source-6.1 %s\n' "$KSRC_VERSION"
 	else
 		printf 'vmmio-init none\n'
 	fi
@@ -162,7 +164,8 @@ fi
 START=$EPOCHREALTIME
 rm -rf "$CACHE_ROOT/.tmp-"*
 WORK=$(mktemp -d "$CACHE_ROOT/.tmp-XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
+# (jobs -p: a background init build still running is stopped first.)
+trap 'kill $(jobs -p) 2>/dev/null; wait; rm -rf "$WORK"' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
@@ -189,6 +192,43 @@ if ! KDEB=$(deb "$KPKG" "$KVERSION") || ! BDEB=$(deb busybox-static "$BVERSION")
 	log "download failed: refreshing the apt lists and starting over"
 	exec 9>&-
 	VMMIO_DEBIAN_UPDATE=1 VMMIO_DEBIAN_UPDATED=1 exec "$SELF"
+fi
+
+# ---------------------------------------------------------------------------
+# The test program, built in the background while the packages unpack.
+# nolibc comes from linux-source-6.1: kept in the cache per version, taken from the default guest's kernel cache when that has the same version
+# (guest/build.sh keeps it there), else extracted from the tarball (seconds).
+# ---------------------------------------------------------------------------
+build_init() {
+	local ksrc nolibc="$CACHE_ROOT/nolibc-$1" d
+	if [ ! -f "$nolibc/nolibc.h" ]; then
+		rm -rf "$nolibc.tmp"
+		for d in "${VMMIO_GUEST_CACHE:-$HOME/.cache/vmmio/guest}"/kernel-*; do
+			if [ -f "$d/nolibc/nolibc.h" ] && grep -qxF "linux-source-6.1 $1" "$d/inputs" 2>/dev/null; then
+				cp -a "$d/nolibc" "$nolibc.tmp"
+				break
+			fi
+		done
+		if [ ! -d "$nolibc.tmp" ]; then
+			ksrc="$WORK/ksrc"
+			mkdir -p "$ksrc"
+			tar -C "$ksrc" -xJf "$KSRC_TARBALL" linux-source-6.1/tools/include/nolibc
+			mv "$ksrc/linux-source-6.1/tools/include/nolibc" "$nolibc.tmp"
+		fi
+		mv -T "$nolibc.tmp" "$nolibc"
+	fi
+	# The same flags as guest/build.sh's init (RV64IMA, no libc).
+	${CROSS}gcc -static -nostdlib -ffreestanding -fno-stack-protector \
+		-fno-asynchronous-unwind-tables -fno-pic -no-pie \
+		-march=rv64ima -mabi=lp64 -Os -Wall -Wextra -Werror \
+		-include "$nolibc/nolibc.h" -I "$nolibc" \
+		-o "$WORK/vmmio-init" "$INIT_C" -lgcc >&2
+	${CROSS}strip "$WORK/vmmio-init"
+}
+if [ $CAN_BUILD_INIT = 1 ]; then
+	log "building vmmio-init (guest/init.c, nolibc) in the background"
+	build_init "$KSRC_VERSION" &
+	INIT_PID=$!
 fi
 
 # ---------------------------------------------------------------------------
@@ -254,16 +294,8 @@ printf 'root:x:0:0:root:/root:/bin/sh\n' >"$RFS/etc/passwd"
 printf 'root:x:0:\n' >"$RFS/etc/group"
 
 if [ $CAN_BUILD_INIT = 1 ]; then
-	log "building vmmio-init (guest/init.c) against linux-source-6.1's nolibc"
-	tar -C "$WORK" -xJf "$KSRC_TARBALL" linux-source-6.1/tools/include/nolibc
-	NOLIBC="$WORK/linux-source-6.1/tools/include/nolibc"
-	# The same flags as guest/build.sh's init (RV64IMA, no libc).
-	${CROSS}gcc -static -nostdlib -ffreestanding -fno-stack-protector \
-		-fno-asynchronous-unwind-tables -fno-pic -no-pie \
-		-march=rv64ima -mabi=lp64 -Os -Wall -Wextra -Werror \
-		-include "$NOLIBC/nolibc.h" -I "$NOLIBC" \
-		-o "$RFS/sbin/vmmio-init" "$INIT_C" -lgcc >&2
-	${CROSS}strip "$RFS/sbin/vmmio-init"
+	wait "$INIT_PID" || die "building vmmio-init failed"
+	install -m 0755 "$WORK/vmmio-init" "$RFS/sbin/vmmio-init"
 else
 	log "no ${CROSS}gcc or $KSRC_TARBALL: no vmmio-init (the shell works; the device tests need scripts/install-deps.sh)"
 fi
@@ -276,7 +308,7 @@ cp "$IMAGE" "$WORK/Image"
 cp "$WORK/kernel/boot/config-$RELEASE" "$WORK/config"
 printf '%s\n' "$INPUTS" >"$WORK/inputs"
 printf '%s\n' "$RELEASE" >"$WORK/release"
-rm -rf "$WORK/kernel" "$WORK/busybox" "$WORK/linux-source-6.1" "$RFS"
+rm -rf "$WORK/kernel" "$WORK/busybox" "$WORK/ksrc" "$WORK/vmmio-init" "$RFS"
 chmod 0755 "$WORK"
 rm -rf "$OUT"
 mv -T "$WORK" "$OUT"
