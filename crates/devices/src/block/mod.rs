@@ -451,6 +451,28 @@ impl<M: GuestMemory, B: Backend> Block<M, B> {
     /// pops only while the engine has room, submits what it queued and
     /// completes what is already done.
     fn serve(&mut self, index: u16) {
+        if self.uring.is_none() {
+            self.serve_once(index);
+            return;
+        }
+        // The engine may fill up with chains left in the ring, and the
+        // completions reaped right after the submit may empty it again:
+        // then nothing in flight lists the eventfd and the driver need not
+        // notify (EVENT_IDX), so pop again now. Bounded; past the bound,
+        // `more` wakes the device.
+        for _ in 0..MAX_REFILLS {
+            self.serve_once(index);
+            let full = self.uring.as_ref().is_some_and(|u| !u.has_room());
+            if !(self.complete() && full) {
+                return;
+            }
+        }
+        self.more.signal();
+    }
+
+    /// One pass of [`Block::serve`]: pops what the engine has room for,
+    /// submits it.
+    fn serve_once(&mut self, index: u16) {
         let Some(active) = self.active.as_mut() else {
             return;
         };
@@ -485,7 +507,6 @@ impl<M: GuestMemory, B: Backend> Block<M, B> {
                     },
                 );
                 uring.submit();
-                self.complete();
             }
         }
     }
@@ -542,6 +563,9 @@ fn put_used<M: GuestMemory>(active: &mut Active<M>, done: &[Done], log: &mut Log
         }
     }
 }
+
+/// Most pop-submit-reap rounds of one [`Block::serve`] call with io_uring.
+const MAX_REFILLS: u32 = 4;
 
 /// The token of the io_uring completion eventfd in `backend_fds`.
 const URING_TOKEN: u64 = MoreWork::TOKEN - 1;
