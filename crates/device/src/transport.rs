@@ -585,19 +585,25 @@ impl<M: GuestMemory + Clone + Send> MmioTransport<M> {
             mmio::QUEUE_READY if modern => self.write_queue_ready(value),
             mmio::QUEUE_NOTIFY => self.notify(value),
             mmio::INTERRUPT_ACK => {
-                let defined = mmio::INT_VRING | mmio::INT_CONFIG;
-                if value & !defined != 0 {
-                    fault!(
-                        self,
-                        "InterruptACK {value:#x} sets undefined bits; they are ignored"
-                    );
-                }
+                self.report_undefined_ack_bits(value);
                 self.interrupt.ack(value);
             }
             mmio::STATUS => self.write_status(value),
             mmio::SHM_SEL if modern => self.shm_sel = value,
             mmio::QUEUE_RESET if modern => self.write_queue_reset(value),
             _ => self.report_unserved(offset, Some(value)),
+        }
+    }
+
+    /// Logs an InterruptACK value with bits no interrupt cause has (they
+    /// change nothing: `InterruptStatus::ack` clears causes only).
+    fn report_undefined_ack_bits(&mut self, value: u32) {
+        let defined = mmio::INT_VRING | mmio::INT_CONFIG;
+        if value & !defined != 0 {
+            fault!(
+                self,
+                "InterruptACK {value:#x} sets undefined bits; they are ignored"
+            );
         }
     }
 

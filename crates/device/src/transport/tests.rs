@@ -933,6 +933,17 @@ fn undefined_and_suspend_status_bits_are_ignored() {
     // DEVICE_NEEDS_RESET is the device's: a driver cannot set it.
     h.w(mmio::STATUS, ACKNOWLEDGE | DEVICE_NEEDS_RESET);
     assert_eq!(h.r(mmio::STATUS), ACKNOWLEDGE);
+    // The same from reset, alone or with a defined bit.
+    for (write, reads) in [
+        (0x100, 0),
+        (SUSPEND, 0),
+        (ACKNOWLEDGE | SUSPEND, ACKNOWLEDGE),
+        (ACKNOWLEDGE | 0x100, ACKNOWLEDGE),
+    ] {
+        h.w(mmio::STATUS, 0);
+        h.w(mmio::STATUS, write);
+        assert_eq!(h.r(mmio::STATUS), reads, "write {write:#x}");
+    }
 }
 
 #[test]
@@ -943,6 +954,17 @@ fn legacy_has_no_features_ok() {
     assert_eq!(h.r(mmio::STATUS), ACKNOWLEDGE | DRIVER);
     h.add_status(DRIVER_OK);
     assert_eq!(h.r(mmio::STATUS), ACKNOWLEDGE | DRIVER | DRIVER_OK);
+    // FEATURES_OK written with DRIVER_OK (a driver written for Version 2)
+    // is dropped alone: DRIVER_OK holds and the device runs.
+    let mut h = legacy();
+    h.add_status(ACKNOWLEDGE | DRIVER);
+    h.add_status(FEATURES_OK | DRIVER_OK);
+    assert_eq!(h.r(mmio::STATUS), ACKNOWLEDGE | DRIVER | DRIVER_OK);
+    assert!(h.t.is_activated());
+    // And from reset, with ACKNOWLEDGE alone.
+    h.w(mmio::STATUS, 0);
+    h.w(mmio::STATUS, ACKNOWLEDGE | FEATURES_OK);
+    assert_eq!(h.r(mmio::STATUS), ACKNOWLEDGE);
 }
 
 #[test]
