@@ -7,18 +7,21 @@
 //!   sets `FS` = Dirty (Linux saves a task's FP state only when it is Dirty).
 //! - A rounding mode of 5 or 6 in the instruction, or DYN with `frm` 5..=7, makes the
 //!   instruction illegal (§11.2).
-//! - The arithmetic is in [`soft`].
+//! - The arithmetic is in [`soft`], with a host-FPU fast path ([`fast`]) for the common
+//!   round-to-nearest-even case once `fflags.NX` is set.
 //!
 //! The decoder gives FP loads/stores their own [`Kind`]s and every other FP instruction
 //! [`Kind::Fp`], which this module decodes again from the raw word ([`op`]): the hart's
 //! hot path carries one arm for all of them and `Insn` stays 8 bytes.
 
+mod fast;
 pub(crate) mod soft;
 #[cfg(test)]
 mod tests;
 
 use crate::decode::{Insn, Kind};
 use crate::hart::{sstatus, Hart, Trap};
+use fast::FastOp;
 use soft::{Format, Int, Rm, D, S};
 
 /// CSR numbers (Unprivileged ISA §11.2).
@@ -133,6 +136,39 @@ struct Operands {
     f3: u64,
     x1: u64,
     funct3: u32,
+    /// `fflags.NX` is already set (enables [`fast`]).
+    nx: bool,
+}
+
+/// [`fast::try_op`] in format `T` when the rounding mode is RNE.
+fn fast<T: Format>(
+    op: fast::FastOp,
+    a: u64,
+    b: u64,
+    c: u64,
+    rm: Rm,
+    nx: bool,
+) -> Option<soft::Out> {
+    if rm != Rm::Rne {
+        return None;
+    }
+    if T::BITS == 32 {
+        fast::try_op::<f32>(op, a, b, c, nx)
+    } else {
+        fast::try_op::<f64>(op, a, b, c, nx)
+    }
+}
+
+/// A two-operand operation: the fast path, else `soft`.
+fn arith<T: Format>(
+    op: FastOp,
+    a: u64,
+    b: u64,
+    rm: Rm,
+    nx: bool,
+    soft: fn(u64, u64, Rm) -> soft::Out,
+) -> soft::Out {
+    fast::<T>(op, a, b, 0, rm, nx).unwrap_or_else(|| soft(a, b, rm))
 }
 
 /// Computes `op` in format `T`; `None` when it needs a rounding mode and `rm` is invalid.
@@ -145,13 +181,21 @@ fn compute<T: Format>(op: Op, o: &Operands, rm: Option<Rm>) -> Option<Res> {
             // FMSUB: a*b - c; FNMSUB: -(a*b) + c; FNMADD: -(a*b) - c.
             let a = if k >= 2 { a ^ sign } else { a };
             let c = if k & 1 != 0 { c ^ sign } else { c };
-            f(soft::fma::<T>(a, b, c, rm?))
+            let rm = rm?;
+            f(fast::<T>(FastOp::Fma, a, b, c, rm, o.nx)
+                .unwrap_or_else(|| soft::fma::<T>(a, b, c, rm)))
         }
-        Op::Add => f(soft::add::<T>(a, b, rm?)),
-        Op::Sub => f(soft::sub::<T>(a, b, rm?)),
-        Op::Mul => f(soft::mul::<T>(a, b, rm?)),
-        Op::Div => f(soft::div::<T>(a, b, rm?)),
-        Op::Sqrt => f(soft::sqrt::<T>(a, rm?)),
+        Op::Add => f(arith::<T>(FastOp::Add, a, b, rm?, o.nx, soft::add::<T>)),
+        Op::Sub => f(arith::<T>(FastOp::Sub, a, b, rm?, o.nx, soft::sub::<T>)),
+        Op::Mul => f(arith::<T>(FastOp::Mul, a, b, rm?, o.nx, soft::mul::<T>)),
+        Op::Div => f(arith::<T>(FastOp::Div, a, b, rm?, o.nx, soft::div::<T>)),
+        Op::Sqrt => {
+            let rm = rm?;
+            f(
+                fast::<T>(FastOp::Sqrt, a, 0, 0, rm, o.nx)
+                    .unwrap_or_else(|| soft::sqrt::<T>(a, rm)),
+            )
+        }
         Op::Sgnj => f((soft::sgnj::<T>(a, b, o.funct3), 0)),
         Op::MinMax => f(soft::min_max::<T>(a, b, o.funct3 == 1)),
         Op::CvtSD => {
@@ -229,6 +273,7 @@ impl Hart {
             f3: reg(27),
             x1,
             funct3: (raw >> 12) & 7,
+            nx: self.fp.fflags & soft::flag::NX != 0,
         };
         let rm = Rm::from_bits(if o.funct3 == 7 {
             u32::from(self.fp.frm)

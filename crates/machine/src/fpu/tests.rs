@@ -848,3 +848,41 @@ fn fp_mips_loop() {
         m.instructions_retired() as f64 / secs / 1e6
     );
 }
+
+#[test]
+fn with_nx_accrued_results_and_flags_are_unchanged() {
+    // Once NX is set the hart may take the host-FPU path; everything it must not answer
+    // still comes out as without it.
+    let with_nx = |insn: u32, f: [u64; 3]| {
+        let mut m = machine();
+        m.hart.sstatus |= FS_INITIAL;
+        m.hart.fp.f[1..4].copy_from_slice(&f);
+        m.hart.fp.fflags = NX;
+        put(&m, CODE, &[insn]);
+        step(&mut m, 1);
+        assert_eq!(m.pc(), CODE + 4);
+        (m.hart.fp.f[4], m.hart.fp.fflags)
+    };
+    let nx = |(v, fl): (u32, u8)| (b(v), fl | NX);
+    for (insn, a, bb) in [
+        (fmul(S, RNE), 0x3f7f_ffff, MIN_NORMAL_S), // tiny after rounding: UF
+        (fmul(S, RNE), MAX_S, TWO_S),              // overflow: OF
+        (fdiv(S, RNE), ONE_S, PZERO_S),            // DZ
+        (fdiv(S, RNE), ONE_S, 0x4040_0000),        // plain inexact
+        (fsub(S, RNE), ONE_S, ONE_S),              // exact +0
+        (fadd(S, RNE), SNAN_S, ONE_S),             // NV
+        (fsqrt(S, RNE), NEG_ONE_S, 0),             // NV
+        (fadd(S, RNE), 0x0000_0001, 0x0000_0001),  // subnormals
+    ] {
+        let without = s2(insn, a, bb);
+        assert_eq!(
+            with_nx(insn, [b(a), b(bb), 0]),
+            nx(without),
+            "{insn:#x} {a:#x} {bb:#x}"
+        );
+    }
+    let m = exec(r4(0x43, D, RNE), [ONE_D, TWO_D, ONE_D], 0);
+    let want = (m.hart.fp.f[4], m.hart.fp.fflags | NX);
+    assert_eq!(with_nx(r4(0x43, D, RNE), [ONE_D, TWO_D, ONE_D]), want);
+    assert_eq!(want.0, 0x4008_0000_0000_0000, "1 * 2 + 1 = 3");
+}
