@@ -13,7 +13,8 @@
 # 2. Unpacks them with dpkg-deb, decompresses the virtio modules (.ko.xz) and
 #    their dependencies (the `depends=` of each module's .modinfo), and packs
 #    an initramfs: /bin/busybox and its applets, /init (guest/debian/init),
-#    the modules in load order (/lib/vmmio/modules), and /sbin/vmmio-init,
+#    the modules in load order (/lib/vmmio/modules; the virtio ones and ext4),
+#    and /sbin/vmmio-init,
 #    the default guest's test program (guest/init.c, built here with the
 #    riscv64 cross compiler and the nolibc headers of linux-source-6.1).
 #
@@ -40,8 +41,11 @@ SUITE="${VMMIO_DEBIAN_SUITE:-trixie}"
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 CROSS=riscv64-linux-gnu-
 KSRC_TARBALL=/usr/src/linux-source-6.1.tar.xz
-# The class drivers the init loads, in this order, each after its dependencies.
-MODULES=(virtio_mmio virtio_blk virtio-rng virtio_net vmw_vsock_virtio_transport)
+# The modules the init loads, in this order, each after its dependencies: the
+# transport, the class drivers, and ext4 (+ crc32c, which ext4's metadata
+# checksums ask for at mount time through a modprobe the initramfs lacks) so
+# that a disk holding an ext2/3/4 filesystem gets mounted.
+MODULES=(virtio_mmio virtio_blk virtio-rng virtio_net vmw_vsock_virtio_transport ext4 crc32c_generic)
 
 # shellcheck source=lib/apt-sources.sh
 . "$HERE/lib/apt-sources.sh"

@@ -8,7 +8,7 @@ packages=(
     qemu-system-x86 qemu-system-misc
     gcc-riscv64-linux-gnu linux-libc-dev-riscv64-cross linux-source-6.1
     bc flex bison cpio make xz-utils device-tree-compiler
-    debian-archive-keyring time
+    debian-archive-keyring time e2fsprogs
 )
 
 missing=()
