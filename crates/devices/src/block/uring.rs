@@ -15,8 +15,9 @@
 //!   epoll loop or `MmioTransport::poll_backends` calls `backend_event`,
 //!   which reaps the completion queue, writes each status byte and puts the
 //!   chain in the used ring.
-//! - Bounds: at most [`Uring::capacity`] requests in flight (the SQ size
-//!   less one slot kept for a cancel); the device stops popping chains when
+//! - Bounds: at most [`Uring::capacity`] requests in flight (the SQ size,
+//!   min(queue entries, 256), less one slot kept for a cancel: at most
+//!   255); the device stops popping chains when
 //!   that many are in flight and pops again when completions arrive. The CQ
 //!   is twice the SQ, so it never overflows. The per-request storage (iovec
 //!   arrays) is allocated once per slot and reused, at most `IOV_MAX`
