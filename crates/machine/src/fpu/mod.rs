@@ -141,14 +141,7 @@ struct Operands {
 }
 
 /// [`fast::try_op`] in format `T` when the rounding mode is RNE.
-fn fast<T: Format>(
-    op: fast::FastOp,
-    a: u64,
-    b: u64,
-    c: u64,
-    rm: Rm,
-    nx: bool,
-) -> Option<soft::Out> {
+fn fast_path<T: Format>(op: FastOp, a: u64, b: u64, c: u64, rm: Rm, nx: bool) -> Option<soft::Out> {
     if rm != Rm::Rne {
         return None;
     }
@@ -168,7 +161,7 @@ fn arith<T: Format>(
     nx: bool,
     soft: fn(u64, u64, Rm) -> soft::Out,
 ) -> soft::Out {
-    fast::<T>(op, a, b, 0, rm, nx).unwrap_or_else(|| soft(a, b, rm))
+    fast_path::<T>(op, a, b, 0, rm, nx).unwrap_or_else(|| soft(a, b, rm))
 }
 
 /// Computes `op` in format `T`; `None` when it needs a rounding mode and `rm` is invalid.
@@ -182,7 +175,7 @@ fn compute<T: Format>(op: Op, o: &Operands, rm: Option<Rm>) -> Option<Res> {
             let a = if k >= 2 { a ^ sign } else { a };
             let c = if k & 1 != 0 { c ^ sign } else { c };
             let rm = rm?;
-            f(fast::<T>(FastOp::Fma, a, b, c, rm, o.nx)
+            f(fast_path::<T>(FastOp::Fma, a, b, c, rm, o.nx)
                 .unwrap_or_else(|| soft::fma::<T>(a, b, c, rm)))
         }
         Op::Add => f(arith::<T>(FastOp::Add, a, b, rm?, o.nx, soft::add::<T>)),
@@ -191,10 +184,8 @@ fn compute<T: Format>(op: Op, o: &Operands, rm: Option<Rm>) -> Option<Res> {
         Op::Div => f(arith::<T>(FastOp::Div, a, b, rm?, o.nx, soft::div::<T>)),
         Op::Sqrt => {
             let rm = rm?;
-            f(
-                fast::<T>(FastOp::Sqrt, a, 0, 0, rm, o.nx)
-                    .unwrap_or_else(|| soft::sqrt::<T>(a, rm)),
-            )
+            f(fast_path::<T>(FastOp::Sqrt, a, 0, 0, rm, o.nx)
+                .unwrap_or_else(|| soft::sqrt::<T>(a, rm)))
         }
         Op::Sgnj => f((soft::sgnj::<T>(a, b, o.funct3), 0)),
         Op::MinMax => f(soft::min_max::<T>(a, b, o.funct3 == 1)),
