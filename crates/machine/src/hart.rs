@@ -609,15 +609,37 @@ impl Hart {
 
     #[inline(always)]
     fn translate(&mut self, va: u64, acc: Access) -> Result<u64, Trap> {
+        match self.tlb_lookup(va, acc) {
+            Some(pa) => Ok(pa),
+            None => self.walk(va, acc),
+        }
+    }
+
+    /// The physical address of `va` without a page walk: MMU off, or a TLB hit whose
+    /// permissions allow `acc`. `None`: ask [`Hart::walk`].
+    #[inline(always)]
+    fn tlb_lookup(&self, va: u64, acc: Access) -> Option<u64> {
         if !self.mmu_on {
-            return Ok(va);
+            return Some(va);
         }
         let vpn = va >> 12;
         let e = self.tlb[(vpn as usize) & (TLB_SIZE - 1)];
         if e.vpn == vpn && (self.perms[acc as usize] >> (e.pa_flags & 31)) & 1 != 0 {
-            return Ok((e.pa_flags & !0xfff) | (va & 0xfff));
+            return Some((e.pa_flags & !0xfff) | (va & 0xfff));
         }
-        self.walk(va, acc)
+        None
+    }
+
+    /// The RAM offset of an `N`-byte access at `va` when it is the common case: aligned,
+    /// translated without a walk, all in RAM. `None`: take the full path ([`Hart::load`],
+    /// [`Hart::store`]), which also raises the faults. The offset is `N`-aligned.
+    #[inline(always)]
+    fn ram_fast<const N: usize>(&self, va: u64, acc: Access) -> Option<usize> {
+        if va & (N as u64 - 1) != 0 {
+            return None;
+        }
+        // Translation keeps the page offset and RAM_BASE is page aligned: `N`-aligned.
+        self.bus.ram.offset(self.tlb_lookup(va, acc)?, N as u64)
     }
 
     /// Sv39 page walk (Privileged spec §4.3.2), filling the TLB on success.
@@ -697,24 +719,22 @@ impl Hart {
     /// The value an integer load of `kind` (LB..LWU) at `va` puts in rd.
     #[inline(always)]
     fn load_op(&mut self, kind: Kind, va: u64) -> Result<u64, Trap> {
-        Ok(match kind {
-            Kind::Lb => self.load::<1>(va)? as i8 as i64 as u64,
-            Kind::Lh => self.load::<2>(va)? as i16 as i64 as u64,
-            Kind::Lw => sext32(self.load::<4>(va)?),
-            Kind::Ld => self.load::<8>(va)?,
-            Kind::Lbu => self.load::<1>(va)?,
-            Kind::Lhu => self.load::<2>(va)?,
-            _ => self.load::<4>(va)?,
-        })
+        let v = match mem_size(kind) {
+            1 => self.load::<1>(va)?,
+            2 => self.load::<2>(va)?,
+            4 => self.load::<4>(va)?,
+            _ => self.load::<8>(va)?,
+        };
+        Ok(load_extend(kind, v))
     }
 
     /// An integer store of `kind` (SB..SD) of `v` at `va`.
     #[inline(always)]
     fn store_op(&mut self, kind: Kind, va: u64, v: u64) -> Result<(), Trap> {
-        match kind {
-            Kind::Sb => self.store::<1>(va, v),
-            Kind::Sh => self.store::<2>(va, v),
-            Kind::Sw => self.store::<4>(va, v),
+        match mem_size(kind) {
+            1 => self.store::<1>(va, v),
+            2 => self.store::<2>(va, v),
+            4 => self.store::<4>(va, v),
             _ => self.store::<8>(va, v),
         }
     }
@@ -1157,6 +1177,27 @@ fn int_op(kind: Kind, a: u64, b: u64) -> u64 {
         Kind::Remuw => sext32(u64::from(a32.checked_rem(b32).unwrap_or(a32))),
         // Not an integer operation: callers only pass the kinds above.
         _ => 0,
+    }
+}
+
+/// Bytes accessed by an integer load or store of `kind` (LB..LWU, SB..SD).
+pub(crate) const fn mem_size(kind: Kind) -> usize {
+    match kind {
+        Kind::Lb | Kind::Lbu | Kind::Sb => 1,
+        Kind::Lh | Kind::Lhu | Kind::Sh => 2,
+        Kind::Lw | Kind::Lwu | Kind::Sw => 4,
+        _ => 8,
+    }
+}
+
+/// The value an integer load of `kind` puts in rd, from the `mem_size(kind)` bytes read.
+#[inline(always)]
+fn load_extend(kind: Kind, v: u64) -> u64 {
+    match kind {
+        Kind::Lb => v as i8 as i64 as u64,
+        Kind::Lh => v as i16 as i64 as u64,
+        Kind::Lw => sext32(v),
+        _ => v,
     }
 }
 

@@ -14,7 +14,7 @@
 //! decodes it again. Instructions are counted one by one (`instret`, the batch budget), the
 //! pc is exact at every trap, and interrupts are still taken between batches only.
 
-use super::{Hart, Trap};
+use super::{Access, Hart, Trap};
 use crate::decode::{decode, Kind};
 
 /// Most instructions in one block.
@@ -295,16 +295,20 @@ fn handler(kind: Kind) -> Option<(Handler, bool)> {
             (run as Handler, false)
         }};
     }
+    // Loads and stores: the common case (aligned, TLB hit, RAM) inline, anything else
+    // through the full path in a cold function.
     macro_rules! load {
         ($k:ident) => {{
             fn run(h: &mut Hart, op: &Op, pc: u64) -> u64 {
-                match h.load_op(Kind::$k, op.rs1(h).wrapping_add(op.imm())) {
-                    Ok(v) => {
-                        op.set_rd(h, v);
-                        op.next(pc)
-                    }
-                    Err(t) => trapped(h, t),
+                const N: usize = super::mem_size(Kind::$k);
+                let va = op.rs1(h).wrapping_add(op.imm());
+                if let Some(off) = h.ram_fast::<N>(va, Access::Read) {
+                    // SAFETY: `ram_fast` proved `off + N` in RAM and `off` N-aligned.
+                    let v = unsafe { h.bus.ram.load::<N>(off) };
+                    op.set_rd(h, super::load_extend(Kind::$k, v));
+                    return op.next(pc);
                 }
+                load_slow(h, op, pc, Kind::$k)
             }
             (run as Handler, false)
         }};
@@ -312,10 +316,14 @@ fn handler(kind: Kind) -> Option<(Handler, bool)> {
     macro_rules! store {
         ($k:ident) => {{
             fn run(h: &mut Hart, op: &Op, pc: u64) -> u64 {
-                match h.store_op(Kind::$k, op.rs1(h).wrapping_add(op.imm()), op.rs2(h)) {
-                    Ok(()) => op.next(pc),
-                    Err(t) => trapped(h, t),
+                const N: usize = super::mem_size(Kind::$k);
+                let va = op.rs1(h).wrapping_add(op.imm());
+                if let Some(off) = h.ram_fast::<N>(va, Access::Write) {
+                    // SAFETY: `ram_fast` proved `off + N` in RAM and `off` N-aligned.
+                    unsafe { h.bus.ram.store::<N>(off, op.rs2(h)) };
+                    return op.next(pc);
                 }
+                store_slow(h, op, pc, Kind::$k)
             }
             (run as Handler, false)
         }};
@@ -388,6 +396,27 @@ fn handler(kind: Kind) -> Option<(Handler, bool)> {
         Kind::Fence | Kind::FenceI => (nop, false),
         _ => return None,
     })
+}
+
+#[cold]
+#[inline(never)]
+fn load_slow(h: &mut Hart, op: &Op, pc: u64, kind: Kind) -> u64 {
+    match h.load_op(kind, op.rs1(h).wrapping_add(op.imm())) {
+        Ok(v) => {
+            op.set_rd(h, v);
+            op.next(pc)
+        }
+        Err(t) => trapped(h, t),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn store_slow(h: &mut Hart, op: &Op, pc: u64, kind: Kind) -> u64 {
+    match h.store_op(kind, op.rs1(h).wrapping_add(op.imm()), op.rs2(h)) {
+        Ok(()) => op.next(pc),
+        Err(t) => trapped(h, t),
+    }
 }
 
 #[cold]
