@@ -27,7 +27,7 @@
 //!   the guest's answer to a REQUEST) is dropped, on time: the device
 //!   lists a timer fd for the earliest deadline;
 //! - `accept` failing for a host reason (EMFILE, ENFILE, ...) is logged and
-//!   the listener left alone for [`host::ACCEPT_BACKOFF`] (100 ms): a
+//!   the listener left alone for `ACCEPT_BACKOFF` (100 ms): a
 //!   listening socket stays readable while programs wait, so retrying at
 //!   once would spin the polling thread;
 //! - per connection at most `buf_alloc` bytes (default [`BUF_ALLOC`]) of
