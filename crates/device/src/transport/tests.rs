@@ -1157,6 +1157,20 @@ fn queue_registers_are_refused_after_driver_ok() {
 }
 
 #[test]
+fn queue_reset_of_the_queue_past_the_last_reaches_no_device() {
+    let mut h = harness_with(TransportVersion::Modern, |d| {
+        d.features |= bit(features::VIRTIO_F_RING_RESET);
+    });
+    h.linux_v2_probe(all_modern_bits());
+    // The fake has queues 0 and 1: QueueSel 2 names none.
+    h.w(mmio::QUEUE_SEL, 2);
+    h.w(mmio::QUEUE_RESET, 1);
+    h.w(mmio::QUEUE_READY, 0);
+    assert!(h.rec().queue_resets.is_empty());
+    assert!(h.t.is_activated());
+}
+
+#[test]
 fn queue_reset_resets_and_allows_reenable_after_driver_ok() {
     let mut h = harness_with(TransportVersion::Modern, |d| {
         d.features |= bit(features::VIRTIO_F_RING_RESET);
