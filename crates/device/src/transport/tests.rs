@@ -1914,3 +1914,21 @@ fn version_1_offered_by_the_device_stays_offered() {
     assert_eq!(h.t.offered_features() & version_1, version_1);
     assert_eq!(h.t.offered_features() & FAKE_FEATURES, FAKE_FEATURES);
 }
+
+#[test]
+fn disabling_a_queue_tells_only_a_running_device_and_only_about_a_live_queue() {
+    let mut h = modern();
+    h.linux_v2_until_features_ok(all_modern_bits());
+    // Before DRIVER_OK there is no running device to tell.
+    h.program_queue(0, 256, 0x1_0000);
+    h.w(mmio::QUEUE_READY, 1);
+    assert_eq!(h.r(mmio::QUEUE_READY), 1);
+    h.w(mmio::QUEUE_READY, 0);
+    assert_eq!(h.r(mmio::QUEUE_READY), 0);
+    // Running, queue 0 not enabled: QueueReady = 0 stops nothing.
+    h.add_status(DRIVER_OK);
+    assert!(h.t.is_activated());
+    h.w(mmio::QUEUE_SEL, 0);
+    h.w(mmio::QUEUE_READY, 0);
+    assert!(h.rec().queue_resets.is_empty());
+}
