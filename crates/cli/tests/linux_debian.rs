@@ -63,7 +63,7 @@ fn assert_debian_devices_work(run: &Run, version: &str, types: &[u32]) {
         "SBI DBCN extension detected",
         "vmmio-debian: started: Linux 6.12.",
         // The modules, decompressed on the host, all loaded.
-        "vmmio-debian: modules loaded=14 failed=0: virtio_mmio virtio_blk virtio_rng",
+        "vmmio-debian: modules loaded=9 failed=0: virtio_mmio virtio_blk virtio_rng",
         "vmmio-debian: block vda bytes=67108864",
         // The entropy device is the kernel's hwrng.
         "vmmio-debian: hwrng virtio_rng.0",
@@ -103,6 +103,8 @@ fn debian_kernel_drives_version2_devices() {
     let run = boot(&[]);
     assert_debian_devices_work(&run, "Modern", &[2, 4, 3]);
     run.assert_has("vmmio-debian: block vda bytes=67108864 (no filesystem the kernel knows");
+    // No ext4 disk, no ext4 module.
+    assert!(!run.stdout.contains("modules.ext4"), "{}", run.dump());
 }
 
 /// Legacy windows, and a second disk holding an ext4 filesystem (made on the host with
@@ -131,6 +133,9 @@ fn debian_kernel_drives_legacy_devices_and_mounts_an_ext4_disk() {
     let ext4_arg = format!("{},ro", ext4.to_str().unwrap());
     let run = boot(&["--legacy", "--disk", &scratch_arg, "--disk", &ext4_arg]);
     assert_debian_devices_work(&run, "Legacy", &[2, 2, 4, 3]);
+    run.assert_has(
+        "vmmio-debian: modules.ext4 loaded=5 failed=0: jbd2 mbcache crc16 ext4 crc32c_generic",
+    );
     run.assert_has("vmmio-debian: block vdb bytes=8388608 mounted read-only on /mnt/vdb: ");
     run.assert_has("hello-from-the-host.txt");
 }
