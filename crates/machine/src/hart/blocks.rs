@@ -2,11 +2,12 @@
 //!
 //! A block is the run of instructions from one physical address to the first jump or
 //! instruction without a fast handler (CSR, system, atomic, FP, illegal: they run through
-//! [`Hart::exec`] and end the block), at most [`BLOCK_MAX`] instructions and never past the
-//! end of its page; a taken conditional branch leaves it early (a 32-bit instruction straddling two pages goes through
-//! [`Hart::step`]). Blocks live in a direct-mapped cache keyed by the RAM offset of their first
-//! instruction: the key is physical, so address-space switches need no flush, and the page is
-//! translated (with its execute-permission check) when a block is entered.
+//! [`Hart::exec`] and end the block), at most [`BLOCK_MAX`] instructions, never past the end
+//! of its page (a 32-bit instruction straddling two pages goes through [`Hart::step`]). A
+//! conditional branch does not end a block: taken, it leaves it. Blocks live in a
+//! direct-mapped cache keyed by the RAM offset of their first instruction: the key is
+//! physical, so address-space switches need no flush, and the page is translated (with its
+//! execute-permission check) when a block is entered.
 //!
 //! Exactness: every instruction is compared with the memory it was decoded from just before
 //! it runs, so code written by anyone (the hart's own stores, even inside the running block,
@@ -18,7 +19,7 @@ use super::{Access, Hart, Trap};
 use crate::decode::{decode, Kind};
 
 /// Most instructions in one block.
-pub(super) const BLOCK_MAX: usize = 16;
+const BLOCK_MAX: usize = 16;
 /// Number of blocks in the cache (power of two).
 const BLOCKS: usize = 8192;
 /// A handler's return value for "the instruction trapped" (the trap is in `Hart::trap`); pcs
