@@ -14,7 +14,8 @@
 #    their dependencies (the `depends=` of each module's .modinfo), and packs
 #    an initramfs: /bin/busybox and its applets, /init (guest/debian/init),
 #    the modules in load order (/lib/vmmio/modules: the virtio ones;
-#    /lib/vmmio/modules.ext4: ext4, loaded when a disk needs it), and
+#    /lib/vmmio/modules.ext4: ext4, still xz-compressed, loaded when a disk
+#    needs it), and
 #    /sbin/vmmio-init,
 #    the default guest's test program (guest/init.c, built here with the
 #    riscv64 cross compiler and the nolibc headers of linux-source-6.1).
@@ -278,22 +279,29 @@ add_module() {
 }
 RFS="$WORK/rootfs"
 mkdir -p "$RFS"/{bin,sbin,dev,proc,sys,tmp,mnt,root,etc,lib/vmmio}
-# pack_modules LIST NAME...: the modules NAME and their dependencies not packed
-# yet, decompressed, listed in load order in /lib/vmmio/LIST.
+# pack_modules LIST xz|ko NAME...: the modules NAME and their dependencies not
+# packed yet, listed in load order in /lib/vmmio/LIST, decompressed on the host
+# (ko) or kept as Debian's .ko.xz for the guest to decompress when it needs
+# them (xz: ext4.ko alone is 7 MB, which the kernel would unpack from the
+# initramfs at every boot).
 pack_modules() {
-	local list=$1 name
-	shift
+	local list=$1 form=$2 name
+	shift 2
 	ORDER=()
 	for name in "$@"; do add_module "$name"; done
 	log "$list in load order: ${ORDER[*]}"
 	: >"$RFS/lib/vmmio/$list"
 	for name in "${ORDER[@]}"; do
-		xz -dc "${MODPATH[$name]}" >"$RFS/lib/vmmio/$name.ko"
+		if [ "$form" = ko ]; then
+			xz -dc "${MODPATH[$name]}" >"$RFS/lib/vmmio/$name.ko"
+		else
+			cp "${MODPATH[$name]}" "$RFS/lib/vmmio/$name.ko.xz"
+		fi
 		printf '%s\n' "$name" >>"$RFS/lib/vmmio/$list"
 	done
 }
-pack_modules modules "${MODULES[@]}"
-pack_modules modules.ext4 "${EXT4_MODULES[@]}"
+pack_modules modules ko "${MODULES[@]}"
+pack_modules modules.ext4 xz "${EXT4_MODULES[@]}"
 
 # ---------------------------------------------------------------------------
 # 5. busybox, the init script, the test program
