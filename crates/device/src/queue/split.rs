@@ -71,15 +71,27 @@ pub(crate) struct SplitQueue {
     span: Span,
 }
 
-/// The guest range spanning the descriptor table and the available ring:
-/// `len` bytes at `base`, the table at offset `desc`, the ring at `avail`.
-/// `len == 0` when the span is larger than [`POP_SPAN_MAX`].
+/// The guest range spanning the descriptor table and the available ring,
+/// and the used ring when all three fit: `len` bytes at `base`, the table
+/// at offset `desc`, the available ring at `avail`, the used ring at `used`
+/// (`None` when it is not inside). `len == 0` when even the first two span
+/// more than [`POP_SPAN_MAX`].
 #[derive(Clone, Copy, Debug, Default)]
 struct Span {
     base: u64,
     len: usize,
     desc: usize,
     avail: usize,
+    used: Option<usize>,
+}
+
+/// The areas of one `pop_into` (see `SplitQueue::pop_areas`).
+struct PopAreas<'a, M: GuestMemory + ?Sized> {
+    ring: Area<'a, M>,
+    table: Area<'a, M>,
+    /// The span's area and the used ring's offset in it, when the same
+    /// lookup covered the used ring (cut out only by an empty pop).
+    whole: Option<(Area<'a, M>, usize)>,
 }
 
 impl SplitQueue {
@@ -315,7 +327,7 @@ impl SplitQueue {
         }
         if !self.layout_ok {
             self.check_layout()?;
-            self.span = self.span();
+            self.span = self.span(true);
             self.layout_ok = true;
         }
         Ok(())
@@ -360,21 +372,36 @@ impl SplitQueue {
         )
     }
 
-    /// The span of the descriptor table and the available ring. Requires
-    /// `check_layout` to have passed: neither area's end overflows.
-    fn span(&self) -> Span {
-        let (desc, avail) = (self.desc_table, self.avail_ring);
+    /// The span of the descriptor table and the available ring, with the
+    /// used ring too when `with_used` and the three fit in
+    /// [`POP_SPAN_MAX`]. Requires `check_layout` to have passed: no area's
+    /// end overflows.
+    fn span(&self, with_used: bool) -> Span {
+        let (desc, avail, used) = (self.desc_table, self.avail_ring, self.used_ring);
         let lo = desc.min(avail);
         let hi = (desc + desc_table_size(self.size)).max(avail + avail::size(self.size));
+        if with_used {
+            let (lo, hi) = (lo.min(used), hi.max(used + used::size(self.size)));
+            if hi - lo <= POP_SPAN_MAX {
+                // All below `POP_SPAN_MAX`: fits any usize.
+                return Span {
+                    base: lo,
+                    len: (hi - lo) as usize,
+                    desc: (desc - lo) as usize,
+                    avail: (avail - lo) as usize,
+                    used: Some((used - lo) as usize),
+                };
+            }
+        }
         if hi - lo > POP_SPAN_MAX {
             return Span::default();
         }
-        // All below `POP_SPAN_MAX`: fits any usize.
         Span {
             base: lo,
             len: (hi - lo) as usize,
             desc: (desc - lo) as usize,
             avail: (avail - lo) as usize,
+            used: None,
         }
     }
 
@@ -387,8 +414,15 @@ impl SplitQueue {
     /// span is not tried again until the layout changes or the queue is
     /// re-enabled). Either way nothing outlives the `mem` borrow. Requires
     /// `check_usable` (which computed `self.span`).
+    ///
+    /// When the span also covers the used ring (drivers usually allocate
+    /// the three together) and `mem` is plain guest memory (no IOMMU, so
+    /// the read lookup grants writes too), the used ring comes from the
+    /// same lookup: an empty pop with EVENT_IDX publishes `avail_event`
+    /// there without a lookup of its own. When that wider lookup fails,
+    /// the span shrinks to the table and the available ring.
     #[inline]
-    fn pop_areas<'a, M: GuestMemory + ?Sized>(&mut self, mem: &'a M) -> (Area<'a, M>, Area<'a, M>) {
+    fn pop_areas<'a, M: GuestMemory + ?Sized>(&mut self, mem: &'a M) -> PopAreas<'a, M> {
         let span = self.span;
         if self.pop_span && span.len != 0 {
             let whole = Area::new(
@@ -398,7 +432,7 @@ impl SplitQueue {
                 Permissions::Read,
                 RingArea::DescriptorTable,
             );
-            // Both areas lie inside the span (`SplitQueue::span`).
+            // The areas lie inside the span (`SplitQueue::span`).
             let ring = whole.sub_area(
                 span.avail,
                 avail::size(self.size) as usize,
@@ -410,11 +444,24 @@ impl SplitQueue {
                 RingArea::DescriptorTable,
             );
             if let (Some(ring), Some(table)) = (ring, table) {
-                return (ring, table);
+                let used_at = span.used.filter(|_| mem.physical_memory().is_some());
+                return PopAreas {
+                    ring,
+                    table,
+                    whole: used_at.map(|at| (whole, at)),
+                };
             }
-            self.pop_span = false;
+            if span.used.is_some() {
+                self.span = self.span(false);
+            } else {
+                self.pop_span = false;
+            }
         }
-        (self.avail_area(mem), self.desc_area(mem))
+        PopAreas {
+            ring: self.avail_area(mem),
+            table: self.desc_area(mem),
+            whole: None,
+        }
     }
 
     #[inline]
@@ -459,8 +506,9 @@ impl SplitQueue {
     fn ensure_available<M: GuestMemory + ?Sized>(
         &mut self,
         mem: &M,
-        ring: &Area<'_, M>,
+        areas: &PopAreas<'_, M>,
     ) -> Result<bool, QueueError> {
+        let ring = &areas.ring;
         if self.avail_idx != self.next_avail {
             return Ok(true);
         }
@@ -471,14 +519,28 @@ impl SplitQueue {
         if !self.event_idx {
             return Ok(false);
         }
-        self.publish_avail_event(mem)?;
+        let used = areas.whole.as_ref().and_then(|(whole, at)| {
+            whole.sub_area(*at, used::size(self.size) as usize, RingArea::UsedRing)
+        });
+        match used {
+            Some(used) => self.publish_avail_event_in(&used)?,
+            None => self.publish_avail_event(mem)?,
+        }
         fence(Ordering::SeqCst);
         self.read_avail_idx(ring)?;
         Ok(self.avail_idx != self.next_avail)
     }
 
     fn publish_avail_event<M: GuestMemory + ?Sized>(&self, mem: &M) -> Result<(), QueueError> {
-        let used = self.used_area(mem);
+        self.publish_avail_event_in(&self.used_area(mem))
+    }
+
+    /// Stores `avail_event = next_avail` in `used`, the used ring's area.
+    #[inline]
+    fn publish_avail_event_in<M: GuestMemory + ?Sized>(
+        &self,
+        used: &Area<'_, M>,
+    ) -> Result<(), QueueError> {
         // Inside the used ring: `avail_event(size) + 2 == used::size(size)`.
         used.store_u16(
             used::avail_event(self.size) as usize,
@@ -513,10 +575,11 @@ impl SplitQueue {
         chain: &mut DescriptorChain,
     ) -> Result<bool, QueueError> {
         self.check_usable()?;
-        let (ring, table) = self.pop_areas(mem);
-        if !self.ensure_available(mem, &ring)? {
+        let areas = self.pop_areas(mem);
+        if !self.ensure_available(mem, &areas)? {
             return Ok(false);
         }
+        let PopAreas { ring, table, .. } = areas;
         // `size` is a power of two (check_usable), so the mask is the
         // modulo; the slot offset is below `avail::size(size)`.
         let slot = self.next_avail & (self.size - 1);
