@@ -48,6 +48,7 @@ impl<'a> ChainLayout<'a> {
     /// # Errors
     /// [`ReadableAfterWritable`] when a readable descriptor follows a
     /// writable one.
+    #[inline]
     pub(crate) fn split(descs: &'a [Descriptor]) -> Result<Self, ReadableAfterWritable> {
         // One pass: the first writable descriptor and the lengths. The sums
         // cannot overflow (at most `usize::MAX` descriptors of at most
@@ -190,6 +191,7 @@ impl<'a> Region<'a> {
     ///
     /// # Errors
     /// As [`Region::read_into`].
+    #[inline]
     pub(crate) fn read_array<const N: usize, M: GuestMemory>(
         &self,
         mem: &M,

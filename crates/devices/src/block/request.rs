@@ -296,16 +296,24 @@ impl<B: Backend> Disk<B> {
 
     /// Checks that `len` bytes at sector `sector` lie inside the disk and
     /// returns the byte offset.
+    #[inline]
     fn check_range(&mut self, sector: u64, len: u64) -> Option<u64> {
         let offset = self.range(sector, len);
         if offset.is_none() {
-            let capacity = self.limits.capacity.get();
-            log::log!(
-                self.faults.bad_request.level(),
-                "virtio-blk: sectors {sector}+{len}B beyond capacity {capacity}"
-            );
+            self.log_beyond_capacity(sector, len);
         }
         offset
+    }
+
+    /// The log line of a rejected range, kept out of the per-request path.
+    #[cold]
+    #[inline(never)]
+    fn log_beyond_capacity(&mut self, sector: u64, len: u64) {
+        let capacity = self.limits.capacity.get();
+        log::log!(
+            self.faults.bad_request.level(),
+            "virtio-blk: sectors {sector}+{len}B beyond capacity {capacity}"
+        );
     }
 
     /// The byte offset of `len` bytes at sector `sector` when they lie
@@ -543,6 +551,7 @@ enum Direction {
 /// A guest address outside guest memory or a region shorter than its
 /// descriptors claim gives `InvalidInput`; the backend's error is returned
 /// as is.
+#[inline]
 fn transfer<M: GuestMemory, B: Backend>(
     mem: &M,
     data: Region<'_>,
@@ -554,6 +563,19 @@ fn transfer<M: GuestMemory, B: Backend>(
     if let Some(slice) = data.single_slice(mem) {
         return move_slice(backend, dir, offset, &slice, done);
     }
+    transfer_gathered(mem, data, backend, offset, dir, done)
+}
+
+/// [`transfer`] over several descriptors or memory regions.
+#[inline(never)]
+fn transfer_gathered<M: GuestMemory, B: Backend>(
+    mem: &M,
+    data: Region<'_>,
+    backend: &mut B,
+    offset: u64,
+    dir: Direction,
+    done: &mut u64,
+) -> io::Result<()> {
     let access = match dir {
         Direction::ToGuest => Permissions::Write,
         Direction::FromGuest => Permissions::Read,
