@@ -719,7 +719,9 @@ mod tests {
             let segs = [seg(1, 8), seg(2, 8)];
             let id = q.add_inner(&[], &segs[..n], &mut Vec::new()).unwrap();
             assert_eq!(q.pop_used(), Ok(None), "list {i} not used yet");
+            assert!(!q.can_pop());
             used(&mut q, at, id, i % 8, wrap);
+            assert!(q.can_pop());
             let want = Used {
                 token: id,
                 len: i % 8,
