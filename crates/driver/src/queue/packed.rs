@@ -726,6 +726,7 @@ mod tests {
                 token: id,
                 len: i % 8,
             };
+            assert_eq!(q.peek_used(), Ok(Some(want)), "list {i}");
             assert_eq!(q.pop_used(), Ok(Some(want)), "list {i}");
             at += n;
             if at >= 4 {
