@@ -738,6 +738,28 @@ mod tests {
     }
 
     #[test]
+    fn indirect_tables_are_reused_after_completion() {
+        // Indirect lists (two segments) and direct ones (one segment)
+        // alternate, one in flight at a time: one table serves them all.
+        let features = bit(VIRTIO_F_INDIRECT_DESC);
+        let mut q = PackedQueue::new(IdentityHal, 0, 4, features).unwrap();
+        let mut wrap = true;
+        for i in 0..12usize {
+            let segs = [seg(1, 1), seg(2, 2)];
+            let id = q
+                .add_inner(&segs[..1 + i % 2], &[], &mut Vec::new())
+                .unwrap();
+            used(&mut q, i % 4, id, 0, wrap);
+            assert_eq!(q.pop_used(), Ok(Some(Used { token: id, len: 0 })));
+            if i % 4 == 3 {
+                wrap = !wrap;
+            }
+        }
+        assert_eq!(q.tables.len(), 1);
+        q.release();
+    }
+
+    #[test]
     fn a_list_may_take_every_free_descriptor() {
         let mut q = PackedQueue::new(IdentityHal, 0, 4, 0).unwrap();
         let segs = [seg(1, 1), seg(2, 2), seg(3, 3), seg(4, 4)];
