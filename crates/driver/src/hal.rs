@@ -289,6 +289,20 @@ impl<H: Hal> Dma<H> {
         // SAFETY: as in `load16`, writable; offsets used are 8-aligned.
         unsafe { self.typed::<u64>(offset).write_volatile(v) }
     }
+
+    /// Volatile store of 16 bytes at `offset` (16-aligned; memory
+    /// representation): a whole descriptor with one bounds check. The
+    /// device reads it only after the release that publishes it, so the
+    /// store need not be single-copy atomic.
+    pub(crate) fn store128(&mut self, offset: usize, v: [u8; 16]) {
+        #[cfg(test)]
+        write_log::record(self.paddr + offset as u64, 16);
+        // SAFETY: as in `load16`, writable; `typed` checked 16-alignment.
+        unsafe {
+            self.typed::<u128>(offset)
+                .write_volatile(u128::from_ne_bytes(v))
+        }
+    }
 }
 
 /// Test-only ordering oracle: the device address and length of every

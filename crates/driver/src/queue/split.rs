@@ -145,23 +145,29 @@ fn write_desc<H: Hal>(
     flags: u16,
     next: u16,
 ) {
-    let base = i * 16;
-    // `flags` and `next` fill bytes 12..16: build their memory
-    // representation (little-endian, or guest-native for legacy devices)
-    // and store it at once.
-    let mut tail = [0u8; 4];
-    let (addr, len) = if legacy {
-        tail[..2].copy_from_slice(&flags.to_ne_bytes());
-        tail[2..].copy_from_slice(&next.to_ne_bytes());
-        (addr, len)
+    // Build the descriptor's memory representation (little-endian, or
+    // guest-native for legacy devices) and store it at once.
+    let (addr, len, flags, next) = if legacy {
+        (
+            addr.to_ne_bytes(),
+            len.to_ne_bytes(),
+            flags.to_ne_bytes(),
+            next.to_ne_bytes(),
+        )
     } else {
-        tail[..2].copy_from_slice(&flags.to_le_bytes());
-        tail[2..].copy_from_slice(&next.to_le_bytes());
-        (addr.to_le(), len.to_le())
+        (
+            addr.to_le_bytes(),
+            len.to_le_bytes(),
+            flags.to_le_bytes(),
+            next.to_le_bytes(),
+        )
     };
-    mem.store64(base, addr);
-    mem.store32(base + 8, len);
-    mem.store32(base + 12, u32::from_ne_bytes(tail));
+    let mut desc = [0u8; 16];
+    desc[..8].copy_from_slice(&addr);
+    desc[8..12].copy_from_slice(&len);
+    desc[12..14].copy_from_slice(&flags);
+    desc[14..].copy_from_slice(&next);
+    mem.store128(i * 16, desc);
 }
 
 impl<H: Hal + Clone> SplitQueue<H> {
