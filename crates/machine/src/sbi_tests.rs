@@ -331,3 +331,90 @@ fn legacy_calls_answer_in_a0_only() {
     call(&mut m, eid::LEGACY_SHUTDOWN, 0, [0; 3]);
     assert_eq!(m.hart.exit, Some(ExitReason::PowerOff));
 }
+
+/// Interesting values for a guest-controlled register: RAM edges, zero, all ones, and
+/// anything.
+fn reg() -> impl proptest::strategy::Strategy<Value = u64> {
+    use proptest::prelude::*;
+    prop_oneof![
+        Just(0u64),
+        Just(1),
+        Just(u64::MAX),
+        Just(RAM_BASE),
+        Just(RAM_BASE + RAM - 1),
+        Just(RAM_BASE + RAM),
+        Just(RAM),
+        (0u64..16),
+        any::<u64>(),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+    /// Any call with any arguments answers with an SBI error code, without panicking,
+    /// and never moves more than DBCN_MAX_BYTES.
+    #[test]
+    fn any_call_is_answered(
+        ext in proptest::prop_oneof![
+            proptest::strategy::Just(eid::BASE),
+            proptest::strategy::Just(eid::TIME),
+            proptest::strategy::Just(eid::IPI),
+            proptest::strategy::Just(eid::RFENCE),
+            proptest::strategy::Just(eid::HSM),
+            proptest::strategy::Just(eid::SRST),
+            proptest::strategy::Just(eid::DBCN),
+            0u64..=8,
+            proptest::prelude::any::<u64>(),
+        ],
+        fid in proptest::prop_oneof![0u64..8, proptest::prelude::any::<u64>()],
+        a0 in reg(),
+        a1 in reg(),
+        a2 in reg(),
+    ) {
+        let (mut m, sink) = machine();
+        m.console_input().push(b"typed");
+        let (error, value) = call(&mut m, ext, fid, [a0, a1, a2]);
+        if ext > eid::LEGACY_SHUTDOWN {
+            proptest::prop_assert!(
+                [0, -1, -2, -3, -6].contains(&error),
+                "error {error}"
+            );
+        }
+        if ext == eid::DBCN && error == OK {
+            proptest::prop_assert!(value <= DBCN_MAX_BYTES);
+        }
+        proptest::prop_assert!(sink.0.lock().unwrap().len() as u64 <= DBCN_MAX_BYTES);
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+    /// DBCN with guest-chosen lengths and addresses: refused exactly when the range is not
+    /// all RAM (or base_addr_hi is set), else moves min(len, DBCN_MAX_BYTES) bytes.
+    #[test]
+    fn dbcn_moves_only_ram_and_at_most_the_cap(
+        fid in 0u64..2,
+        len in proptest::prop_oneof![0u64..3 * DBCN_MAX_BYTES, 0..=RAM + 1, proptest::prelude::any::<u64>()],
+        lo in proptest::prop_oneof![RAM_BASE - 16..RAM_BASE + RAM + 16, proptest::prelude::any::<u64>()],
+        hi in proptest::prop_oneof![proptest::strategy::Just(0u64), proptest::prelude::any::<u64>()],
+    ) {
+        let (mut m, sink) = machine();
+        m.console_input().push(&[b'i'; 100]);
+        let in_ram = hi == 0
+            && lo >= RAM_BASE
+            && lo.checked_add(len).is_some_and(|end| end <= RAM_BASE + RAM);
+        let (error, value) = call(&mut m, eid::DBCN, fid, [len, lo, hi]);
+        if in_ram {
+            proptest::prop_assert_eq!(error, OK);
+            let moved = if fid == 0 { len.min(DBCN_MAX_BYTES) } else { len.min(100) };
+            proptest::prop_assert_eq!(value, moved);
+            let written = sink.0.lock().unwrap().len() as u64;
+            proptest::prop_assert_eq!(written, if fid == 0 { moved } else { 0 });
+        } else {
+            proptest::prop_assert_eq!(error, INVALID);
+            proptest::prop_assert!(sink.0.lock().unwrap().is_empty());
+        }
+    }
+}
