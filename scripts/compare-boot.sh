@@ -16,7 +16,8 @@
 # (scripts/debian-guest.sh) instead of the default guest: "boot-to-init" is
 # then the time to the test program's first line, after the busybox init
 # loaded the virtio modules. QEMU gets its full rv64 CPU (Debian's userland
-# needs F/D) and both get vmmio.hvc=/dev/hvc0 (no SBI console in that kernel).
+# needs F/D) and both get vmmio.hvc=/dev/hvc0 (no SBI console in that kernel)
+# and cryptomgr.notests (as vmmio boot --distro debian: no crypto self-tests).
 #
 # Both get the same kernel command line ("console=ttyS0 panic=-1
 # vmmio.tests=dd"), 256 MiB of RAM and a fresh 64 MiB scratch disk. Runs
@@ -52,7 +53,7 @@ default)
 	fi
 	;;
 debian)
-	TESTS="$TESTS vmmio.hvc=/dev/hvc0"
+	TESTS="$TESTS vmmio.hvc=/dev/hvc0 cryptomgr.notests"
 	export VMMIO_QEMU_CPU=${VMMIO_QEMU_CPU:-rv64}
 	VMMIO_GUEST_DIR=$(./scripts/debian-guest.sh | tail -n 1)
 	;;

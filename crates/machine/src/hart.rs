@@ -127,7 +127,7 @@ const SATP_MODE_SV39: u64 = 8;
 const SATP_PPN_MASK: u64 = (1 << 44) - 1;
 
 /// Privilege mode of the hart.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Privilege {
     /// U-mode (encoding 0).
     User = 0,

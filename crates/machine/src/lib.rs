@@ -47,6 +47,7 @@ mod hart;
 pub mod layout;
 mod machine;
 mod plic;
+pub mod profile;
 mod sbi;
 mod trap_loop;
 mod uart;
@@ -65,6 +66,7 @@ pub use fdt::DeviceNode;
 pub use hart::Privilege;
 pub use machine::{BootInfo, Machine, MachineConfig, StopHandle};
 pub use plic::IrqLine;
+pub use profile::{Profile, SymbolMap};
 pub use trap_loop::TRAP_LOOP_LIMIT;
 pub use uart::ConsoleInput;
 pub use virtio::{

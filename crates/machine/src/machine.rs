@@ -15,6 +15,7 @@ use crate::layout::{
     DEFAULT_RAM_SIZE, KERNEL_OFFSET, PLIC_NUM_SOURCES, RAM_BASE, TIMEBASE_HZ, UART_IRQ,
 };
 use crate::plic::{IrqLine, IrqShared, Plic};
+use crate::profile::Profile;
 use crate::uart::{ConsoleInput, Uart};
 use crate::virtio::VirtioHandle;
 use crate::{Error, ExitReason};
@@ -152,6 +153,10 @@ pub struct Machine {
     pub(crate) polled: Vec<VirtioHandle>,
     /// Set by a [`StopHandle`]: `run` returns [`ExitReason::Stopped`].
     stop: Arc<AtomicBool>,
+    /// The guest profile, when [`Machine::enable_profile`] was called.
+    profile: Option<Profile>,
+    /// `executed` at which the next profile sample is taken (`u64::MAX` when off).
+    next_sample: u64,
 }
 
 /// Ends a [`Machine::run`] from another thread (e.g. a terminal's escape key or a signal):
@@ -212,6 +217,8 @@ impl Machine {
             exec: config.exec,
             polled: Vec::new(),
             stop: Arc::new(AtomicBool::new(false)),
+            profile: None,
+            next_sample: u64::MAX,
         })
     }
 
@@ -440,6 +447,20 @@ impl Machine {
         self.hart.time()
     }
 
+    /// Samples the guest pc and privilege every `interval` instructions (at least 1) from
+    /// now on, into a fresh [`Profile`] ([`Machine::profile`]). Costs one batch boundary
+    /// per sample; nothing when not enabled.
+    pub fn enable_profile(&mut self, interval: u64) {
+        let p = Profile::new(interval);
+        self.next_sample = self.executed.saturating_add(p.interval());
+        self.profile = Some(p);
+    }
+
+    /// The guest profile, when enabled.
+    pub fn profile(&self) -> Option<&Profile> {
+        self.profile.as_ref()
+    }
+
     /// Runs the hart until the guest powers off or reboots (through the SBI), or a limit of
     /// the [`MachineConfig`] is reached. Guest faults never end the run: they are exceptions
     /// for the guest kernel. May be called again after a limit was reached.
@@ -479,17 +500,32 @@ impl Machine {
                 }
                 budget = budget.min(left);
             }
+            // Batches are exact: this one ends at the next sample point.
+            budget = budget.min(self.next_sample.saturating_sub(self.executed).max(1));
             self.executed += if tracing {
                 self.hart.run_batch::<true>(budget)
             } else {
                 self.hart.run_batch::<false>(budget)
             };
+            if self.executed >= self.next_sample {
+                self.take_sample();
+            }
         };
         self.run_time += start.elapsed();
         if let Some(t) = self.hart.trace.as_mut() {
             let _ = t.flush();
         }
         Ok(reason)
+    }
+
+    #[cold]
+    fn take_sample(&mut self) {
+        if let Some(p) = self.profile.as_mut() {
+            p.record(self.hart.pc, self.hart.prv);
+            self.next_sample = self.executed.saturating_add(p.interval());
+        } else {
+            self.next_sample = u64::MAX;
+        }
     }
 
     fn sleep_in_wfi(&mut self, deadline: Option<Instant>) {
