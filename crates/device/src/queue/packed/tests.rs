@@ -187,6 +187,31 @@ fn set_features_picks_the_ring_and_keeps_the_configuration() {
 }
 
 #[test]
+fn ring_positions_are_restored_with_their_wrap_counters() {
+    // set_next_avail/set_next_used (snapshot restore) take the spec's
+    // encoding: index in bits 0..15, wrap counter in bit 15.
+    let mem = mem();
+    let mut q = queue(&mem, 8, 0);
+    for v in [0x8002u16, 0x0003, 0x8000, 0x0007] {
+        q.set_next_avail(v);
+        q.set_next_used(v);
+        assert_eq!((q.next_avail(), q.next_used()), (v, v), "{v:#x}");
+    }
+    // The driver's next list goes where the restored position says.
+    q.set_next_avail(0x0003);
+    q.set_next_used(0x0003);
+    let mut d = Driver::new(8);
+    let at = Pos {
+        index: 3,
+        wrap: false,
+    };
+    (d.next, d.used) = (at, at);
+    d.post(&mem, &[(0x4000, 8, false)], 5, false);
+    let chain = q.pop(&mem).unwrap().expect("a list at position 3, wrap 0");
+    assert_eq!(chain.head_index(), 5);
+}
+
+#[test]
 fn validate_checks_size_alignment_and_memory() {
     let mem = mem();
     let mut q = Queue::new(256);
