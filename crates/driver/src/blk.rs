@@ -15,6 +15,9 @@ use crate::io::RegisterIo;
 use crate::queue::{Segment, VirtQueue};
 use crate::transport::{Transport, Version};
 
+mod queued;
+pub use queued::{Completion, DmaOp, Rejected, Token, MAX_QUEUED_TRANSFER};
+
 /// Sector size in bytes: the unit of `capacity` and of request positions,
 /// whatever `blk_size` says (virtio v1.4 §5.2.5).
 #[allow(clippy::cast_possible_truncation)] // 512 fits every usize
@@ -174,6 +177,10 @@ pub struct Block<R: RegisterIo, H: Hal + Clone> {
     /// may still use them: freed once the device is reset, leaked if it
     /// never stops.
     orphans: Vec<Dma<H>>,
+    /// Requests of `submit_dma` / `submit_flush` in flight.
+    queued: Vec<queued::Queued<H>>,
+    /// Spare header/status buffers of queued requests.
+    hdr_pool: Vec<Dma<H>>,
 }
 
 impl<R: RegisterIo, H: Hal + Clone> core::fmt::Debug for Block<R, H> {
@@ -230,6 +237,8 @@ impl<R: RegisterIo, H: Hal + Clone> Block<R, H> {
             broken: false,
             failed: false,
             orphans: Vec::new(),
+            queued: Vec::new(),
+            hdr_pool: Vec::new(),
         };
         b.init()?;
         Ok(b)
@@ -278,6 +287,7 @@ impl<R: RegisterIo, H: Hal + Clone> Block<R, H> {
     pub fn reinit(&mut self) -> Result<()> {
         self.broken = true;
         self.in_flight = None;
+        self.orphan_queued();
         let q = self.queue.take();
         if !self.transport.shutdown(q, true) {
             for d in [self.req.take(), self.data.take()].into_iter().flatten() {
@@ -595,6 +605,11 @@ impl<R: RegisterIo, H: Hal + Clone> Block<R, H> {
         if self.in_flight.is_some() {
             return Err(Error::WrongPhase("a block request is already in flight"));
         }
+        if !self.queued.is_empty() {
+            return Err(Error::WrongPhase(
+                "queued block requests (submit_dma) are in flight",
+            ));
+        }
         let legacy = self.transport.version() == Version::Legacy;
         let data_len = data.len();
         // The header: le32 type, le32 reserved, le64 sector (guest-native
@@ -740,6 +755,7 @@ impl<R: RegisterIo, H: Hal + Clone> Drop for Block<R, H> {
         // after a failed initialisation only the queue is stopped, so that
         // FAILED stays visible. When the device will not stop, leak the
         // memory instead.
+        self.orphan_queued();
         let q = self.queue.take();
         if !self.transport.shutdown(q, !self.failed) {
             for d in [self.req.take(), self.data.take()].into_iter().flatten() {
