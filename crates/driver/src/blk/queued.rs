@@ -43,7 +43,6 @@ pub enum DmaOp {
 pub struct Token(pub u16);
 
 /// A finished request ([`Block::complete`]).
-#[derive(Debug)]
 pub struct Completion<H: Hal> {
     /// The token [`Block::submit_dma`] / [`Block::submit_flush`] returned.
     pub token: Token,
@@ -58,7 +57,6 @@ pub struct Completion<H: Hal> {
 }
 
 /// A request [`Block::submit_dma`] refused.
-#[derive(Debug)]
 pub struct Rejected<H: Hal> {
     /// Why.
     pub error: Error,
@@ -67,6 +65,26 @@ pub struct Rejected<H: Hal> {
     /// keeps the buffer until the device is reset ([`Block::reinit`] or
     /// drop).
     pub buf: Option<Dma<H>>,
+}
+
+// By hand: a derive would ask `H: Debug`, which `Dma<H>` does not need.
+impl<H: Hal> core::fmt::Debug for Completion<H> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Completion")
+            .field("token", &self.token)
+            .field("result", &self.result)
+            .field("buf", &self.buf)
+            .finish()
+    }
+}
+
+impl<H: Hal> core::fmt::Debug for Rejected<H> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Rejected")
+            .field("error", &self.error)
+            .field("buf", &self.buf)
+            .finish()
+    }
 }
 
 impl<H: Hal> From<Rejected<H>> for Error {
