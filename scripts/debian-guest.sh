@@ -11,7 +11,8 @@
 #    archive's URI is the one the host's own apt sources use (scripts/lib),
 #    read at run time.
 # 2. Unpacks them with dpkg-deb, decompresses the virtio modules (.ko.xz) and
-#    their dependencies (the `depends=` of each module's .modinfo), and packs
+#    their dependencies (the `depends=` of each module's .modinfo) and drops
+#    their appended signatures (see strip_signature), and packs
 #    an initramfs: /bin/busybox and its applets, /init (guest/debian/init),
 #    the modules in load order (/lib/vmmio/modules: the virtio ones;
 #    /lib/vmmio/modules.ext4: ext4, still xz-compressed, loaded when a disk
@@ -284,6 +285,20 @@ mkdir -p "$RFS"/{bin,sbin,dev,proc,sys,tmp,mnt,root,etc,lib/vmmio}
 # (ko) or kept as Debian's .ko.xz for the guest to decompress when it needs
 # them (xz: ext4.ko alone is 7 MB, which the kernel would unpack from the
 # initramfs at every boot).
+# strip_signature FILE: drops the module signature Debian appends (PKCS#7, then
+# struct module_signature, whose last 4 bytes are the big-endian length of the
+# PKCS#7 blob, then the magic string). Checking it (SHA-256 of the module and
+# an ECDSA verify in generic C) was half of the boot's guest instructions
+# once the crypto self-tests were off (vmmio profile); without it the kernel
+# logs "module verification failed" and taints itself (E), as for any
+# unsigned module (CONFIG_MODULE_SIG_FORCE is off). The ext4 modules keep it.
+strip_signature() {
+	local f=$1 magic='~Module signature appended~' size siglen
+	[ "$(tail -c 28 "$f" | head -c 27)" = "$magic" ] || return 0
+	size=$(stat -c %s "$f")
+	siglen=$(tail -c 32 "$f" | head -c 4 | od -An -tu1 | awk '{print (($1*256+$2)*256+$3)*256+$4}')
+	truncate -s $((size - 40 - siglen)) "$f"
+}
 pack_modules() {
 	local list=$1 form=$2 name
 	shift 2
@@ -294,6 +309,7 @@ pack_modules() {
 	for name in "${ORDER[@]}"; do
 		if [ "$form" = ko ]; then
 			xz -dc "${MODPATH[$name]}" >"$RFS/lib/vmmio/$name.ko"
+			strip_signature "$RFS/lib/vmmio/$name.ko"
 		else
 			cp "${MODPATH[$name]}" "$RFS/lib/vmmio/$name.ko.xz"
 		fi
