@@ -1,5 +1,7 @@
 //! Block device driver (virtio v1.4 §5.2 "Block Device"): read, write,
-//! flush and get-id requests on request queue 0, one request at a time.
+//! flush and get-id requests on request queue 0: one at a time (blocking
+//! calls, [`Block::start`]/[`Block::poll`]), or several zero-copy requests
+//! in flight ([`Block::submit_dma`]/[`Block::complete`], module `queued`).
 //!
 //! Requests go through driver-owned DMA buffers (a header/status page and
 //! a data bounce buffer), so the public API is safe: caller slices are
@@ -344,8 +346,10 @@ impl<R: RegisterIo, H: Hal + Clone> Block<R, H> {
 
     /// Handles an interrupt: acknowledges it (see
     /// [`Transport::ack_interrupt`]). A request started with
-    /// [`start`](Self::start) is then completed by [`poll`](Self::poll);
-    /// the blocking calls complete their own.
+    /// [`start`](Self::start) is then completed by [`poll`](Self::poll),
+    /// requests of [`submit_dma`](Self::submit_dma) by
+    /// [`complete`](Self::complete) (call it until `Ok(None)`); the
+    /// blocking calls complete their own.
     ///
     /// # Errors
     ///
@@ -612,17 +616,7 @@ impl<R: RegisterIo, H: Hal + Clone> Block<R, H> {
         }
         let legacy = self.transport.version() == Version::Legacy;
         let data_len = data.len();
-        // The header: le32 type, le32 reserved, le64 sector (guest-native
-        // on legacy devices, virtio v1.4 §5.2.6.3).
-        let mut header = [0u8; 17];
-        let (k, s) = if legacy {
-            (kind.to_ne_bytes(), sector.to_ne_bytes())
-        } else {
-            (kind.to_le_bytes(), sector.to_le_bytes())
-        };
-        header[..4].copy_from_slice(&k);
-        header[8..16].copy_from_slice(&s);
-        header[STATUS_OFF] = STATUS_UNSET;
+        let header = encode_header(legacy, kind, sector);
         let req = self.req.as_mut().ok_or(Error::Broken)?;
         req.write_bytes(0, &header)?;
         let req_addr = req.paddr();
@@ -687,24 +681,10 @@ impl<R: RegisterIo, H: Hal + Clone> Block<R, H> {
     fn finish(&mut self, len: u32, out: &mut [u8]) -> Result<usize> {
         let f = self.in_flight.take().ok_or(Error::Broken)?;
         let legacy = self.transport.version() == Version::Legacy;
-        let writable_needed = f.data_in as u64 + 1;
         let req = self.req.as_ref().ok_or(Error::Broken)?;
         let mut st = [0u8];
         req.read_bytes(STATUS_OFF, &mut st)?;
-        // A failed request is reported whatever `len` says (devices often
-        // write only the status byte then). Success must be backed by a
-        // `len` covering the data and the status byte (virtio v1.4
-        // §2.7.8.2); legacy devices are known to misreport `len`
-        // (§2.7.8.3), so it is ignored for them.
-        if st[0] != VIRTIO_BLK_S_OK {
-            return Err(Error::BlockStatus(st[0]));
-        }
-        if !legacy && u64::from(len) < writable_needed {
-            return Err(Error::ShortCompletion {
-                len,
-                needed: writable_needed,
-            });
-        }
+        check_completion(legacy, st[0], len, f.data_in)?;
         let n = f.data_in.min(out.len());
         if let Some(d) = self.data.as_ref().filter(|_| n > 0) {
             d.read_bytes(0, &mut out[..n])?;
@@ -719,6 +699,40 @@ impl<R: RegisterIo, H: Hal + Clone> Block<R, H> {
         }
         Ok(f.data_in)
     }
+}
+
+/// The outcome of a used request: its status byte `status`, its used
+/// `len` in bytes, `data_in` the data bytes the device had to write.
+///
+/// A failed request is reported whatever `len` says (devices often write
+/// only the status byte then). Success must be backed by a `len` covering
+/// the data and the status byte (virtio v1.4 §2.7.8.2); legacy devices are
+/// known to misreport `len` (§2.7.8.3), so it is ignored for them.
+fn check_completion(legacy: bool, status: u8, len: u32, data_in: usize) -> Result<()> {
+    let needed = data_in as u64 + 1;
+    if status != VIRTIO_BLK_S_OK {
+        Err(Error::BlockStatus(status))
+    } else if !legacy && u64::from(len) < needed {
+        Err(Error::ShortCompletion { len, needed })
+    } else {
+        Ok(())
+    }
+}
+
+/// A request's header (le32 type, le32 reserved, le64 sector;
+/// guest-native on legacy devices, virtio v1.4 §5.2.6.3) followed by the
+/// status byte, preset to "not written".
+fn encode_header(legacy: bool, kind: u32, sector: u64) -> [u8; STATUS_OFF + 1] {
+    let mut header = [0u8; STATUS_OFF + 1];
+    let (k, s) = if legacy {
+        (kind.to_ne_bytes(), sector.to_ne_bytes())
+    } else {
+        (kind.to_le_bytes(), sector.to_le_bytes())
+    };
+    header[..4].copy_from_slice(&k);
+    header[8..16].copy_from_slice(&s);
+    header[STATUS_OFF] = STATUS_UNSET;
+    header
 }
 
 /// A list of at most two segments, without allocation.

@@ -11,8 +11,8 @@
 use alloc::vec::Vec;
 
 use super::{
-    Block, STATUS_OFF, STATUS_UNSET, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_FLUSH,
-    VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    check_completion, encode_header, Block, STATUS_OFF, STATUS_UNSET, VIRTIO_BLK_F_FLUSH,
+    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
 use crate::error::{Error, Result};
 use crate::hal::{Dma, Hal};
@@ -226,18 +226,8 @@ impl<R: RegisterIo, H: Hal + Clone> Block<R, H> {
                 Err(e) => return reject(e, buf),
             },
         };
-        // The header: le32 type, le32 reserved, le64 sector (guest-native
-        // on legacy devices, virtio v1.4 §5.2.6.3), then the status byte.
-        let mut header = [0u8; HDR_BYTES];
-        let (k, s) = if self.transport.version() == Version::Legacy {
-            (kind.to_ne_bytes(), sector.to_ne_bytes())
-        } else {
-            (kind.to_le_bytes(), sector.to_le_bytes())
-        };
-        header[..4].copy_from_slice(&k);
-        header[8..16].copy_from_slice(&s);
-        header[STATUS_OFF] = STATUS_UNSET;
-        if let Err(e) = hdr.write_bytes(0, &header) {
+        let legacy = self.transport.version() == Version::Legacy;
+        if let Err(e) = hdr.write_bytes(0, &encode_header(legacy, kind, sector)) {
             return reject(e, buf);
         }
         let head = Segment {
@@ -325,22 +315,11 @@ impl<R: RegisterIo, H: Hal + Clone> Block<R, H> {
         };
         let r = self.queued.swap_remove(i);
         let mut st = [STATUS_UNSET];
-        let result = r.hdr.read_bytes(STATUS_OFF, &mut st).and_then(|()| {
-            // As the blocking path: a failed status wins; success must be
-            // backed by a `len` covering data and status (§2.7.8.2) except
-            // on legacy devices, which misreport it (§2.7.8.3).
-            let needed = r.data_in as u64 + 1;
-            if st[0] != VIRTIO_BLK_S_OK {
-                Err(Error::BlockStatus(st[0]))
-            } else if self.transport.version() != Version::Legacy && u64::from(used.len) < needed {
-                Err(Error::ShortCompletion {
-                    len: used.len,
-                    needed,
-                })
-            } else {
-                Ok(())
-            }
-        });
+        let legacy = self.transport.version() == Version::Legacy;
+        let result = r
+            .hdr
+            .read_bytes(STATUS_OFF, &mut st)
+            .and_then(|()| check_completion(legacy, st[0], used.len, r.data_in));
         self.hdr_pool.push(r.hdr);
         Ok(Some(Completion {
             token: Token(used.token),
@@ -368,7 +347,7 @@ impl<R: RegisterIo, H: Hal + Clone> Block<R, H> {
 mod tests {
     #![allow(clippy::cast_possible_truncation)]
     use super::*;
-    use crate::scripted::{blk_handler, Chain, Scripted};
+    use crate::scripted::{blk_handler, ArenaHal, Chain, Scripted};
     use crate::transport::Transport;
     use crate::IdentityHal;
     use alloc::vec;
@@ -432,6 +411,43 @@ mod tests {
         }
         assert!(b.complete().unwrap().is_none());
         assert_eq!(b.queued(), 0);
+    }
+
+    #[test]
+    fn legacy_device_gets_guest_native_headers() {
+        let mut s = device(0);
+        s.version = 1;
+        s.device_features &= !(1 << 32);
+        let t = Transport::probe(&mut s).unwrap().unwrap();
+        let mut b = Block::new(t, ArenaHal).unwrap();
+        let mut w = Dma::new(ArenaHal, 512).unwrap();
+        w.write_bytes(0, &[0x77; 512]).unwrap();
+        let wt = b.submit_dma(DmaOp::Write, 5, w, 512).unwrap();
+        let rt = b
+            .submit_dma(DmaOp::Read, 3, Dma::new(ArenaHal, 512).unwrap(), 512)
+            .unwrap();
+        let mut seen = 0;
+        while let Some(c) = b.complete().unwrap() {
+            c.result.unwrap();
+            if c.token == rt {
+                let mut got = [0u8; 512];
+                c.buf.unwrap().read_bytes(0, &mut got).unwrap();
+                assert_eq!(got[..], s_disk_pattern(3)[..]);
+            } else {
+                assert_eq!(c.token, wt);
+            }
+            seen += 1;
+        }
+        assert_eq!(seen, 2);
+        drop(b);
+        assert_eq!(s.disk[5 * 512..6 * 512], [0x77; 512]);
+    }
+
+    /// The initial bytes of `sector` on [`device`]'s disk.
+    fn s_disk_pattern(sector: usize) -> Vec<u8> {
+        (sector * 512..(sector + 1) * 512)
+            .map(|i| (i % 251) as u8)
+            .collect()
     }
 
     #[test]
