@@ -11,7 +11,9 @@
 //! writes, GET_ID and flushes, or entropy reads, all with small `Limits`:
 //! it must never panic and always end.
 //!
-//! Byte 0: bit 0 legacy (Version 1), bit 1 entropy instead of block.
+//! Byte 0: bit 0 legacy (Version 1), bit 1 entropy instead of block, bit 2
+//! queued zero-copy block requests (`submit_dma`, `complete`) instead of
+//! the blocking calls.
 //!
 //! The driver's DMA memory is a small arena at low device addresses (so
 //! legacy page numbers fit 32 bits); the fake device touches nothing
@@ -24,11 +26,11 @@ use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::cell::Cell;
 use std::mem::size_of;
 use std::ptr::NonNull;
-use vmmio_driver::blk::Block;
+use vmmio_driver::blk::{Block, DmaOp};
 use vmmio_driver::rng::Entropy;
 use vmmio_driver::transport::{Limits, Transport};
 
-use vmmio_driver::{BufferDirection, Hal, RegisterIo, PAGE_SIZE};
+use vmmio_driver::{BufferDirection, Dma, Hal, RegisterIo, PAGE_SIZE};
 use vmmio_spec::split::{self, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
 use vmmio_spec::{device_id, mmio};
 
@@ -440,7 +442,23 @@ fuzz_target!(|data: &[u8]| {
             let _ = rng.fill(&mut buf);
             let _ = rng.read(&mut buf);
         }
-    } else if let Ok(mut blk) = Block::with_queue_size(transport, arena, 8) {
+    } else if let Ok(mut blk) = Block::with_queue_size(transport, arena.clone(), 8) {
+        if head & 4 != 0 {
+            // Several zero-copy requests in flight, completed in any order.
+            for (op, sector) in [(DmaOp::Read, 0), (DmaOp::Write, 1), (DmaOp::Read, 2)] {
+                if let Ok(d) = Dma::new(arena.clone(), 512) {
+                    let _ = blk.submit_dma(op, sector, d, 512);
+                }
+            }
+            let _ = blk.submit_flush();
+            for _ in 0..8 {
+                if !matches!(blk.complete(), Ok(Some(_))) {
+                    break;
+                }
+            }
+            let _ = blk.reinit();
+            return;
+        }
         let mut buf = [0u8; 1024];
         let _ = blk.read_blocks(0, &mut buf);
         let _ = blk.get_id();
