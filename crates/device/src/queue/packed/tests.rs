@@ -513,6 +513,19 @@ fn undo_pop_gives_the_chain_back() {
     q.add_used(&mem, 0, 0).unwrap();
     // The newest pop (chain 0) was completed: it cannot be given back.
     assert!(!q.undo_pop());
+
+    // Several pops are given back newest first.
+    let mut q = queue(&mem, 4, 0);
+    let mut d = Driver::new(4);
+    d.post(&mem, &[(0x5_0000, 8, false)], 2, false);
+    d.post(&mem, &[(0x6_0000, 8, true)], 0, false);
+    q.pop(&mem).unwrap().unwrap();
+    q.pop(&mem).unwrap().unwrap();
+    assert!(q.undo_pop());
+    assert!(q.undo_pop());
+    assert!(!q.undo_pop());
+    assert_eq!(q.pop(&mem).unwrap().unwrap().head_index(), 2);
+    assert_eq!(q.pop(&mem).unwrap().unwrap().head_index(), 0);
 }
 
 #[test]
