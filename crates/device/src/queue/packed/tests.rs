@@ -404,6 +404,47 @@ fn raw_ring(mem: &Mem, descs: &[RawDescFields]) {
 }
 
 #[test]
+fn indirect_table_of_the_maximum_size_is_accepted_one_more_is_not() {
+    let mem = mem();
+    let max = MAX_INDIRECT_DESCRIPTORS;
+    for i in 0..u64::from(max) {
+        let at = GuestAddress(TABLES + 16 * i);
+        Driver::write_desc(&mem, at, 0x5_0000, 1, 0, 0);
+    }
+    let mut q = queue(&mem, 4, indirect());
+    raw_ring(&mem, &[(TABLES, 16 * max, 0, VIRTQ_DESC_F_INDIRECT)]);
+    let chain = q.pop(&mem).unwrap().expect("a list");
+    assert_eq!(chain.len(), max as usize);
+
+    let mut q = queue(&mem, 4, indirect());
+    raw_ring(&mem, &[(TABLES, 16 * (max + 1), 0, VIRTQ_DESC_F_INDIRECT)]);
+    assert!(matches!(
+        q.pop(&mem),
+        Err(QueueError::IndirectTableTooLarge { max: 32768, .. })
+    ));
+}
+
+#[test]
+fn indirect_table_straddling_two_memory_regions_is_read() {
+    // Two adjacent regions: a table across their boundary is valid guest
+    // memory, read piecewise.
+    let half = MEM_SIZE / 2;
+    let mem = GuestMemoryMmap::from_ranges(&[
+        (GuestAddress(0), half as usize),
+        (GuestAddress(half), half as usize),
+    ])
+    .unwrap();
+    let table = half - 16;
+    Driver::write_desc(&mem, GuestAddress(table), 0x5_0000, 8, 0, 0);
+    let w = VIRTQ_DESC_F_WRITE;
+    Driver::write_desc(&mem, GuestAddress(half), 0x6_0000, 4, 0, w);
+    let mut q = queue(&mem, 4, indirect());
+    raw_ring(&mem, &[(table, 32, 1, VIRTQ_DESC_F_INDIRECT)]);
+    let chain = q.pop(&mem).unwrap().expect("a list");
+    assert_eq!((chain.len(), chain.writable_len()), (2, 4));
+}
+
+#[test]
 fn malformed_lists_are_peer_faults() {
     let mem = mem();
     let n = VIRTQ_DESC_F_NEXT;
