@@ -10,7 +10,7 @@ mod terminal;
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -341,10 +341,6 @@ fn guest_dir(distro: Distro) -> Result<PathBuf, BoxError> {
     }
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, BoxError> {
-    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()).into())
-}
-
 /// `--queue-size`: a power of two in 1..=32768.
 fn parse_queue_size(s: &str) -> Result<u16, String> {
     let n: u16 = s.parse().map_err(|e| format!("{e}"))?;
@@ -596,8 +592,6 @@ fn boot(args: &BootArgs) -> Result<(ExitReason, bool), BoxError> {
             (dir.join("Image"), Some(initrd))
         }
     };
-    let kernel = read(&kernel_path)?;
-    let initrd = initrd_path.as_deref().map(read).transpose()?;
 
     let ram_size = args
         .mem
@@ -653,7 +647,8 @@ fn boot(args: &BootArgs) -> Result<(ExitReason, bool), BoxError> {
         cmdline.push_str(extra);
     }
     log::info!("kernel command line: {cmdline}");
-    machine.load_linux(&kernel, initrd.as_deref(), &cmdline)?;
+    // Read straight into guest RAM: a host copy would add the images to the peak RSS.
+    machine.load_linux_files(&kernel_path, initrd_path.as_deref(), &cmdline)?;
     // Restores the terminal when dropped, after the run (and on the error paths).
     let _raw_mode = if args.shell {
         terminal::stop_on_signals(machine.stop_handle())?;

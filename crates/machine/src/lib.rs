@@ -156,4 +156,14 @@ pub enum Error {
     /// The device tree could not be built.
     #[error("cannot build the device tree")]
     Fdt(#[source] vm_fdt::Error),
+    /// A boot image file could not be opened or read
+    /// ([`Machine::load_linux_files`]).
+    #[error("cannot read {}", path.display())]
+    ImageFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
