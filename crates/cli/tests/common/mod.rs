@@ -49,6 +49,28 @@ impl Run {
         );
     }
 
+    /// The init's default device tests (blk, rng, hvc) passed, the console device's output
+    /// reached the host, and no test failed nor the kernel warned.
+    pub fn assert_device_tests_passed(&self) {
+        for line in [
+            "vmmio-init: blk OK bytes=1048576",
+            "vmmio-init: rng OK bytes=4096",
+            "vmmio-init: hvc OK",
+            // What the guest wrote to its virtio console reached the host.
+            "virtio-console| vmmio-hvc: hello from the guest",
+            "vmmio-init: summary ok=4 fail=0",
+            "vmmio-init: done",
+        ] {
+            self.assert_has(line);
+        }
+        assert!(!self.stdout.contains(" FAIL"), "{}", self.dump());
+        assert!(
+            !self.stdout.contains("WARNING:"),
+            "kernel WARN:\n{}",
+            self.dump()
+        );
+    }
+
     /// The `--stats` lines of the virtio windows: (device type, version, features).
     pub fn windows(&self) -> Vec<(u32, String, u64)> {
         self.stderr
