@@ -936,6 +936,28 @@ mod tests {
     }
 
     #[test]
+    fn negotiated_features_phase_and_limits_read_back() {
+        use vmmio_spec::features::VIRTIO_F_EVENT_IDX;
+        let mut s = modern();
+        s.device_features |= bit(VIRTIO_F_EVENT_IDX) | bit(63) | bit(50);
+        let mut t = Transport::probe(&mut s).unwrap().unwrap();
+        assert_eq!(
+            t.finish_init(),
+            Err(Error::WrongPhase("DRIVER_OK before begin_init"))
+        );
+        let mut limits = t.limits();
+        limits.reset_polls = 7;
+        t.set_limits(limits);
+        assert_eq!(t.limits().reset_polls, 7);
+        // Every transport feature allowed: VERSION_1 stays accepted.
+        t.set_transport_features(u64::MAX);
+        let got = t.begin_init(bit(63) | bit(50)).unwrap();
+        let want = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_EVENT_IDX) | bit(63) | bit(50);
+        assert_eq!((got, t.features()), (want, want));
+        assert_eq!(DEVICE_TYPE_FEATURES, 0xfffc_0400_00ff_ffff);
+    }
+
+    #[test]
     fn probe_device_id_zero_is_empty_and_touches_nothing_else() {
         let mut s = Scripted::new(2, 0, 0, 0);
         assert!(Transport::probe(&mut s).unwrap().is_none());
