@@ -144,7 +144,15 @@ fn block_read_write_flush_get_id_in_every_configuration() {
             b.read_blocks(510, &mut back),
             Err(Error::OutOfRange { .. })
         ));
-        let ev = b.handle_interrupt().unwrap();
+        // A worker raises the interrupt after it published the used ring (used ring first,
+        // then the notification), so the driver may see the completion before
+        // InterruptStatus: wait for it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut ev = b.handle_interrupt().unwrap();
+        while !ev.used_buffers && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            ev = b.handle_interrupt().unwrap();
+        }
         assert!(ev.used_buffers, "{cfg:?}");
         assert!(w.line.count.load(Ordering::SeqCst) > 0);
         drop(b);
