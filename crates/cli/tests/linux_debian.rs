@@ -52,9 +52,6 @@ fn boot(args: &[&str]) -> Run {
     run
 }
 
-/// VIRTIO_F_VERSION_1.
-const VERSION_1: u64 = 1 << 32;
-
 fn assert_debian_devices_work(run: &Run, version: &str, types: &[u32]) {
     assert_eq!(run.code, Some(0), "{}", run.dump());
     for line in [
@@ -74,17 +71,7 @@ fn assert_debian_devices_work(run: &Run, version: &str, types: &[u32]) {
         run.assert_has(line);
     }
     run.assert_device_tests_passed();
-    let windows = run.windows();
-    let got: Vec<u32> = windows.iter().map(|w| w.0).collect();
-    assert_eq!(got, types, "{}", run.dump());
-    for (device, v, features) in windows {
-        assert_eq!(v, version, "device {device}");
-        assert_eq!(
-            features & VERSION_1 != 0,
-            version == "Modern",
-            "device {device}: {features:#x}"
-        );
-    }
+    run.assert_windows(types, version);
 }
 
 #[test]

@@ -71,6 +71,23 @@ impl Run {
         );
     }
 
+    /// Each window was driven in the layout asked for, in this order of device types: a
+    /// Version 2 ("Modern") driver must negotiate VIRTIO_F_VERSION_1, a legacy one cannot.
+    pub fn assert_windows(&self, types: &[u32], version: &str) {
+        const VERSION_1: u64 = 1 << 32;
+        let windows = self.windows();
+        let got: Vec<u32> = windows.iter().map(|w| w.0).collect();
+        assert_eq!(got, types, "{}", self.dump());
+        for (device, v, features) in windows {
+            assert_eq!(v, version, "device {device}");
+            assert_eq!(
+                features & VERSION_1 != 0,
+                version == "Modern",
+                "device {device}: {features:#x}"
+            );
+        }
+    }
+
     /// The `--stats` lines of the virtio windows: (device type, version, features).
     pub fn windows(&self) -> Vec<(u32, String, u64)> {
         self.stderr
