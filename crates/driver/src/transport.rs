@@ -808,9 +808,16 @@ impl<R: RegisterIo> Transport<R> {
     /// [`Error::Timeout`] when the config never reads consistently.
     pub fn read_config_bytes(&mut self, offset: u64, out: &mut [u8]) -> Result<()> {
         let tries = self.limits.config_retries.max(1);
-        for _ in 0..tries {
+        // Legacy (no generation): the first pass only fills `out` (what the
+        // caller left there is not a read), each later one must repeat the
+        // pass before it (§2.5.4): one pass more, as in `consistent`.
+        let passes = match self.version {
+            Version::Modern => tries,
+            Version::Legacy => tries.saturating_add(1),
+        };
+        for pass in 0..passes {
             let before = self.generation();
-            let mut same = true;
+            let mut same = pass > 0;
             for (i, b) in (0u64..).zip(out.iter_mut()) {
                 let v = self.io.read_config_u8(offset.saturating_add(i));
                 same &= *b == v;
@@ -1401,6 +1408,7 @@ mod tests {
         s.generation_flips = 3;
         let mut t = Transport::probe(&mut s).unwrap().unwrap();
         assert_eq!(t.read_config_u8(1).unwrap(), 1);
+        assert_eq!(t.read_config_u8(5).unwrap(), 5);
         assert_eq!(t.read_config_u16(2).unwrap(), 0x0302);
         assert_eq!(t.read_config_u32(4).unwrap(), 0x0706_0504);
         assert_eq!(t.read_config_u64(8).unwrap(), 0x0f0e_0d0c_0b0a_0908);
@@ -1478,9 +1486,114 @@ mod tests {
     }
 
     #[test]
+    fn config_legacy_bytes_are_read_until_two_passes_agree() {
+        let mut s = legacy();
+        s.config = alloc::vec![0, 1, 2];
+        // The device adds 1 to every byte after the first read: the first
+        // pass reads [0, 2, 3], a mix of two versions of the config.
+        s.config_bumps = 1;
+        let mut t = Transport::probe(&mut s).unwrap().unwrap();
+        // The caller's buffer happens to hold that torn value: it is not
+        // a read, so it does not confirm the first pass.
+        let mut b = [0, 2, 3];
+        t.read_config_bytes(0, &mut b).unwrap();
+        assert_eq!(b, [1, 2, 3]);
+        let reads = |s: &Scripted| s.log.iter().filter(|a| a.config && !a.write).count();
+        // Three passes: torn, new, new again.
+        assert_eq!(reads(&s), 9);
+
+        // Settled config: two passes.
+        let mut s = legacy();
+        s.config = alloc::vec![7, 8];
+        let mut t = Transport::probe(&mut s).unwrap().unwrap();
+        let mut b = [0u8; 2];
+        t.read_config_bytes(0, &mut b).unwrap();
+        assert_eq!(b, [7, 8]);
+        assert_eq!(reads(&s), 4);
+
+        // A config that never reads the same twice: bounded.
+        let mut s = legacy();
+        s.config = alloc::vec![0, 1];
+        s.config_bumps = u32::MAX;
+        let mut t = Transport::probe(&mut s).unwrap().unwrap();
+        t.set_limits(Limits {
+            config_retries: 5,
+            ..Limits::default()
+        });
+        let mut b = [0u8; 2];
+        assert!(matches!(
+            t.read_config_bytes(0, &mut b),
+            Err(Error::Timeout { .. })
+        ));
+        assert_eq!(reads(&s), 2 * 6);
+    }
+
+    /// A HAL that reports every allocation at one device address (queue
+    /// memory is still allocated by [`IdentityHal`]; the scripted device
+    /// never dereferences the address). It breaks the [`Hal`] contract
+    /// when that address is not page aligned, as a buggy platform would.
+    #[derive(Clone, Copy)]
+    struct FixedHal(u64);
+    // SAFETY: delegates to IdentityHal; the reported address is never
+    // dereferenced by these tests.
+    unsafe impl Hal for FixedHal {
+        fn dma_alloc(&self, pages: usize) -> Option<(u64, NonNull<u8>)> {
+            IdentityHal.dma_alloc(pages).map(|(_, v)| (self.0, v))
+        }
+        unsafe fn dma_dealloc(&self, paddr: u64, vaddr: NonNull<u8>, pages: usize) {
+            // SAFETY: forwarded from our caller; IdentityHal frees by vaddr.
+            unsafe { IdentityHal.dma_dealloc(paddr, vaddr, pages) }
+        }
+        unsafe fn share(&self, b: NonNull<[u8]>, d: crate::BufferDirection) -> Option<u64> {
+            // SAFETY: forwarded from our caller.
+            unsafe { IdentityHal.share(b, d) }
+        }
+        unsafe fn unshare(&self, _: u64, _: NonNull<[u8]>, _: crate::BufferDirection) {}
+    }
+
+    #[test]
+    fn queue_memory_misaligned_or_at_page_0_is_refused() {
+        // Version 2: any page-aligned address, page 0 included; a
+        // misaligned one is refused before any queue register is written.
+        let mut s = modern();
+        let mut t = ready(&mut s, 0);
+        assert_eq!(
+            t.setup_queue(FixedHal(0x1_0008), 0, 8).unwrap_err(),
+            Error::BadQueueAddress(0x1_0008)
+        );
+        let q = t.setup_queue(FixedHal(0), 1, 8).unwrap();
+        t.reset().unwrap();
+        t.teardown_queue(q).unwrap();
+        assert_eq!(s.writes_to(mmio::QUEUE_SIZE), [8]);
+        // Legacy: QueuePFN 0 stops the queue, so page 0 is refused too;
+        // page 1 is the first usable one.
+        let mut s = legacy();
+        let mut t = ready(&mut s, 0);
+        assert_eq!(
+            t.setup_queue(FixedHal(0), 0, 8).unwrap_err(),
+            Error::BadQueueAddress(0)
+        );
+        assert_eq!(
+            t.setup_queue(FixedHal(0x1_0008), 0, 8).unwrap_err(),
+            Error::BadQueueAddress(0x1_0008)
+        );
+        let q = t.setup_queue(FixedHal(0x1000), 0, 8).unwrap();
+        t.reset().unwrap();
+        t.teardown_queue(q).unwrap();
+        assert_eq!(s.writes_to(mmio::LEGACY_QUEUE_PFN), [1, 0]);
+    }
+
+    #[test]
     fn shm_regions_present_absent_and_legacy() {
         let mut s = modern();
-        s.shm = alloc::vec![(0x4000_0000, 0x10_0000), (u64::MAX, u64::MAX)];
+        // Absent: both all ones, or either one (a present base with an
+        // absent length is no region, nor the other way round).
+        s.shm = alloc::vec![
+            (0x4000_0000, 0x10_0000),
+            (u64::MAX, u64::MAX),
+            (0x5000_0000, u64::MAX),
+            (u64::MAX, 0x1000),
+        ];
         let mut t = Transport::probe(&mut s).unwrap().unwrap();
         assert_eq!(
             t.shm_region(0).unwrap(),
@@ -1490,8 +1603,10 @@ mod tests {
             })
         );
         assert_eq!(t.shm_region(1).unwrap(), None);
+        assert_eq!(t.shm_region(2).unwrap(), None);
+        assert_eq!(t.shm_region(3).unwrap(), None);
         assert_eq!(t.shm_region(9).unwrap(), None);
-        assert_eq!(s.writes_to(mmio::SHM_SEL), [0, 1, 9]);
+        assert_eq!(s.writes_to(mmio::SHM_SEL), [0, 1, 2, 3, 9]);
         let mut s = legacy();
         let mut t = Transport::probe(&mut s).unwrap().unwrap();
         assert_eq!(t.shm_region(0), Err(Error::LegacyUnsupported));

@@ -187,6 +187,9 @@ pub struct Scripted {
     pub generation: u32,
     /// Reads of `ConfigGeneration` that return a new value each time.
     pub generation_flips: u32,
+    /// Config reads after each of which the device adds 1 to every config
+    /// byte (a device updating its config while the driver reads it).
+    pub config_bumps: u32,
     pub interrupt_status: u32,
     /// `InterruptACK` clears nothing.
     pub interrupt_stuck: bool,
@@ -238,6 +241,7 @@ impl Scripted {
             config: Vec::new(),
             generation: 0,
             generation_flips: 0,
+            config_bumps: 0,
             interrupt_status: 0,
             interrupt_stuck: false,
             acks: Vec::new(),
@@ -420,13 +424,19 @@ impl Scripted {
         }
     }
 
-    fn config_read(&self, offset: u64, width: usize) -> u32 {
+    fn config_read(&mut self, offset: u64, width: usize) -> u32 {
         let mut b = [0u8; 4];
         for (i, byte) in b.iter_mut().take(width).enumerate() {
             let at = usize::try_from(offset)
                 .unwrap_or(usize::MAX)
                 .saturating_add(i);
             *byte = self.config.get(at).copied().unwrap_or(0);
+        }
+        if self.config_bumps > 0 {
+            self.config_bumps -= 1;
+            for c in &mut self.config {
+                *c = c.wrapping_add(1);
+            }
         }
         u32::from_le_bytes(b)
     }
