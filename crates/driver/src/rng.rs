@@ -347,4 +347,60 @@ mod tests {
             Err(Error::UsedLenTooLarge { len: 17, .. })
         ));
     }
+
+    #[test]
+    fn entropy_interrupt_is_acknowledged_and_needs_reset_breaks_it() {
+        let mut s = Scripted::new(2, device_id::ENTROPY, 1, 8);
+        s.handler = Some(rng_handler);
+        let t = Transport::probe(&mut s).unwrap().unwrap();
+        let mut e = Entropy::new(t, IdentityHal).unwrap();
+        let mut buf = [0u8; 4];
+        assert_eq!(e.read(&mut buf).unwrap(), 4);
+        assert_eq!(
+            e.handle_interrupt().unwrap(),
+            InterruptEvents {
+                used_buffers: true,
+                config_changed: false
+            }
+        );
+        assert_eq!(e.transport().io_mut().acks, [vmmio_spec::mmio::INT_VRING]);
+        let io = e.transport().io_mut();
+        io.status |= vmmio_spec::status::DEVICE_NEEDS_RESET;
+        io.interrupt_status |= vmmio_spec::mmio::INT_CONFIG;
+        assert_eq!(e.handle_interrupt(), Err(Error::DeviceNeedsReset));
+        assert_eq!(e.read(&mut buf), Err(Error::Broken));
+        e.reinit().unwrap();
+        assert_eq!(e.read(&mut buf).unwrap(), 4);
+    }
+
+    #[test]
+    fn entropy_drop_resets_a_working_device_and_keeps_failed_visible() {
+        let mut s = Scripted::new(2, device_id::ENTROPY, 1, 8);
+        let e = Entropy::new(Transport::probe(&mut s).unwrap().unwrap(), IdentityHal).unwrap();
+        drop(e);
+        assert_eq!(s.status, 0);
+        assert_eq!(s.queues[0].ready, 0);
+        // Initialisation fails: the device keeps showing FAILED.
+        let mut s = Scripted::new(2, device_id::ENTROPY, 1, 8);
+        s.refuse_features = true;
+        let t = Transport::probe(&mut s).unwrap().unwrap();
+        assert!(Entropy::new(t, IdentityHal).is_err());
+        assert_ne!(s.status & vmmio_spec::status::FAILED, 0);
+    }
+
+    #[test]
+    fn entropy_is_a_std_reader() {
+        use std::io::Read;
+        let mut s = Scripted::new(2, device_id::ENTROPY, 1, 8);
+        s.handler = Some(rng_handler);
+        let t = Transport::probe(&mut s).unwrap().unwrap();
+        let mut e = Entropy::new(t, IdentityHal).unwrap();
+        let mut buf = [0u8; 3];
+        assert_eq!(Read::read(&mut e, &mut buf).unwrap(), 3);
+        assert_eq!(buf, [0x5a, 0x5b, 0x58]);
+        e.transport().io_mut().used_len_override = Some(17);
+        let err = Read::read(&mut e, &mut buf).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::Other);
+    }
+
 }
