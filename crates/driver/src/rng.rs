@@ -402,5 +402,4 @@ mod tests {
         let err = Read::read(&mut e, &mut buf).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::Other);
     }
-
 }
