@@ -275,6 +275,13 @@ pub(crate) struct Hart {
     trap_loop: TrapLoopGuard,
     /// Decoded blocks (the fast path, see [`blocks`]).
     blocks: blocks::Blocks,
+    /// One byte per RAM page: nonzero while blocks decoded from the page may be cached, so
+    /// that the hart's own stores there move `code_epoch` on.
+    code_pages: Box<[u8]>,
+    /// Moves on whenever code may have changed (a hart store to a code page, FENCE.I, an
+    /// SBI remote fence.i, a new run): a block decoded in an older epoch is compared with
+    /// memory before it runs again.
+    code_epoch: u64,
     /// Where a block handler leaves its trap.
     trap: Trap,
     /// Ends the current batch after this instruction (pending interrupts may have changed).
@@ -306,6 +313,7 @@ impl Hart {
         .into_boxed_slice()
         .try_into()
         .unwrap_or_else(|_| unreachable!("length is DCACHE_SIZE"));
+        let ram_pages = usize::try_from(bus.ram.len().div_ceil(4096)).unwrap_or(0);
         let mut hart = Self {
             x: [0; 32],
             fp: FpState::default(),
@@ -338,6 +346,8 @@ impl Hart {
             exit: None,
             trap_loop: TrapLoopGuard::default(),
             blocks: blocks::Blocks::new(),
+            code_pages: vec![0; ram_pages].into_boxed_slice(),
+            code_epoch: 0,
             trap: Trap { cause: 0, tval: 0 },
             break_batch: false,
             wfi: false,
@@ -366,6 +376,44 @@ impl Hart {
             | (((self.sstatus & sstatus::SUM != 0) as usize) << 1)
             | (((self.sstatus & sstatus::MXR != 0) as usize) << 2);
         self.perms = PERMS[idx];
+    }
+
+    /// Whether blocks decoded from the RAM page of offset `off` may be cached.
+    #[inline(always)]
+    fn is_code(&self, off: usize) -> bool {
+        self.code_pages.get(off >> 12).is_some_and(|&b| b != 0)
+    }
+
+    /// The hart (or the machine on its behalf) wrote RAM offset `off`: when blocks were
+    /// decoded from that page, they are checked against memory before they run again.
+    #[inline(always)]
+    fn note_store(&mut self, off: usize) {
+        if self.is_code(off) {
+            self.code_written(off);
+        }
+    }
+
+    /// Guest RAM at physical `pa` was written by the hart outside the load/store path.
+    fn note_store_pa(&mut self, pa: u64) {
+        if let Some(off) = self.bus.ram.offset(pa, 1) {
+            self.note_store(off);
+        }
+    }
+
+    #[cold]
+    fn code_written(&mut self, off: usize) {
+        if let Some(b) = self.code_pages.get_mut(off >> 12) {
+            *b = 0;
+        }
+        self.code_changed();
+    }
+
+    /// Code anywhere in RAM may have changed (FENCE.I, or memory written behind the hart's
+    /// back, such as device DMA or the loader): every cached block is compared with memory
+    /// before it runs again.
+    pub(crate) fn code_changed(&mut self) {
+        // A u64 epoch never wraps.
+        self.code_epoch = self.code_epoch.wrapping_add(1);
     }
 
     pub(crate) fn flush_tlb(&mut self) {
@@ -580,7 +628,8 @@ impl Hart {
             | Kind::Divuw
             | Kind::Remw
             | Kind::Remuw => self.x[rd] = int_op(i.kind, rs1, rs2),
-            Kind::Fence | Kind::FenceI => {}
+            Kind::Fence => {}
+            Kind::FenceI => self.code_changed(),
             Kind::LrW | Kind::ScW | Kind::AmoW | Kind::LrD | Kind::ScD | Kind::AmoD => {
                 self.x[rd] = self.atomic(i, rs1, rs2)?
             }
@@ -706,6 +755,9 @@ impl Hart {
             // The PTE changed under us (device DMA into a page table): let the guest retry.
             return Err(pf);
         }
+        if new != pte {
+            self.note_store(pte_off);
+        }
         let pa_page = ((ppn & !low_mask) | ((va >> 12) & low_mask)) << 12;
         let flags = ((new >> 1) & 0xf) | (((new >> 7) & 1) << 4);
         let vpn = va >> 12;
@@ -763,6 +815,7 @@ impl Hart {
         if let Some(off) = self.bus.ram.offset(pa, N as u64) {
             // SAFETY: as in `load`.
             unsafe { self.bus.ram.store::<N>(off, v) };
+            self.note_store(off);
             return Ok(());
         }
         self.mmio_store(va, pa, N, v)
@@ -814,6 +867,7 @@ impl Hart {
             if !self.bus.write_phys(pa, 1, v >> (8 * k)) {
                 return Err(Access::Write.access_fault(va.wrapping_add(k as u64)));
             }
+            self.note_store_pa(pa);
         }
         Ok(())
     }
@@ -851,6 +905,7 @@ impl Hart {
             if !self.bus.write_phys(pa, size, src) {
                 return Err(Access::Write.access_fault(addr));
             }
+            self.note_store_pa(pa);
             return Ok(0);
         }
         let old = self
@@ -858,6 +913,7 @@ impl Hart {
             .read_phys(pa, size)
             .ok_or(Access::Write.access_fault(addr))?;
         let new = amo(i.imm, old, src, wide);
+        self.note_store_pa(pa);
         if !self.bus.write_phys(pa, size, new) {
             return Err(Access::Write.access_fault(addr));
         }

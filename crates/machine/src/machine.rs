@@ -574,6 +574,8 @@ impl Machine {
     /// None today; the `Result` leaves room for host-side failures.
     pub fn run(&mut self) -> Result<ExitReason, Error> {
         self.irq.register_waiter();
+        // Memory may have been written since the last run (loader, embedder, DMA).
+        self.hart.code_changed();
         let start = Instant::now();
         let deadline = self.timeout.map(|t| start + t);
         let tracing = self.hart.trace.is_some();

@@ -197,7 +197,7 @@ impl Hart {
             eid::LEGACY_CLEAR_IPI => self.sip &= !SSIP,
             // The mask is a pointer to guest memory; with one hart, every IPI is ours.
             eid::LEGACY_SEND_IPI => self.sip |= SSIP,
-            eid::LEGACY_FENCE_I => {}
+            eid::LEGACY_FENCE_I => self.code_changed(),
             eid::LEGACY_SFENCE_VMA | eid::LEGACY_SFENCE_VMA_ASID => self.flush_tlb(),
             _ => {
                 log::info!("sbi: legacy shutdown");
@@ -230,10 +230,11 @@ impl Hart {
             HartList::Invalid => (err::INVALID_PARAM, 0),
             HartList::Empty => (err::SUCCESS, 0),
             HartList::Hart0 => {
-                // remote_fence_i (fid 0): the decode cache checks the raw instruction word
-                // at each use, so it never holds stale code and there is nothing to drop.
+                // remote_fence_i (fid 0): cached blocks are checked against memory again.
                 // remote_sfence_vma(_asid) (1, 2): the whole TLB, a superset of any range.
-                if fid != 0 {
+                if fid == 0 {
+                    self.code_changed();
+                } else {
                     self.flush_tlb();
                 }
                 (err::SUCCESS, 0)
@@ -335,6 +336,8 @@ impl Hart {
                     (err::SUCCESS, n)
                 } else {
                     let got = self.bus.uart.console_read(buf.len());
+                    // The guest may read console input over its own code.
+                    self.code_changed();
                     if self
                         .bus
                         .ram

@@ -63,8 +63,10 @@ pub(crate) fn get_u64(m: &Machine, addr: u64) -> u64 {
     m.memory().read_obj(GuestAddress(addr)).unwrap()
 }
 
-/// Executes `n` instructions one by one (traps count as one).
+/// Executes `n` instructions one by one (traps count as one). Like [`Machine::run`], it
+/// first lets the hart see code written behind its back (`put`) since the last call.
 pub(crate) fn step(m: &mut Machine, n: usize) {
+    m.hart.code_changed();
     for _ in 0..n {
         m.hart.run_batch::<false>(1);
     }

@@ -9,11 +9,16 @@
 //! physical, so address-space switches need no flush, and the page is translated (with its
 //! execute-permission check) when a block is entered.
 //!
-//! Exactness: every instruction is compared with the memory it was decoded from just before
-//! it runs, so code written by anyone (the hart's own stores, even inside the running block,
-//! device DMA, the loader) is never run stale; a mismatch drops the block and the next lookup
-//! decodes it again. Instructions are counted one by one (`instret`, the batch budget), the
-//! pc is exact at every trap, and interrupts are still taken between batches only.
+//! Code changes (Unprivileged spec, Zifencei): a block keeps the instruction bits it was
+//! decoded from and the code epoch it was last checked in. The epoch moves on when the
+//! hart stores to a page blocks were decoded from (a byte per RAM page says which), at
+//! FENCE.I and SBI remote fence.i, and when a run starts; a block from an older epoch is
+//! compared with memory before it runs (and decoded again if it differs). So the hart's own
+//! stores are seen at once, even inside the running block (the store ends it), as the
+//! interpreter sees them; code written by devices (DMA) is seen after the FENCE.I the spec
+//! asks the guest for, as on hardware with an instruction cache. Instructions are counted
+//! one by one (`instret`, the batch budget), the pc is exact at every trap, and interrupts
+//! are still taken between batches only.
 
 use super::{Access, Hart, Trap};
 use crate::decode::{decode, Kind};
@@ -21,10 +26,13 @@ use crate::decode::{decode, Kind};
 /// Most instructions in one block.
 const BLOCK_MAX: usize = 16;
 /// Number of blocks in the cache (power of two).
-const BLOCKS: usize = 8192;
+const BLOCKS: usize = 16384;
 /// A handler's return value for "the instruction trapped" (the trap is in `Hart::trap`); pcs
 /// are always even, so it cannot be a next pc.
 const TRAPPED: u64 = 1;
+/// A handler's return value for "the instruction completed but may have rewritten code":
+/// the next pc is in `Hart::pc`, and the rest of the block may be stale.
+const CODE_WRITTEN: u64 = 3;
 /// Tag of an empty cache entry (no RAM offset is this large).
 const NO_BLOCK: usize = usize::MAX;
 
@@ -75,10 +83,17 @@ impl Op {
 pub(super) struct Block {
     /// RAM offset of the first instruction, or [`NO_BLOCK`].
     tag: usize,
-    len: usize,
-    /// The instruction bits each op was decoded from (16 significant bits when compressed).
-    raws: [u32; BLOCK_MAX],
+    /// The `Hart::code_epoch` in which the ops were last known to match memory.
+    epoch: u64,
+    len: u32,
+    /// Every op has a fast handler other than FENCE.I: none changes the privilege, the
+    /// translation or the code epoch, so a jump back to the start may run the block again
+    /// at once (the block's page and epoch were checked when it was entered).
+    loops: bool,
     ops: [Op; BLOCK_MAX],
+    /// The instruction bits each op was decoded from (16 significant bits when compressed);
+    /// last, off the hot cache lines: read only when the epoch moved on.
+    raws: [u32; BLOCK_MAX],
 }
 
 /// The block cache.
@@ -96,9 +111,11 @@ impl Blocks {
         };
         let empty = || Block {
             tag: NO_BLOCK,
+            epoch: 0,
             len: 0,
-            raws: [0; BLOCK_MAX],
+            loops: false,
             ops: [op; BLOCK_MAX],
+            raws: [0; BLOCK_MAX],
         };
         Blocks((0..BLOCKS).map(|_| empty()).collect())
     }
@@ -135,7 +152,9 @@ impl Hart {
             let block = &mut blocks.0[Blocks::slot(off)];
             // SAFETY: `fetch_off` is the RAM page `fetch_page` checked for `fetch_vpn`, the
             // page of `pc`, and `pc` is 2-aligned (both checked above).
-            if block.tag != off && !unsafe { self.build(block, off, in_page) } {
+            if (block.tag != off || block.epoch != self.code_epoch)
+                && !unsafe { self.refresh(block, off, in_page) }
+            {
                 // Nothing to cache here (a 32-bit instruction straddling two pages).
                 n += 1;
                 if let Err(t) = self.step::<false>() {
@@ -146,27 +165,28 @@ impl Hart {
                 }
                 continue;
             }
-            // `budget - n` >= 1 here.
-            let limit = block.len.min(BLOCK_MAX).min((budget - n) as usize);
+            let entry = pc;
             let mut pc = pc;
-            let mut off = off;
             let mut k = 0;
+            // `budget - n` >= 1 here.
+            let mut limit = (block.len as usize)
+                .min(BLOCK_MAX)
+                .min((budget - n) as usize);
             while k < limit {
                 let op = &block.ops[k];
-                // SAFETY: `off` is where op `k` was decoded (2-aligned, in the page that
-                // `fetch_page` checked at block entry), and `build` kept `op.len` bytes of the
-                // page from there.
-                if unsafe { self.fetch_raw(off, u32::from(op.len)) } != block.raws[k] {
-                    // Rewritten since decoded: decode again from this instruction.
-                    block.tag = NO_BLOCK;
-                    break;
-                }
                 k += 1;
                 let next = (op.run)(self, op, pc);
-                if next == TRAPPED {
-                    let t = self.trap;
-                    self.pc = pc;
-                    self.take_trap(t.cause, t.tval, false);
+                if next & 1 != 0 {
+                    if next == TRAPPED {
+                        let t = self.trap;
+                        self.pc = pc;
+                        self.take_trap(t.cause, t.tval, false);
+                        pc = self.pc;
+                        break;
+                    }
+                    // CODE_WRITTEN: done, but the rest of the block may be stale.
+                    self.x[0] = 0;
+                    self.instret = self.instret.wrapping_add(1);
                     pc = self.pc;
                     break;
                 }
@@ -175,10 +195,17 @@ impl Hart {
                 let fall = op.next(pc);
                 pc = next;
                 if next != fall {
-                    // A taken branch: the rest of the block is not on this path.
+                    // A taken branch: the rest of the block is not on this path. A loop
+                    // back to the block's own start runs it again without a lookup when
+                    // nothing a lookup checks can have changed (see `Block::loops`).
+                    if next == entry && block.loops && !self.break_batch {
+                        n += k as u64;
+                        k = 0;
+                        limit = limit.min((budget - n) as usize);
+                        continue;
+                    }
                     break;
                 }
-                off += usize::from(op.len);
             }
             n += k as u64;
             self.pc = pc;
@@ -213,6 +240,50 @@ impl Hart {
         }
     }
 
+    /// Makes `block` the current decoding of the code at RAM offset `off` (`in_page` into
+    /// the fetch page): a block of an older epoch that still matches memory is kept, anything
+    /// else is decoded again. Returns false when not even the first instruction fits in the
+    /// page.
+    ///
+    /// # Safety
+    ///
+    /// As [`Hart::build`].
+    #[cold]
+    unsafe fn refresh(&mut self, block: &mut Block, off: usize, in_page: usize) -> bool {
+        // SAFETY: the caller's guarantee.
+        if block.tag == off && unsafe { self.matches(block) } {
+            block.epoch = self.code_epoch;
+            self.mark_code(off);
+            return true;
+        }
+        // SAFETY: the caller's guarantee.
+        unsafe { self.build(block, off, in_page) }
+    }
+
+    /// Whether memory still holds the instruction bits `block` was decoded from.
+    ///
+    /// # Safety
+    ///
+    /// `block.tag` is a RAM offset in a page that [`Hart::fetch_page`] found to be RAM.
+    unsafe fn matches(&self, block: &Block) -> bool {
+        let mut at = block.tag;
+        for (op, &raw) in block.ops.iter().zip(&block.raws).take(block.len as usize) {
+            // SAFETY: `build` decoded op by op from `block.tag` within the page, each `len`
+            // bytes long, so each `at` is 2-aligned with `op.len` bytes of the page left.
+            if unsafe { self.fetch_raw(at, u32::from(op.len)) } != raw {
+                return false;
+            }
+            at += usize::from(op.len);
+        }
+        true
+    }
+
+    fn mark_code(&mut self, off: usize) {
+        if let Some(b) = self.code_pages.get_mut(off >> 12) {
+            *b = 1;
+        }
+    }
+
     /// Decodes the block starting at RAM offset `off` (`in_page` into the fetch page) into
     /// `block`. Returns false when not even the first instruction fits in the page.
     ///
@@ -221,10 +292,11 @@ impl Hart {
     /// `off` is 2-aligned and `in_page` bytes into a page that [`Hart::fetch_page`] found to
     /// be RAM.
     #[cold]
-    unsafe fn build(&self, block: &mut Block, off: usize, in_page: usize) -> bool {
+    unsafe fn build(&mut self, block: &mut Block, off: usize, in_page: usize) -> bool {
         let page_left = 0x1000 - in_page;
         let mut at = 0;
         let mut len = 0;
+        let mut loops = true;
         while len < BLOCK_MAX && at + 2 <= page_left {
             // SAFETY: `off + at` is in the fetch page (RAM, checked when cached) with at
             // least 2 bytes left, and 2-aligned.
@@ -238,8 +310,14 @@ impl Hart {
             let insn = decode(raw);
             // The interpreter re-decodes what has no fast handler, from the bits in `imm`.
             let (run, imm, ends) = match handler(insn.kind) {
-                Some((run, ends)) => (run, insn.imm, ends),
-                None => (generic as Handler, raw as i32, true),
+                Some((run, ends)) => {
+                    loops &= insn.kind != Kind::FenceI;
+                    (run, insn.imm, ends)
+                }
+                None => {
+                    loops = false;
+                    (generic as Handler, raw as i32, true)
+                }
             };
             block.raws[len] = raw;
             block.ops[len] = Op {
@@ -256,8 +334,13 @@ impl Hart {
                 break;
             }
         }
-        block.len = len;
+        block.len = len as u32;
+        block.loops = loops;
+        block.epoch = self.code_epoch;
         block.tag = if len > 0 { off } else { NO_BLOCK };
+        if len > 0 {
+            self.mark_code(off);
+        }
         len > 0
     }
 }
@@ -322,6 +405,10 @@ fn handler(kind: Kind) -> Option<(Handler, bool)> {
                 if let Some(off) = h.ram_fast::<N>(va, Access::Write) {
                     // SAFETY: `ram_fast` proved `off + N` in RAM and `off` N-aligned.
                     unsafe { h.bus.ram.store::<N>(off, op.rs2(h)) };
+                    if h.is_code(off) {
+                        h.code_written(off);
+                        return code_written(h, op.next(pc));
+                    }
                     return op.next(pc);
                 }
                 store_slow(h, op, pc, Kind::$k)
@@ -392,20 +479,24 @@ fn handler(kind: Kind) -> Option<(Handler, bool)> {
         Kind::Sh => store!(Sh),
         Kind::Sw => store!(Sw),
         Kind::Sd => store!(Sd),
-        // Fences have nothing to do on this in-order hart whose instruction fetch already
-        // sees every store.
-        Kind::Fence | Kind::FenceI => (nop, false),
+        // FENCE has nothing to do on this in-order hart; FENCE.I makes every store (device
+        // DMA too) visible to instruction fetch.
+        Kind::Fence => (nop, false),
+        Kind::FenceI => (fence_i, true),
         _ => return None,
     })
 }
 
+// The slow paths may write code: a store, or the page walk's A/D update in a page table
+// that is also code.
 #[cold]
 #[inline(never)]
 fn load_slow(h: &mut Hart, op: &Op, pc: u64, kind: Kind) -> u64 {
+    let epoch = h.code_epoch;
     match h.load_op(kind, op.rs1(h).wrapping_add(op.imm())) {
         Ok(v) => {
             op.set_rd(h, v);
-            op.next(pc)
+            done(h, epoch, op.next(pc))
         }
         Err(t) => trapped(h, t),
     }
@@ -414,10 +505,31 @@ fn load_slow(h: &mut Hart, op: &Op, pc: u64, kind: Kind) -> u64 {
 #[cold]
 #[inline(never)]
 fn store_slow(h: &mut Hart, op: &Op, pc: u64, kind: Kind) -> u64 {
+    let epoch = h.code_epoch;
     match h.store_op(kind, op.rs1(h).wrapping_add(op.imm()), op.rs2(h)) {
-        Ok(()) => op.next(pc),
+        Ok(()) => done(h, epoch, op.next(pc)),
         Err(t) => trapped(h, t),
     }
+}
+
+/// `next`, or [`CODE_WRITTEN`] when the code epoch moved on since `epoch`.
+fn done(h: &mut Hart, epoch: u64, next: u64) -> u64 {
+    if h.code_epoch == epoch {
+        next
+    } else {
+        code_written(h, next)
+    }
+}
+
+#[cold]
+fn code_written(h: &mut Hart, next: u64) -> u64 {
+    h.pc = next;
+    CODE_WRITTEN
+}
+
+fn fence_i(h: &mut Hart, op: &Op, pc: u64) -> u64 {
+    h.code_changed();
+    op.next(pc)
 }
 
 #[cold]

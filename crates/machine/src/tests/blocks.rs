@@ -2,7 +2,8 @@
 //! (`run_batch::<true>`, the tracing path): random programs, mixed 16/32-bit, with loads,
 //! stores that rewrite the code, branches, jumps and traps, run by both; the final states must
 //! be identical. Plus targeted cases: a store rewriting a later instruction of the running
-//! block, budgets that end a batch mid-block, traps mid-block.
+//! block, code written behind the hart's back (DMA) and FENCE.I, budgets that end a batch
+//! mid-block, traps mid-block, loops that run a block again without a lookup.
 
 use super::*;
 
@@ -209,4 +210,53 @@ fn a_not_taken_branch_stays_in_the_block_a_taken_one_leaves_it() {
     m.hart.run_batch::<false>(4);
     assert_eq!((m.reg(1), m.reg(2), m.reg(3)), (1, 0, 3));
     assert_eq!((m.pc(), m.hart.instret), (CODE + 20, 4));
+}
+
+#[test]
+fn code_written_behind_the_hart_is_run_after_fence_i() {
+    let mut m = machine();
+    // addi ra, zero, 1; fence.i; j CODE
+    put(&m, CODE, &[addi(1, 0, 1), FENCE_I, jal(0, -8)]);
+    assert_eq!(m.hart.run_batch::<false>(3), 3);
+    assert_eq!((m.reg(1), m.pc()), (1, CODE));
+    // A device writes new code over the cached block (vm-memory, as DMA does). Until the
+    // guest's next FENCE.I either version may run; after it, only the new one.
+    put(&m, CODE, &[addi(1, 0, 2)]);
+    m.hart.run_batch::<false>(3);
+    assert_eq!(m.pc(), CODE);
+    m.hart.run_batch::<false>(1);
+    assert_eq!(m.reg(1), 2);
+}
+
+#[test]
+fn a_loop_back_to_the_block_start_keeps_budgets_exact() {
+    let mut m = machine();
+    m.set_reg(2, 100);
+    // loop: addi ra, ra, 1; bne ra, sp, loop; addi gp, zero, 3; j .
+    put(
+        &m,
+        CODE,
+        &[addi(1, 1, 1), bne(1, 2, -4), addi(3, 0, 3), jal(0, 0)],
+    );
+    assert_eq!(m.hart.run_batch::<false>(7), 7);
+    assert_eq!((m.reg(1), m.pc(), m.hart.instret), (4, CODE + 4, 7));
+    // The rest of the loop (193), the addi, then the `j .` block runs itself again until
+    // the budget ends, exactly.
+    assert_eq!(m.hart.run_batch::<false>(1000), 1000);
+    assert_eq!((m.reg(1), m.reg(3), m.pc()), (100, 3, CODE + 12));
+    assert_eq!(m.hart.instret, 1007);
+}
+
+#[test]
+fn a_loop_stops_at_a_device_access_as_any_block() {
+    let sink = Sink::default();
+    let mut m = machine_with(sink.clone());
+    m.set_reg(1, crate::layout::UART_BASE);
+    m.set_reg(2, u64::from(b'Z'));
+    // loop: sb sp, 0(ra); addi gp, gp, 1; j loop. The UART store ends the batch (an
+    // interrupt may be pending now), so the loop does not go round again.
+    put(&m, CODE, &[store(0, 1, 2, 0), addi(3, 3, 1), jal(0, -8)]);
+    assert_eq!(m.hart.run_batch::<false>(100), 3);
+    assert_eq!((m.reg(3), m.pc()), (1, CODE));
+    assert_eq!(&*sink.0.lock().unwrap(), b"Z");
 }
