@@ -150,11 +150,10 @@ impl Hart {
             }
             let off = self.fetch_off + in_page;
             let block = &mut blocks.0[Blocks::slot(off)];
+            let current = block.tag == off && block.epoch == self.code_epoch;
             // SAFETY: `fetch_off` is the RAM page `fetch_page` checked for `fetch_vpn`, the
             // page of `pc`, and `pc` is 2-aligned (both checked above).
-            if (block.tag != off || block.epoch != self.code_epoch)
-                && !unsafe { self.refresh(block, off, in_page) }
-            {
+            if !current && !unsafe { self.refresh(block, off, in_page) } {
                 // Nothing to cache here (a 32-bit instruction straddling two pages).
                 n += 1;
                 if let Err(t) = self.step::<false>() {
