@@ -171,12 +171,19 @@ impl Hart {
             let mut limit = (block.len as usize)
                 .min(BLOCK_MAX)
                 .min((budget - n) as usize);
+            // `instret` counts the whole run up front (one update instead of one per
+            // instruction); the exit takes back what did not run. `generic`, the only
+            // handler that can read it, is a block's last op and corrects for itself.
+            self.instret = self.instret.wrapping_add(limit as u64);
             while k < limit {
                 let op = &block.ops[k];
                 k += 1;
                 let next = (op.run)(self, op, pc);
                 if next & 1 != 0 {
                     if next == TRAPPED {
+                        // The trapping instruction did not retire (`k >= 1` here).
+                        self.instret = self.instret.wrapping_sub((limit - (k - 1)) as u64);
+                        limit = k;
                         let t = self.trap;
                         self.pc = pc;
                         self.take_trap(t.cause, t.tval, false);
@@ -184,13 +191,9 @@ impl Hart {
                         break;
                     }
                     // CODE_WRITTEN: done, but the rest of the block may be stale.
-                    self.x[0] = 0;
-                    self.instret = self.instret.wrapping_add(1);
                     pc = self.pc;
                     break;
                 }
-                self.x[0] = 0;
-                self.instret = self.instret.wrapping_add(1);
                 let fall = op.next(pc);
                 pc = next;
                 if next != fall {
@@ -198,14 +201,18 @@ impl Hart {
                     // back to the block's own start runs it again without a lookup when
                     // nothing a lookup checks can have changed (see `Block::loops`).
                     if next == entry && block.loops && !self.break_batch {
+                        self.instret = self.instret.wrapping_sub((limit - k) as u64);
                         n += k as u64;
                         k = 0;
                         limit = limit.min((budget - n) as usize);
+                        self.instret = self.instret.wrapping_add(limit as u64);
                         continue;
                     }
                     break;
                 }
             }
+            // Take back what did not run (nothing after a trap: settled above).
+            self.instret = self.instret.wrapping_sub((limit - k) as u64);
             n += k as u64;
             self.pc = pc;
             // Set by MMIO accesses, CSR writes, SBI calls...: the rest of a block may run
@@ -308,7 +315,7 @@ impl Hart {
             let raw = unsafe { self.fetch_raw(off + at, size as u32) };
             let insn = decode(raw);
             // The interpreter re-decodes what has no fast handler, from the bits in `imm`.
-            let (run, imm, ends) = match handler(insn.kind) {
+            let (run, imm, ends) = match handler(insn.kind, insn.rd) {
                 Some((run, ends)) => {
                     loops &= insn.kind != Kind::FenceI;
                     (run, insn.imm, ends)
@@ -344,9 +351,30 @@ impl Hart {
     }
 }
 
-/// The fast handler of an instruction kind, and whether it ends a block (it never falls
-/// through); `None`: the interpreter runs it, ending the block.
-fn handler(kind: Kind) -> Option<(Handler, bool)> {
+/// The fast handler of an instruction, and whether it ends a block (it never falls
+/// through); `None`: the interpreter runs it, ending the block. No fast handler writes x0
+/// (the block loop does not clear it after each instruction): an integer op or LUI/AUIPC
+/// with rd = x0 is a no-op (a HINT), jumps have link-less variants, and a load into x0
+/// (which still accesses memory) goes to the interpreter.
+fn handler(kind: Kind, rd: u8) -> Option<(Handler, bool)> {
+    if rd == 0 {
+        return match kind {
+            Kind::Jal => Some((jal_x0 as Handler, true)),
+            Kind::Jalr => Some((jalr_x0 as Handler, true)),
+            Kind::Lb | Kind::Lh | Kind::Lw | Kind::Ld | Kind::Lbu | Kind::Lhu | Kind::Lwu => None,
+            Kind::Sb | Kind::Sh | Kind::Sw | Kind::Sd => fast_handler(kind),
+            Kind::Beq | Kind::Bne | Kind::Blt | Kind::Bge | Kind::Bltu | Kind::Bgeu => {
+                fast_handler(kind)
+            }
+            Kind::Fence | Kind::FenceI => fast_handler(kind),
+            _ => fast_handler(kind).map(|_| (nop as Handler, false)),
+        };
+    }
+    fast_handler(kind)
+}
+
+/// The fast handler of an instruction kind (see [`handler`]).
+fn fast_handler(kind: Kind) -> Option<(Handler, bool)> {
     // One function per kind, with the kind a constant in it.
     macro_rules! int {
         ($k:ident, $src:ident) => {{
@@ -556,6 +584,14 @@ fn jal(h: &mut Hart, op: &Op, pc: u64) -> u64 {
     pc.wrapping_add(op.imm())
 }
 
+fn jal_x0(_: &mut Hart, op: &Op, pc: u64) -> u64 {
+    pc.wrapping_add(op.imm())
+}
+
+fn jalr_x0(h: &mut Hart, op: &Op, _: u64) -> u64 {
+    op.rs1(h).wrapping_add(op.imm()) & !1
+}
+
 fn jalr(h: &mut Hart, op: &Op, pc: u64) -> u64 {
     // The target is computed before rd is written (rd may be rs1).
     let target = op.rs1(h).wrapping_add(op.imm()) & !1;
@@ -568,7 +604,12 @@ fn jalr(h: &mut Hart, op: &Op, pc: u64) -> u64 {
 fn generic(h: &mut Hart, op: &Op, pc: u64) -> u64 {
     let raw = op.imm as u32;
     h.pc = pc;
-    match h.exec(decode(raw), pc, raw) {
+    // The block loop counted this instruction before it ran: CSR reads of `instret` and
+    // `cycle` must not see it.
+    h.instret = h.instret.wrapping_sub(1);
+    let r = h.exec(decode(raw), pc, raw);
+    h.instret = h.instret.wrapping_add(1);
+    match r {
         Ok(()) => h.pc,
         Err(t) => trapped(h, t),
     }

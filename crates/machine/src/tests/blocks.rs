@@ -260,3 +260,23 @@ fn a_loop_stops_at_a_device_access_as_any_block() {
     assert_eq!((m.reg(3), m.pc()), (1, CODE));
     assert_eq!(&*sink.0.lock().unwrap(), b"Z");
 }
+
+#[test]
+fn instret_read_at_the_end_of_a_block_counts_the_instructions_before_it() {
+    let mut m = machine();
+    // Three instructions, then `csrr a0, instret` (the block's last op), then one more.
+    put(
+        &m,
+        CODE,
+        &[
+            addi(1, 0, 1),
+            addi(2, 0, 2),
+            addi(3, 0, 3),
+            csrrs(10, csr::INSTRET as u32, 0),
+            addi(4, 0, 4),
+        ],
+    );
+    assert_eq!(m.hart.run_batch::<false>(100), 100);
+    assert_eq!(m.reg(10), 3);
+    assert_eq!(m.reg(4), 4);
+}
