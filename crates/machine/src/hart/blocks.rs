@@ -90,6 +90,9 @@ pub(super) struct Block {
     /// translation or the code epoch, so a jump back to the start may run the block again
     /// at once (the block's page and epoch were checked when it was entered).
     loops: bool,
+    /// Cache slots of the blocks likely to run next (the fall-through, the target of the
+    /// last direct jump or branch): prefetched while this one runs.
+    next: [u16; 2],
     ops: [Op; BLOCK_MAX],
     /// The instruction bits each op was decoded from (16 significant bits when compressed);
     /// last, off the hot cache lines: read only when the epoch moved on.
@@ -114,6 +117,7 @@ impl Blocks {
             epoch: 0,
             len: 0,
             loops: false,
+            next: [0; 2],
             ops: [op; BLOCK_MAX],
             raws: [0; BLOCK_MAX],
         };
@@ -123,6 +127,21 @@ impl Blocks {
     fn slot(off: usize) -> usize {
         ((off >> 1) ^ (off >> 13)) & (BLOCKS - 1)
     }
+}
+
+/// Asks the host CPU to bring the start of the blocks `next` names (slots of `base`) into
+/// cache while the current block runs: a hint, with no effect on behaviour.
+#[inline(always)]
+fn prefetch(base: *const Block, next: [u16; 2]) {
+    #[cfg(target_arch = "x86_64")]
+    for slot in next {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: SSE is part of the x86_64 baseline, and a prefetch never faults nor
+        // reads into the program (any address is fine; slots are in bounds anyway).
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(usize::from(slot)).cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (base, next);
 }
 
 impl Hart {
@@ -149,6 +168,7 @@ impl Hart {
                 }
             }
             let off = self.fetch_off + in_page;
+            let base = blocks.0.as_ptr();
             let block = &mut blocks.0[Blocks::slot(off)];
             let current = block.tag == off && block.epoch == self.code_epoch;
             // SAFETY: `fetch_off` is the RAM page `fetch_page` checked for `fetch_vpn`, the
@@ -164,6 +184,7 @@ impl Hart {
                 }
                 continue;
             }
+            prefetch(base, block.next);
             let entry = pc;
             let mut pc = pc;
             let mut k = 0;
@@ -303,6 +324,7 @@ impl Hart {
         let mut at = 0;
         let mut len = 0;
         let mut loops = true;
+        let mut target = off;
         while len < BLOCK_MAX && at + 2 <= page_left {
             // SAFETY: `off + at` is in the fetch page (RAM, checked when cached) with at
             // least 2 bytes left, and 2-aligned.
@@ -334,6 +356,16 @@ impl Hart {
                 rs2: insn.rs2,
                 len: size as u8,
             };
+            if matches!(
+                insn.kind,
+                Kind::Jal | Kind::Beq | Kind::Bne | Kind::Blt | Kind::Bge | Kind::Bltu | Kind::Bgeu
+            ) {
+                // In this page: the same RAM page (translation is per page).
+                let t = (in_page + at) as i64 + i64::from(insn.imm);
+                if (0..0x1000).contains(&t) {
+                    target = off - in_page + t as usize;
+                }
+            }
             len += 1;
             at += size;
             if ends {
@@ -342,6 +374,8 @@ impl Hart {
         }
         block.len = len as u32;
         block.loops = loops;
+        let fall = if at < page_left { off + at } else { off };
+        block.next = [Blocks::slot(fall) as u16, Blocks::slot(target) as u16];
         block.epoch = self.code_epoch;
         block.tag = if len > 0 { off } else { NO_BLOCK };
         if len > 0 {
