@@ -816,7 +816,11 @@ mod tests {
             .iter()
             .enumerate()
             .all(|(i, &v)| v == ((1024 + i) % 251) as u8));
-        let data: Vec<u8> = (0..MAX_TRANSFER + 512).map(|i| (i * 7) as u8).collect();
+        // Period 251, not a divisor of MAX_TRANSFER: a second chunk read or
+        // written at the first chunk's sector shows.
+        let data: Vec<u8> = (0..MAX_TRANSFER + 512)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
         b.write_blocks(10, &data).unwrap();
         let mut back = vec![0u8; data.len()];
         b.read_blocks(10, &mut back).unwrap();
@@ -982,8 +986,17 @@ mod tests {
             Err(Error::ChainTooLong((MAX_TRANSFER + 512) as u64))
         );
         assert!(!b.in_flight());
+        // The largest transfer is accepted.
+        b.start(Request::Read {
+            sector: 0,
+            len: MAX_TRANSFER,
+        })
+        .unwrap();
+        let mut out = vec![0u8; MAX_TRANSFER];
+        assert_eq!(b.poll(&mut out), Ok(Some(MAX_TRANSFER)));
+        assert_eq!(out[MAX_TRANSFER - 1], ((MAX_TRANSFER - 1) % 251) as u8);
         drop(b);
-        assert!(s.notifications.is_empty());
+        assert_eq!(s.notifications.len(), 1);
     }
 
     #[test]
@@ -1050,4 +1063,54 @@ mod tests {
         drop(b);
         assert_eq!(s.status & status::DEVICE_NEEDS_RESET, 0);
     }
+
+    #[test]
+    fn block_dma_read_fills_the_whole_buffer_and_checks_the_used_length() {
+        let mut s = device(2, 0, 8);
+        let t = Transport::probe(&mut s).unwrap().unwrap();
+        let mut b = Block::new(t, IdentityHal).unwrap();
+        // `len` may be the whole buffer.
+        let buf = Dma::new(IdentityHal, 1024).unwrap();
+        let buf = b.read_blocks_dma(1, buf, 1024).unwrap();
+        let mut got = [0u8; 1024];
+        buf.read_bytes(0, &mut got).unwrap();
+        assert!(got
+            .iter()
+            .enumerate()
+            .all(|(i, &v)| v == ((512 + i) % 251) as u8));
+        // The device must write the data and the status byte.
+        b.transport().io_mut().used_len_override = Some(1);
+        assert_eq!(
+            b.read_blocks_dma(0, buf, 512).unwrap_err(),
+            Error::ShortCompletion {
+                len: 1,
+                needed: 513
+            }
+        );
+    }
+
+    #[test]
+    fn block_capacity_refresh_and_flush_without_the_feature() {
+        let mut s = device(2, 0, 8);
+        let t = Transport::probe(&mut s).unwrap().unwrap();
+        let mut b = Block::new(t, IdentityHal).unwrap();
+        assert_eq!(b.capacity(), 8);
+        b.transport().io_mut().config[..8].copy_from_slice(&16u64.to_le_bytes());
+        assert_eq!(b.refresh_capacity(), Ok(16));
+        assert_eq!(b.capacity(), 16);
+        // Without VIRTIO_BLK_F_FLUSH a flush is nothing to send.
+        assert!(!b.supports_flush());
+        let sent = b.transport().io_mut().notifications.len();
+        b.flush().unwrap();
+        assert_eq!(b.transport().io_mut().notifications.len(), sent);
+        // With it, a flush is a request, and its status counts.
+        let mut s = device(2, bit(VIRTIO_BLK_F_FLUSH), 8);
+        let t = Transport::probe(&mut s).unwrap().unwrap();
+        let mut b = Block::new(t, IdentityHal).unwrap();
+        b.flush().unwrap();
+        assert_eq!(b.transport().io_mut().notifications.len(), 1);
+        b.transport().io_mut().needs_reset_on_notify = true;
+        assert_eq!(b.flush(), Err(Error::DeviceNeedsReset));
+    }
+
 }

@@ -494,4 +494,71 @@ mod tests {
         run(2, IdentityHal);
         run(1, ArenaHal);
     }
+
+    #[test]
+    fn console_stops_reposting_receive_buffers_at_max_pending() {
+        let mut s = Scripted::new(2, device_id::CONSOLE, 2, 16);
+        s.handler = Some(console_handler);
+        let t = Transport::probe(&mut s).unwrap().unwrap();
+        let mut c = Console::new(t, IdentityHal).unwrap();
+        let io = c.transport().io_mut();
+        let notified = io.notifications.len();
+        // Nothing received, nothing reposted: no notification either.
+        assert_eq!(c.read(&mut []).unwrap(), 0);
+        assert_eq!(c.transport().io_mut().notifications.len(), notified);
+        let total = MAX_PENDING + 16 * 1024;
+        let pattern = |i: usize| u8::try_from(i % 251).unwrap();
+        let io = c.transport().io_mut();
+        io.console_in.extend((0..total).map(pattern));
+        io.retry_parked();
+        // Each poll takes one queue's worth (8 x 512 bytes) and reposts
+        // while fewer than MAX_PENDING bytes wait; the device fills the
+        // reposted buffers at once.
+        for _ in 0..(total / RX_BUFFER_SIZE) {
+            assert_eq!(c.read(&mut []).unwrap(), 0);
+        }
+        // Back-pressure: exactly MAX_PENDING bytes taken, the rest still
+        // in the device.
+        assert_eq!(
+            c.transport().io_mut().console_in.len(),
+            total - MAX_PENDING
+        );
+        // Reading drains them in order, and receiving resumes.
+        let mut out = alloc::vec![0u8; total];
+        let mut got = 0;
+        for _ in 0..64 {
+            got += c.read(&mut out[got..]).unwrap();
+        }
+        assert_eq!(got, total);
+        assert!(out.iter().enumerate().all(|(i, b)| *b == pattern(i)));
+    }
+
+    #[test]
+    fn console_drop_resets_a_working_device_and_keeps_failed_visible() {
+        let mut s = Scripted::new(2, device_id::CONSOLE, 2, 16);
+        let c = Console::new(Transport::probe(&mut s).unwrap().unwrap(), IdentityHal).unwrap();
+        drop(c);
+        assert_eq!(s.status, 0);
+        assert!(s.queues.iter().all(|q| q.ready == 0));
+        let mut s = Scripted::new(2, device_id::CONSOLE, 2, 16);
+        s.refuse_features = true;
+        let t = Transport::probe(&mut s).unwrap().unwrap();
+        assert!(Console::new(t, IdentityHal).is_err());
+        assert_ne!(s.status & vmmio_spec::status::FAILED, 0);
+    }
+
+    #[test]
+    fn console_is_a_std_writer() {
+        use std::io::Write;
+        let mut s = Scripted::new(2, device_id::CONSOLE, 2, 16);
+        s.handler = Some(console_handler);
+        let t = Transport::probe(&mut s).unwrap().unwrap();
+        let mut c = Console::new(t, IdentityHal).unwrap();
+        assert_eq!(Write::write(&mut c, b"abc").unwrap(), 3);
+        writeln!(c, "{}", 42).unwrap();
+        c.flush().unwrap();
+        drop(c);
+        assert_eq!(s.console_out, b"abc42\n");
+    }
+
 }
