@@ -1109,5 +1109,4 @@ mod tests {
         b.transport().io_mut().needs_reset_on_notify = true;
         assert_eq!(b.flush(), Err(Error::DeviceNeedsReset));
     }
-
 }

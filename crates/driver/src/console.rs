@@ -519,10 +519,7 @@ mod tests {
         }
         // Back-pressure: exactly MAX_PENDING bytes taken, the rest still
         // in the device.
-        assert_eq!(
-            c.transport().io_mut().console_in.len(),
-            total - MAX_PENDING
-        );
+        assert_eq!(c.transport().io_mut().console_in.len(), total - MAX_PENDING);
         // Reading drains them in order, and receiving resumes.
         let mut out = alloc::vec![0u8; total];
         let mut got = 0;
@@ -560,5 +557,4 @@ mod tests {
         drop(c);
         assert_eq!(s.console_out, b"abc42\n");
     }
-
 }

@@ -202,7 +202,15 @@ fn transfer(cfg: Cfg, total: u64) -> (Side, Side) {
 /// Bytes per combination: 64 MiB for the Version 2 combinations and the
 /// Version 1 one with every feature; 4 MiB for the other Version 1 ones
 /// (the same data path, to keep the test's run time small).
+/// `VMMIO_NET_TEST_BYTES` replaces both (mutation runs use a debug build
+/// and one MiB, so that each mutant's run takes seconds).
 fn size(cfg: Cfg) -> u64 {
+    if let Some(n) = std::env::var("VMMIO_NET_TEST_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return n;
+    }
     if cfg.version == TransportVersion::Modern || (cfg.event_idx && cfg.indirect && cfg.mrg) {
         64 << 20
     } else {
