@@ -36,8 +36,49 @@ const CODE_WRITTEN: u64 = 3;
 /// Tag of an empty cache entry (no RAM offset is this large).
 const NO_BLOCK: usize = usize::MAX;
 
-/// Runs one decoded instruction at `pc`; returns the next pc or [`TRAPPED`].
-type Handler = fn(&mut Hart, &Op, u64) -> u64;
+/// Runs op `k` of a block's ops at `pc` (a step function `fn(&mut Hart, &Op, pc) -> u64`
+/// returning the next pc, [`TRAPPED`] or [`CODE_WRITTEN`], wrapped by [`thread!`]), then, when it
+/// fell through and `left` (the ops allowed from `k` on, at least 1) is not used up, the
+/// next op straight from this one (threaded dispatch: each handler has its own indirect
+/// branch to the next, which the host CPU predicts far better than one shared call site).
+type Handler = fn(&mut Hart, &[Op; BLOCK_MAX], usize, u64, usize) -> Exit;
+
+/// Where a run of a block's ops stopped: `next` as the step function returned it for the last op
+/// run (on [`TRAPPED`], `Hart::pc` holds that op's pc), and how many of the allowed ops
+/// were not run.
+pub(super) struct Exit {
+    next: u64,
+    left: usize,
+}
+
+/// Wraps a step function into a [`Handler`].
+macro_rules! thread {
+    ($step:expr) => {{
+        fn threaded(h: &mut Hart, ops: &[Op; BLOCK_MAX], k: usize, pc: u64, left: usize) -> Exit {
+            let next = $step(h, &ops[k & (BLOCK_MAX - 1)], pc);
+            chain(h, ops, k, pc, next, left)
+        }
+        threaded as Handler
+    }};
+}
+
+/// After op `k` at `pc` returned `next`: runs op `k + 1` when op `k` fell through (pcs are
+/// even, so [`TRAPPED`] and [`CODE_WRITTEN`] never do) and ops are left, else stops.
+#[inline(always)]
+fn chain(h: &mut Hart, ops: &[Op; BLOCK_MAX], k: usize, pc: u64, next: u64, left: usize) -> Exit {
+    if left > 1 && next == ops[k & (BLOCK_MAX - 1)].next(pc) {
+        let k = k + 1;
+        let op = &ops[k & (BLOCK_MAX - 1)];
+        return (op.run)(h, ops, k, next, left - 1);
+    }
+    if next == TRAPPED {
+        h.pc = pc;
+    }
+    Exit {
+        next,
+        left: left - 1,
+    }
+}
 
 /// One decoded instruction of a block: 16 bytes.
 #[derive(Clone, Copy)]
@@ -105,7 +146,7 @@ pub(super) struct Blocks(Box<[Block]>);
 impl Blocks {
     pub(super) fn new() -> Self {
         let op = Op {
-            run: generic,
+            run: thread!(generic),
             imm: 0,
             rd: 0,
             rs1: 0,
@@ -187,50 +228,43 @@ impl Hart {
             prefetch(base, block.next);
             let entry = pc;
             let mut pc = pc;
-            let mut k = 0;
+            let mut k;
             // `budget - n` >= 1 here.
             let mut limit = (block.len as usize)
                 .min(BLOCK_MAX)
                 .min((budget - n) as usize);
-            // `instret` counts the whole run up front (one update instead of one per
-            // instruction); the exit takes back what did not run. `generic`, the only
-            // handler that can read it, is a block's last op and corrects for itself.
-            self.instret = self.instret.wrapping_add(limit as u64);
-            while k < limit {
-                let op = &block.ops[k];
-                k += 1;
-                let next = (op.run)(self, op, pc);
-                if next & 1 != 0 {
-                    if next == TRAPPED {
-                        // The trapping instruction did not retire (`k >= 1` here).
-                        self.instret = self.instret.wrapping_sub((limit - (k - 1)) as u64);
-                        limit = k;
-                        let t = self.trap;
-                        self.pc = pc;
-                        self.take_trap(t.cause, t.tval, false);
-                        pc = self.pc;
-                        break;
-                    }
-                    // CODE_WRITTEN: done, but the rest of the block may be stale.
+            loop {
+                // `instret` counts the whole run up front (one update instead of one per
+                // instruction); the exit takes back what did not run. `generic`, the only
+                // handler that can read it, is a block's last op and corrects for itself.
+                self.instret = self.instret.wrapping_add(limit as u64);
+                let exit = (block.ops[0].run)(self, &block.ops, 0, pc, limit);
+                // Ops attempted (`exit.left < limit`: at least the first one ran).
+                k = limit - exit.left;
+                if exit.next == TRAPPED {
+                    // The trapping instruction (at `self.pc`) did not retire.
+                    self.instret = self.instret.wrapping_sub((limit - (k - 1)) as u64);
+                    limit = k;
+                    let t = self.trap;
+                    self.take_trap(t.cause, t.tval, false);
                     pc = self.pc;
                     break;
                 }
-                let fall = op.next(pc);
-                pc = next;
-                if next != fall {
-                    // A taken branch: the rest of the block is not on this path. A loop
-                    // back to the block's own start runs it again without a lookup when
-                    // nothing a lookup checks can have changed (see `Block::loops`).
-                    if next == entry && block.loops && !self.break_batch {
-                        self.instret = self.instret.wrapping_sub((limit - k) as u64);
-                        n += k as u64;
-                        k = 0;
-                        limit = limit.min((budget - n) as usize);
-                        self.instret = self.instret.wrapping_add(limit as u64);
-                        continue;
-                    }
+                if exit.next == CODE_WRITTEN {
+                    // Done, but the rest of the block may be stale.
+                    pc = self.pc;
                     break;
                 }
+                pc = exit.next;
+                // A loop back to the block's own start runs it again without a lookup when
+                // nothing a lookup checks can have changed (see `Block::loops`).
+                if pc == entry && block.loops && !self.break_batch && n + (k as u64) < budget {
+                    self.instret = self.instret.wrapping_sub((limit - k) as u64);
+                    n += k as u64;
+                    limit = limit.min((budget - n) as usize);
+                    continue;
+                }
+                break;
             }
             // Take back what did not run (nothing after a trap: settled above).
             self.instret = self.instret.wrapping_sub((limit - k) as u64);
@@ -344,7 +378,7 @@ impl Hart {
                 }
                 None => {
                     loops = false;
-                    (generic as Handler, raw as i32, true)
+                    (thread!(generic), raw as i32, true)
                 }
             };
             block.raws[len] = raw;
@@ -393,15 +427,15 @@ impl Hart {
 fn handler(kind: Kind, rd: u8) -> Option<(Handler, bool)> {
     if rd == 0 {
         return match kind {
-            Kind::Jal => Some((jal_x0 as Handler, true)),
-            Kind::Jalr => Some((jalr_x0 as Handler, true)),
+            Kind::Jal => Some((thread!(jal_x0), true)),
+            Kind::Jalr => Some((thread!(jalr_x0), true)),
             Kind::Lb | Kind::Lh | Kind::Lw | Kind::Ld | Kind::Lbu | Kind::Lhu | Kind::Lwu => None,
             Kind::Sb | Kind::Sh | Kind::Sw | Kind::Sd => fast_handler(kind),
             Kind::Beq | Kind::Bne | Kind::Blt | Kind::Bge | Kind::Bltu | Kind::Bgeu => {
                 fast_handler(kind)
             }
             Kind::Fence | Kind::FenceI => fast_handler(kind),
-            _ => fast_handler(kind).map(|_| (nop as Handler, false)),
+            _ => fast_handler(kind).map(|_| (thread!(nop), false)),
         };
     }
     fast_handler(kind)
@@ -417,7 +451,7 @@ fn fast_handler(kind: Kind) -> Option<(Handler, bool)> {
                 op.set_rd(h, v);
                 op.next(pc)
             }
-            (run as Handler, false)
+            (thread!(run), false)
         }};
         (@rs2 $h:ident, $op:ident) => {
             $op.rs2($h)
@@ -437,7 +471,7 @@ fn fast_handler(kind: Kind) -> Option<(Handler, bool)> {
                     op.next(pc)
                 }
             }
-            (run as Handler, false)
+            (thread!(run), false)
         }};
     }
     // Loads and stores: the common case (aligned, TLB hit, RAM) inline, anything else
@@ -455,7 +489,7 @@ fn fast_handler(kind: Kind) -> Option<(Handler, bool)> {
                 }
                 load_slow(h, op, pc, Kind::$k)
             }
-            (run as Handler, false)
+            (thread!(run), false)
         }};
     }
     macro_rules! store {
@@ -474,7 +508,7 @@ fn fast_handler(kind: Kind) -> Option<(Handler, bool)> {
                 }
                 store_slow(h, op, pc, Kind::$k)
             }
-            (run as Handler, false)
+            (thread!(run), false)
         }};
     }
     Some(match kind {
@@ -519,10 +553,10 @@ fn fast_handler(kind: Kind) -> Option<(Handler, bool)> {
         Kind::Slliw => int!(Slliw, imm),
         Kind::Srliw => int!(Srliw, imm),
         Kind::Sraiw => int!(Sraiw, imm),
-        Kind::Lui => (lui as Handler, false),
-        Kind::Auipc => (auipc, false),
-        Kind::Jal => (jal, true),
-        Kind::Jalr => (jalr, true),
+        Kind::Lui => (thread!(lui), false),
+        Kind::Auipc => (thread!(auipc), false),
+        Kind::Jal => (thread!(jal), true),
+        Kind::Jalr => (thread!(jalr), true),
         Kind::Beq => branch!(Beq),
         Kind::Bne => branch!(Bne),
         Kind::Blt => branch!(Blt),
@@ -542,8 +576,8 @@ fn fast_handler(kind: Kind) -> Option<(Handler, bool)> {
         Kind::Sd => store!(Sd),
         // FENCE has nothing to do on this in-order hart; FENCE.I makes every store (device
         // DMA too) visible to instruction fetch.
-        Kind::Fence => (nop, false),
-        Kind::FenceI => (fence_i, true),
+        Kind::Fence => (thread!(nop), false),
+        Kind::FenceI => (thread!(fence_i), true),
         _ => return None,
     })
 }
