@@ -164,9 +164,14 @@ fn hundred_connections_open_and_close() {
 /// 16 KiB window on the device side and 8 KiB on the driver side: the
 /// sender runs out of credit again and again, so CREDIT_REQUEST and
 /// CREDIT_UPDATE carry the transfer. Checked byte for byte both ways.
+/// `VMMIO_VSOCK_TEST_BYTES` replaces the 64 MiB (mutation runs use a
+/// debug build and one MiB, so that each mutant's run takes seconds).
 #[test]
 fn sixty_four_mib_through_a_small_credit_window() {
-    const TOTAL: u64 = 64 << 20;
+    let total: u64 = std::env::var("VMMIO_VSOCK_TEST_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64 << 20);
     for version in versions() {
         let dir = tempfile::tempdir().unwrap();
         let path = sock(&dir);
@@ -185,7 +190,7 @@ fn sixty_four_mib_through_a_small_credit_window() {
             let mut s = s;
             let mut buf = vec![0u8; 64 * 1024];
             let mut off = 0u64;
-            while off < TOTAL {
+            while off < total {
                 let n = s.read(&mut buf).unwrap();
                 assert!(n > 0, "early end of file at {off}");
                 for (k, &b) in buf[..n].iter().enumerate() {
@@ -198,10 +203,10 @@ fn sixty_four_mib_through_a_small_credit_window() {
         let (mut sent, mut got) = (0u64, 0u64);
         let mut out = vec![0u8; 16 * 1024];
         let mut inb = vec![0u8; 16 * 1024];
-        while got < TOTAL {
+        while got < total {
             let mut moved = false;
-            if sent < TOTAL {
-                let n = (TOTAL - sent).min(out.len() as u64) as usize;
+            if sent < total {
+                let n = (total - sent).min(out.len() as u64) as usize;
                 for (k, b) in out[..n].iter_mut().enumerate() {
                     *b = pattern(sent + k as u64);
                 }
