@@ -705,3 +705,6 @@ impl<R: RegisterIo, H: Hal + Clone> Drop for Net<R, H> {
 
 #[cfg(feature = "smoltcp")]
 mod phy;
+
+#[cfg(test)]
+mod tests;

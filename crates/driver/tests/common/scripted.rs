@@ -209,6 +209,10 @@ pub struct Scripted {
     pub disk: Vec<u8>,
     pub console_out: Vec<u8>,
     pub console_in: VecDeque<u8>,
+    /// Net: each packet the driver transmitted (header and frame).
+    pub net_tx: Vec<Vec<u8>>,
+    /// Net: packets (header and frame) the device delivers next.
+    pub net_rx: VecDeque<Vec<u8>>,
 }
 
 impl Scripted {
@@ -257,6 +261,8 @@ impl Scripted {
             disk: Vec::new(),
             console_out: Vec::new(),
             console_in: VecDeque::new(),
+            net_tx: Vec::new(),
+            net_rx: VecDeque::new(),
         }
     }
 
@@ -578,6 +584,25 @@ pub fn console_handler(s: &mut Scripted, q: u32, c: &Chain) -> Option<u32> {
             let n = cap.min(s.console_in.len());
             let data: Vec<u8> = s.console_in.drain(..n).collect();
             Some(u32::try_from(fill(&c.writable, &data)).unwrap())
+        }
+        _ => Some(0),
+    }
+}
+
+/// A network device: queue 1 (transmitq) records each packet in
+/// `net_tx`; queue 0 (receiveq) writes the next packet of `net_rx` across
+/// the buffer's segments, parking the buffer while there is none (one
+/// packet per chain: a packet longer than the chain is cut, as a device
+/// breaking the rules would).
+pub fn net_handler(s: &mut Scripted, q: u32, c: &Chain) -> Option<u32> {
+    match q {
+        1 => {
+            s.net_tx.push(gather(&c.readable));
+            Some(0)
+        }
+        0 => {
+            let p = s.net_rx.pop_front()?;
+            Some(u32::try_from(fill(&c.writable, &p)).unwrap())
         }
         _ => Some(0),
     }
