@@ -169,3 +169,26 @@ fn transmit_slots_are_disjoint_full_is_reported_and_reclaimed() {
     }
     assert_eq!(n.stats().tx_frames, 9);
 }
+
+#[test]
+fn merged_receive_buffers_make_one_frame_and_a_zero_count_is_dropped() {
+    let mut s = device(16, bit(F_MRG_RXBUF) | bit(F_MTU), 9000);
+    let mut n = net(&mut s);
+    assert!(n.mrg_rxbuf());
+    let big = frame(3000, 7);
+    let first = SLOT_SIZE - HDR;
+    let mut part1 = packet(&big[..first]);
+    part1[10] = 2;
+    let mut zero = packet(&frame(60, 1));
+    zero[10] = 0;
+    let io = n.transport().io_mut();
+    io.net_rx
+        .extend([part1, big[first..].to_vec(), zero, packet(&frame(60, 2))]);
+    io.retry_parked();
+    let got = n.receive(<[u8]>::to_vec).unwrap();
+    assert!(got == Some(big), "the 3000-byte frame, in two buffers");
+    // `num_buffers` 0 is malformed: dropped and counted.
+    assert_eq!(n.receive(<[u8]>::to_vec).unwrap(), Some(frame(60, 2)));
+    assert_eq!(n.stats().rx_errors, 1);
+    assert_eq!(n.stats().rx_frames, 2);
+}
