@@ -181,14 +181,21 @@ fn merged_receive_buffers_make_one_frame_and_a_zero_count_is_dropped() {
     part1[10] = 2;
     let mut zero = packet(&frame(60, 1));
     zero[10] = 0;
+    // Five buffers, 2036 + 4 x 2048 bytes: longer than the MTU allows.
+    let long = frame(first + 4 * SLOT_SIZE, 3);
+    let mut over = packet(&long[..first]);
+    over[10] = 5;
     let io = n.transport().io_mut();
+    io.net_rx.extend([part1, big[first..].to_vec(), over]);
     io.net_rx
-        .extend([part1, big[first..].to_vec(), zero, packet(&frame(60, 2))]);
+        .extend(long[first..].chunks(SLOT_SIZE).map(<[u8]>::to_vec));
+    io.net_rx.extend([zero, packet(&frame(60, 2))]);
     io.retry_parked();
     let got = n.receive(<[u8]>::to_vec).unwrap();
     assert!(got == Some(big), "the 3000-byte frame, in two buffers");
-    // `num_buffers` 0 is malformed: dropped and counted.
+    // The too long frame and `num_buffers` 0 are malformed: dropped and
+    // counted.
     assert_eq!(n.receive(<[u8]>::to_vec).unwrap(), Some(frame(60, 2)));
-    assert_eq!(n.stats().rx_errors, 1);
+    assert_eq!(n.stats().rx_errors, 2);
     assert_eq!(n.stats().rx_frames, 2);
 }
