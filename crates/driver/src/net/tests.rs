@@ -199,3 +199,16 @@ fn merged_receive_buffers_make_one_frame_and_a_zero_count_is_dropped() {
     assert_eq!(n.stats().rx_errors, 2);
     assert_eq!(n.stats().rx_frames, 2);
 }
+
+#[test]
+fn merged_frame_whose_first_buffer_holds_only_the_header() {
+    let mut s = device(16, bit(F_MRG_RXBUF), 0);
+    let mut n = net(&mut s);
+    let mut head = packet(&[]);
+    head[10] = 2;
+    let io = n.transport().io_mut();
+    io.net_rx.extend([head, frame(60, 4)]);
+    io.retry_parked();
+    assert_eq!(n.receive(<[u8]>::to_vec).unwrap(), Some(frame(60, 4)));
+    assert_eq!(n.stats().rx_errors, 0);
+}
