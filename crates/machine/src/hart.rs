@@ -425,6 +425,21 @@ impl Hart {
 
     // ---- execution -------------------------------------------------------------------
 
+    /// `decode(raw)` through the decode cache, here keyed by the instruction bits (code
+    /// repeats the same words: prologues, returns, moves); `raw` as [`Hart::step`] keys it
+    /// (the low half alone for a compressed instruction). Entries hold `(raw, decode(raw))`,
+    /// so sharing the cache with `step`'s pc-keyed lookups is safe.
+    pub(super) fn decode_cached(&mut self, raw: u32) -> Insn {
+        let slot = (raw.wrapping_mul(0x9e37_79b1) >> 16) as usize & (DCACHE_SIZE - 1);
+        let entry = self.dcache[slot];
+        if entry.raw == raw {
+            return entry.insn;
+        }
+        let insn = decode(raw);
+        self.dcache[slot] = DecodedEntry { raw, insn };
+        insn
+    }
+
     /// Runs at most `budget` instructions; stops early when `break_batch` is set. Returns
     /// the number of instructions attempted (including ones that trapped).
     pub(crate) fn run_batch<const TRACE: bool>(&mut self, budget: u64) -> u64 {

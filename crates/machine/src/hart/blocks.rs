@@ -369,7 +369,7 @@ impl Hart {
             }
             // SAFETY: checked just above: `size` bytes of the page left from `off + at`.
             let raw = unsafe { self.fetch_raw(off + at, size as u32) };
-            let insn = decode(raw);
+            let insn = self.decode_cached(raw);
             // The interpreter re-decodes what has no fast handler, from the bits in `imm`.
             let (run, imm, ends) = match handler(insn.kind, insn.rd) {
                 Some((run, ends)) => {
