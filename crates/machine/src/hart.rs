@@ -346,7 +346,8 @@ impl Hart {
             clock: Instant::now(),
             exit: None,
             trap_loop: TrapLoopGuard::default(),
-            blocks: blocks::Blocks::new(),
+            // Allocated by the first batch that uses it (a tracing machine never does).
+            blocks: blocks::Blocks::empty(),
             code_pages: vec![0; ram_pages].into_boxed_slice(),
             code_epoch: 0,
             trap: Trap { cause: 0, tval: 0 },

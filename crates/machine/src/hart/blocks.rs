@@ -144,6 +144,12 @@ pub(super) struct Block {
 pub(super) struct Blocks(Box<[Block]>);
 
 impl Blocks {
+    /// No blocks, and no allocation: what `run_blocks` leaves in the hart while it holds
+    /// the cache, and a new hart's cache until its first batch.
+    pub(super) fn empty() -> Self {
+        Blocks(Box::default())
+    }
+
     pub(super) fn new() -> Self {
         let op = Op {
             run: thread!(generic),
@@ -192,7 +198,10 @@ impl Hart {
     pub(super) fn run_blocks(&mut self, budget: u64) -> u64 {
         // The cache leaves `self` (for an empty one: no allocation) while handlers borrow
         // `self` mutably.
-        let mut blocks = std::mem::replace(&mut self.blocks, Blocks(Box::default()));
+        let mut blocks = std::mem::replace(&mut self.blocks, Blocks::empty());
+        if blocks.0.is_empty() {
+            blocks = Blocks::new();
+        }
         let mut n = 0;
         while n < budget {
             let pc = self.pc;
