@@ -555,3 +555,61 @@ fn random_used_entries_get_the_matching_error() {
     // Every class of answer was exercised.
     assert!(seen.iter().all(|&n| n > 0), "{seen:?}");
 }
+
+/// Builds a class driver of type `$ty` on a scripted device `$dev` with a
+/// [`CountingHal`], then drops it twice over: with a device that stops
+/// (it is reset and every DMA page is freed) and with one that ignores
+/// both the reset and `QueueReady` = 0 (no page is freed: all of them may
+/// still be in use).
+macro_rules! drop_frees_only_what_the_device_stopped_using {
+    ($ty:ty, $dev:expr) => {
+        for stuck in [false, true] {
+            let hal = CountingHal::default();
+            let mut s: Scripted = $dev;
+            let t = Transport::probe_with_limits(&mut s, limits())
+                .unwrap()
+                .unwrap();
+            let mut d = <$ty>::new(t, hal.clone()).unwrap();
+            let held = hal.pages_in_use();
+            assert!(held > 0);
+            d.transport().io_mut().queue_stop_stuck = stuck;
+            d.transport().io_mut().reset_stuck = stuck;
+            drop(d);
+            let left = if stuck { held } else { 0 };
+            assert_eq!(
+                hal.pages_in_use(),
+                left,
+                "{} stuck={stuck}",
+                stringify!($ty)
+            );
+            // A driver that initialised resets the device when dropped.
+            assert_eq!(s.status == 0, !stuck, "{}", stringify!($ty));
+        }
+    };
+}
+
+#[test]
+fn every_class_driver_frees_its_pages_only_once_the_device_stopped() {
+    use vmmio_driver::net::Net;
+    use vmmio_driver::vsock::Vsock;
+    drop_frees_only_what_the_device_stopped_using!(Block<_, CountingHal>, block_device());
+    drop_frees_only_what_the_device_stopped_using!(
+        Entropy<_, CountingHal>,
+        Scripted::new(2, ENTROPY, 1, 8)
+    );
+    drop_frees_only_what_the_device_stopped_using!(
+        Console<_, CountingHal>,
+        Scripted::new(2, CONSOLE, 2, 16)
+    );
+    drop_frees_only_what_the_device_stopped_using!(Net<_, CountingHal>, {
+        let mut s = Scripted::new(2, vmmio_spec::device_id::NET, 2, 16);
+        s.config = vec![0; 12];
+        s
+    });
+    drop_frees_only_what_the_device_stopped_using!(Vsock<_, CountingHal>, {
+        let mut s = Scripted::new(2, vmmio_spec::device_id::VSOCK, 3, 16);
+        s.device_features |= 1 << vmmio_spec::vsock::F_STREAM;
+        s.config = 3u64.to_le_bytes().to_vec();
+        s
+    });
+}
