@@ -92,13 +92,14 @@ fn frames_cross_both_ways_and_are_counted() {
         );
     }
     let io = n.transport().io_mut();
-    assert_eq!(io.net_tx.len(), 2);
-    for (p, f) in io.net_tx.iter().zip([&f1, &f2]) {
+    assert_eq!(io.tx_packets.len(), 2);
+    for (p, f) in io.tx_packets.iter().zip([&f1, &f2]) {
         assert_eq!(p[..HDR], [0; HDR]);
         assert_eq!(p[HDR..], f[..]);
     }
     // A completion shorter than the header is dropped and counted.
-    io.net_rx.extend([packet(&f1), vec![0u8; 4], packet(&f2)]);
+    io.rx_packets
+        .extend([packet(&f1), vec![0u8; 4], packet(&f2)]);
     io.retry_parked();
     assert_eq!(n.receive(<[u8]>::to_vec).unwrap(), Some(f1));
     assert_eq!(n.receive(<[u8]>::to_vec).unwrap(), Some(f2));
@@ -121,7 +122,7 @@ fn receive_buffers_go_back_to_the_device_with_a_notification() {
     // gets them all through.
     let frames: Vec<Vec<u8>> = (0..20).map(|i| frame(100, i)).collect();
     let io = n.transport().io_mut();
-    io.net_rx.extend(frames.iter().map(|f| packet(f)));
+    io.rx_packets.extend(frames.iter().map(|f| packet(f)));
     io.retry_parked();
     for f in &frames {
         assert_eq!(n.receive(<[u8]>::to_vec).unwrap().as_ref(), Some(f));
@@ -163,8 +164,8 @@ fn transmit_slots_are_disjoint_full_is_reported_and_reclaimed() {
     assert!(n.can_transmit().unwrap());
     n.transmit(&frame(100, 8)).unwrap();
     let io = n.transport().io_mut();
-    assert_eq!(io.net_tx.len(), 9);
-    for (i, p) in (0u8..).zip(&io.net_tx) {
+    assert_eq!(io.tx_packets.len(), 9);
+    for (i, p) in (0u8..).zip(&io.tx_packets) {
         assert_eq!(p[HDR..], frame(100, i)[..], "frame {i}");
     }
     assert_eq!(n.stats().tx_frames, 9);
@@ -186,10 +187,10 @@ fn merged_receive_buffers_make_one_frame_and_a_zero_count_is_dropped() {
     let mut over = packet(&long[..first]);
     over[10] = 5;
     let io = n.transport().io_mut();
-    io.net_rx.extend([part1, big[first..].to_vec(), over]);
-    io.net_rx
+    io.rx_packets.extend([part1, big[first..].to_vec(), over]);
+    io.rx_packets
         .extend(long[first..].chunks(SLOT_SIZE).map(<[u8]>::to_vec));
-    io.net_rx.extend([zero, packet(&frame(60, 2))]);
+    io.rx_packets.extend([zero, packet(&frame(60, 2))]);
     io.retry_parked();
     let got = n.receive(<[u8]>::to_vec).unwrap();
     assert!(got == Some(big), "the 3000-byte frame, in two buffers");
@@ -207,7 +208,7 @@ fn merged_frame_whose_first_buffer_holds_only_the_header() {
     let mut head = packet(&[]);
     head[10] = 2;
     let io = n.transport().io_mut();
-    io.net_rx.extend([head, frame(60, 4)]);
+    io.rx_packets.extend([head, frame(60, 4)]);
     io.retry_parked();
     assert_eq!(n.receive(<[u8]>::to_vec).unwrap(), Some(frame(60, 4)));
     assert_eq!(n.stats().rx_errors, 0);

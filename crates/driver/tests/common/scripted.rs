@@ -209,10 +209,12 @@ pub struct Scripted {
     pub disk: Vec<u8>,
     pub console_out: Vec<u8>,
     pub console_in: VecDeque<u8>,
-    /// Net: each packet the driver transmitted (header and frame).
-    pub net_tx: Vec<Vec<u8>>,
-    /// Net: packets (header and frame) the device delivers next.
-    pub net_rx: VecDeque<Vec<u8>>,
+    /// Net and vsock: each packet the driver transmitted (header and
+    /// payload).
+    pub tx_packets: Vec<Vec<u8>>,
+    /// Net and vsock: packets (header and payload) the device delivers
+    /// next.
+    pub rx_packets: VecDeque<Vec<u8>>,
 }
 
 impl Scripted {
@@ -261,8 +263,8 @@ impl Scripted {
             disk: Vec::new(),
             console_out: Vec::new(),
             console_in: VecDeque::new(),
-            net_tx: Vec::new(),
-            net_rx: VecDeque::new(),
+            tx_packets: Vec::new(),
+            rx_packets: VecDeque::new(),
         }
     }
 
@@ -590,21 +592,30 @@ pub fn console_handler(s: &mut Scripted, q: u32, c: &Chain) -> Option<u32> {
 }
 
 /// A network device: queue 1 (transmitq) records each packet in
-/// `net_tx`; queue 0 (receiveq) writes the next packet of `net_rx` across
-/// the buffer's segments, parking the buffer while there is none (one
-/// packet per chain: a packet longer than the chain is cut, as a device
-/// breaking the rules would).
+/// `tx_packets`; queue 0 (receiveq) writes the next packet of
+/// `rx_packets` across the buffer's segments, parking the buffer while
+/// there is none (one packet per chain: a packet longer than the chain is
+/// cut, as a device breaking the rules would).
 pub fn net_handler(s: &mut Scripted, q: u32, c: &Chain) -> Option<u32> {
     match q {
         1 => {
-            s.net_tx.push(gather(&c.readable));
+            s.tx_packets.push(gather(&c.readable));
             Some(0)
         }
         0 => {
-            let p = s.net_rx.pop_front()?;
+            let p = s.rx_packets.pop_front()?;
             Some(u32::try_from(fill(&c.writable, &p)).unwrap())
         }
         _ => Some(0),
+    }
+}
+
+/// A socket device: the queues are laid out as the network device's (rx
+/// 0, tx 1), and the event queue (2) keeps its buffers parked.
+pub fn vsock_handler(s: &mut Scripted, q: u32, c: &Chain) -> Option<u32> {
+    match q {
+        0 | 1 => net_handler(s, q, c),
+        _ => None,
     }
 }
 
