@@ -244,6 +244,10 @@ fn link_state_reaches_the_driver_through_a_config_interrupt() {
     };
     let (sa, _sb) = UnixStream::pair().unwrap();
     let mut a = Side::new(cfg, sa, 1);
+    // smoltcp counts the Ethernet header in the MTU it is given.
+    let caps = smoltcp::phy::Device::capabilities(&a.net);
+    assert_eq!(caps.max_transmission_unit, a.net.mtu() + 14);
+    assert_eq!(caps.max_burst_size, Some(vmmio_driver::net::TX_BUFFERS));
     assert!(a.net.link_up());
     a.handle.set_link_up(false);
     let ev = a.net.handle_interrupt().unwrap();
