@@ -120,6 +120,7 @@ fn device_exceeding_the_driver_credit_is_reset() {
     vs.packet(&rw);
     assert_eq!(vs.state(id), None);
     assert_eq!(vs.replies.back().map(|h| h.op.get()), Some(op::RST));
+    assert_eq!(vs.stats().malformed, 1);
 }
 
 // The driver against a scripted device: packets go through the queues.
@@ -251,8 +252,13 @@ fn a_stream_through_the_queues_respects_credit_and_shutdown() {
     assert_eq!(vs.peer_credit(id), 40_000);
     assert_eq!(vs.stats().credit_updates_received, 1);
     assert_eq!(vs.stats().credit_requests_sent, 1);
-    assert_eq!(vs.send(id, &data[40_000..]).unwrap(), 10_000);
-    sent(&mut vs);
+    // Data-limited: the last packet carries what is left, and no empty
+    // packet follows.
+    assert_eq!(vs.send(id, &data[..20_000]).unwrap(), 20_000);
+    let p = sent(&mut vs);
+    let lens: Vec<usize> = p.iter().map(|(_, p)| p.len()).collect();
+    assert_eq!(lens, [16_340, 3_660], "16 KiB slots less the header");
+    assert_eq!(p[1].1[..], data[16_340..20_000]);
 
     // Receiving: bytes in order; the next packet carries fwd_cnt.
     deliver(
@@ -301,6 +307,16 @@ fn a_stream_through_the_queues_respects_credit_and_shutdown() {
     assert_eq!(vs.recv(id, &mut out).unwrap(), 4);
     assert!(vs.is_eof(id));
     assert_eq!(vs.recv(id, &mut out).unwrap(), 0);
+    // Data after the peer's SHUTDOWN(SEND) breaks the protocol: the
+    // connection is reset.
+    deliver(
+        &mut vs,
+        host(op::RW, id.local_port, 0, 40_000, 50_001),
+        b"late",
+    );
+    assert_eq!(vs.state(id), None);
+    assert_eq!(vs.stats().malformed, 1);
+    assert_eq!(ops(&sent(&mut vs)).last(), Some(&op::RST));
 }
 
 #[test]
@@ -329,6 +345,18 @@ fn local_shutdown_close_and_abort_send_their_packets() {
     deliver(&mut vs, host(op::RST, a.local_port, 0, 4096, 0), &[]);
     assert_eq!(vs.state(a), None);
     assert!(vs.is_eof(a));
+    // The peer closes both ways with nothing left to read: RST ends it.
+    let c = vs.connect(HOST_CID, PEER).unwrap();
+    deliver(&mut vs, host(op::RESPONSE, c.local_port, 0, 4096, 0), &[]);
+    sent(&mut vs);
+    let both = SHUTDOWN_F_RECEIVE | SHUTDOWN_F_SEND;
+    deliver(
+        &mut vs,
+        host(op::SHUTDOWN, c.local_port, both, 4096, 0),
+        &[],
+    );
+    assert_eq!(vs.state(c), None);
+    assert_eq!(ops(&sent(&mut vs)), [op::RST]);
     vs.abort(b).unwrap();
     assert_eq!(vs.state(b), None);
     let p = sent(&mut vs);
@@ -426,4 +454,159 @@ fn a_transport_reset_event_drops_connections_and_rereads_the_cid() {
         .filter(|(q, _)| *q == u32::from(EVENTQ))
         .count();
     assert_eq!(events, 4);
+}
+
+/// At most MAX_REPLIES replies wait for a transmit slot.
+#[test]
+fn replies_are_bounded() {
+    let mut s = device(2, CID);
+    let mut vs = driver(&mut s);
+    for port in 0..(MAX_REPLIES as u32 + 10) {
+        vs.packet(&host(op::RW, port, 0, 4096, 0).to_bytes());
+    }
+    assert_eq!(vs.replies.len(), MAX_REPLIES);
+}
+
+/// More packets than receive buffers: the buffers go back to the device
+/// with a notification; a poll that reposts nothing notifies nothing.
+#[test]
+fn receive_buffers_are_reposted_with_a_notification() {
+    let mut s = device(2, CID);
+    let mut vs = driver(&mut s);
+    let id = vs.connect(HOST_CID, PEER).unwrap();
+    deliver(&mut vs, host(op::RESPONSE, id.local_port, 0, 4096, 0), &[]);
+    let io = vs.transport().io_mut();
+    for k in 0..40u8 {
+        let mut h = host(op::RW, id.local_port, 0, 4096, 0);
+        h.len = Le32::new(1);
+        let mut p = h.to_bytes().to_vec();
+        p.push(k);
+        io.rx_packets.push_back(p);
+    }
+    io.retry_parked();
+    let mut got = Vec::new();
+    let mut out = [0u8; 64];
+    for _ in 0..8 {
+        let n = vs.recv(id, &mut out).unwrap();
+        got.extend_from_slice(&out[..n]);
+    }
+    assert_eq!(got, (0..40u8).collect::<Vec<u8>>());
+    let notified = vs.transport().io_mut().notifications.len();
+    vs.poll().unwrap();
+    assert_eq!(vs.transport().io_mut().notifications.len(), notified);
+}
+
+fn park_tx(s: &mut Scripted, q: u32, c: &crate::scripted::Chain) -> Option<u32> {
+    if q == u32::from(TXQ) {
+        None
+    } else {
+        vsock_handler(s, q, c)
+    }
+}
+
+/// Packets in flight at once sit in disjoint transmit slots; a poll
+/// that moved something does not read `Status`, one that moved nothing
+/// while connections are open does (and finds DEVICE_NEEDS_RESET).
+#[test]
+fn tx_slots_are_disjoint_and_an_idle_poll_checks_the_status() {
+    let mut s = device(2, CID);
+    let mut vs = driver(&mut s);
+    let id = vs.connect(HOST_CID, PEER).unwrap();
+    deliver(
+        &mut vs,
+        host(op::RESPONSE, id.local_port, 0, 40_000, 0),
+        &[],
+    );
+    sent(&mut vs);
+    vs.transport().io_mut().handler = Some(park_tx);
+    for k in 0..3u8 {
+        assert_eq!(vs.send(id, &[k; 100]).unwrap(), 100);
+    }
+    let io = vs.transport().io_mut();
+    io.handler = Some(vsock_handler);
+    io.retry_parked();
+    let p = sent(&mut vs);
+    assert_eq!(p.len(), 3);
+    for (k, (_, payload)) in (0u8..).zip(&p) {
+        assert_eq!(payload[..], [k; 100], "packet {k}");
+    }
+    // Only transmit completions to take back: no Status read.
+    vs.transport().io_mut().status |= vmmio_spec::status::DEVICE_NEEDS_RESET;
+    vs.poll().unwrap();
+    // Only a received packet: no Status read either.
+    let mut h = host(op::RW, id.local_port, 0, 40_000, 0);
+    h.len = Le32::new(1);
+    let mut pkt = h.to_bytes().to_vec();
+    pkt.push(1);
+    let io = vs.transport().io_mut();
+    io.rx_packets.push_back(pkt);
+    io.retry_parked();
+    vs.poll().unwrap();
+    // Nothing moved, a connection open: the device's state is read.
+    assert_eq!(vs.poll(), Err(Error::DeviceNeedsReset));
+}
+
+#[test]
+fn interrupts_are_acknowledged_then_polled_and_reinit_recovers() {
+    let mut s = device(2, CID);
+    let mut vs = driver(&mut s);
+    let id = vs.connect(HOST_CID, PEER).unwrap();
+    let mut h = host(op::RESPONSE, id.local_port, 0, 4096, 0);
+    h.len = Le32::new(0);
+    let io = vs.transport().io_mut();
+    io.rx_packets.push_back(h.to_bytes().to_vec());
+    io.retry_parked();
+    let ev = vs.handle_interrupt().unwrap();
+    assert!(ev.used_buffers);
+    assert_eq!(vs.state(id), Some(ConnState::Connected));
+    let io = vs.transport().io_mut();
+    assert_eq!(io.acks.last(), Some(&vmmio_spec::mmio::INT_VRING));
+    io.status |= vmmio_spec::status::DEVICE_NEEDS_RESET;
+    io.interrupt_status |= vmmio_spec::mmio::INT_CONFIG;
+    assert_eq!(vs.handle_interrupt(), Err(Error::DeviceNeedsReset));
+    assert_eq!(vs.connect(HOST_CID, PEER), Err(Error::Broken));
+    vs.reinit().unwrap();
+    assert_eq!(vs.state(id), None);
+    let again = vs.connect(HOST_CID, PEER).unwrap();
+    assert_eq!(vs.state(again), Some(ConnState::Connecting));
+    // A device that never stops: reinit gives up, bounded.
+    vs.transport().set_limits(crate::Limits {
+        reset_polls: 5,
+        queue_polls: 5,
+        ..crate::Limits::default()
+    });
+    let io = vs.transport().io_mut();
+    io.reset_stuck = true;
+    io.queue_stop_stuck = true;
+    assert!(matches!(vs.reinit(), Err(Error::Timeout { .. })));
+}
+
+/// Events: an unknown event is not a TRANSPORT_RESET, wherever it lands.
+#[test]
+fn events_are_read_from_their_own_slot() {
+    fn events(ids: &'static [u32]) -> u64 {
+        let mut s = device(2, CID);
+        let mut vs = driver(&mut s);
+        let io = vs.transport().io_mut();
+        io.rx_packets
+            .extend(ids.iter().map(|e| e.to_le_bytes().to_vec()));
+        io.handler = Some(event_from_rx);
+        io.retry_parked();
+        io.handler = Some(vsock_handler);
+        vs.poll().unwrap();
+        vs.stats().transport_resets
+    }
+    assert_eq!(events(&[7, 7, 7]), 0);
+    assert_eq!(events(&[7, EVENT_TRANSPORT_RESET]), 1);
+}
+
+/// Event queue buffers take the next of `rx_packets` (the receive queue's
+/// buffers stay parked).
+fn event_from_rx(s: &mut Scripted, q: u32, c: &crate::scripted::Chain) -> Option<u32> {
+    if q == u32::from(EVENTQ) {
+        let e = s.rx_packets.pop_front()?;
+        Some(u32::try_from(crate::scripted::fill(&c.writable, &e)).unwrap())
+    } else {
+        None
+    }
 }
