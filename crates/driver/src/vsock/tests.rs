@@ -461,7 +461,7 @@ fn a_transport_reset_event_drops_connections_and_rereads_the_cid() {
 fn replies_are_bounded() {
     let mut s = device(2, CID);
     let mut vs = driver(&mut s);
-    for port in 0..(MAX_REPLIES as u32 + 10) {
+    for port in 0..u32::try_from(MAX_REPLIES + 10).unwrap() {
         vs.packet(&host(op::RW, port, 0, 4096, 0).to_bytes());
     }
     assert_eq!(vs.replies.len(), MAX_REPLIES);
