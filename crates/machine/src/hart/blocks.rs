@@ -485,39 +485,66 @@ fn fast_handler(kind: Kind) -> Option<(Handler, bool)> {
     }
     // Loads and stores: the common case (aligned, TLB hit, RAM) inline, anything else
     // through the full path in a cold function.
+    // Loads and stores, threaded by hand: the fast path (aligned, fast-TLB hit, RAM) calls
+    // nothing, so it needs no callee-saved registers; anything else continues in a cold
+    // function entered by a tail call.
     macro_rules! load {
         ($k:ident) => {{
-            fn run(h: &mut Hart, op: &Op, pc: u64) -> u64 {
+            fn threaded(h: &mut Hart, ops: &[Op; BLOCK_MAX], k: usize, pc: u64, left: usize) -> Exit {
                 const N: usize = super::mem_size(Kind::$k);
+                let op = &ops[k & (BLOCK_MAX - 1)];
                 let va = op.rs1(h).wrapping_add(op.imm());
                 if let Some(off) = h.ram_fast::<N>(va, Access::Read) {
                     // SAFETY: `ram_fast` proved `off + N` in RAM and `off` N-aligned.
                     let v = unsafe { h.bus.ram.load::<N>(off) };
                     op.set_rd(h, super::load_extend(Kind::$k, v));
-                    return op.next(pc);
+                    return chain(h, ops, k, pc, op.next(pc), left);
                 }
-                load_slow(h, op, pc, Kind::$k)
+                slow(h, ops, k, pc, left)
             }
-            (thread!(run), false)
+            #[cold]
+            #[inline(never)]
+            fn slow(h: &mut Hart, ops: &[Op; BLOCK_MAX], k: usize, pc: u64, left: usize) -> Exit {
+                let next = load_slow(h, &ops[k & (BLOCK_MAX - 1)], pc, Kind::$k);
+                chain(h, ops, k, pc, next, left)
+            }
+            (threaded as Handler, false)
         }};
     }
     macro_rules! store {
         ($k:ident) => {{
-            fn run(h: &mut Hart, op: &Op, pc: u64) -> u64 {
+            fn threaded(h: &mut Hart, ops: &[Op; BLOCK_MAX], k: usize, pc: u64, left: usize) -> Exit {
                 const N: usize = super::mem_size(Kind::$k);
+                let op = &ops[k & (BLOCK_MAX - 1)];
                 let va = op.rs1(h).wrapping_add(op.imm());
                 if let Some(off) = h.ram_fast::<N>(va, Access::Write) {
+                    if !h.is_code(off) {
+                        // SAFETY: `ram_fast` proved `off + N` in RAM and `off` N-aligned.
+                        unsafe { h.bus.ram.store::<N>(off, op.rs2(h)) };
+                        return chain(h, ops, k, pc, op.next(pc), left);
+                    }
+                }
+                slow(h, ops, k, pc, left)
+            }
+            /// Everything but a plain RAM store: a store to a page blocks were decoded
+            /// from (it may rewrite the running block), and the full path.
+            #[cold]
+            #[inline(never)]
+            fn slow(h: &mut Hart, ops: &[Op; BLOCK_MAX], k: usize, pc: u64, left: usize) -> Exit {
+                const N: usize = super::mem_size(Kind::$k);
+                let op = &ops[k & (BLOCK_MAX - 1)];
+                let va = op.rs1(h).wrapping_add(op.imm());
+                let next = if let Some(off) = h.ram_fast::<N>(va, Access::Write) {
                     // SAFETY: `ram_fast` proved `off + N` in RAM and `off` N-aligned.
                     unsafe { h.bus.ram.store::<N>(off, op.rs2(h)) };
-                    if h.is_code(off) {
-                        h.code_written(off);
-                        return code_written(h, op.next(pc));
-                    }
-                    return op.next(pc);
-                }
-                store_slow(h, op, pc, Kind::$k)
+                    h.note_store(off);
+                    code_written(h, op.next(pc))
+                } else {
+                    store_slow(h, op, pc, Kind::$k)
+                };
+                chain(h, ops, k, pc, next, left)
             }
-            (thread!(run), false)
+            (threaded as Handler, false)
         }};
     }
     Some(match kind {
