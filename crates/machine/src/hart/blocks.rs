@@ -490,7 +490,13 @@ fn fast_handler(kind: Kind) -> Option<(Handler, bool)> {
     // function entered by a tail call.
     macro_rules! load {
         ($k:ident) => {{
-            fn threaded(h: &mut Hart, ops: &[Op; BLOCK_MAX], k: usize, pc: u64, left: usize) -> Exit {
+            fn threaded(
+                h: &mut Hart,
+                ops: &[Op; BLOCK_MAX],
+                k: usize,
+                pc: u64,
+                left: usize,
+            ) -> Exit {
                 const N: usize = super::mem_size(Kind::$k);
                 let op = &ops[k & (BLOCK_MAX - 1)];
                 let va = op.rs1(h).wrapping_add(op.imm());
@@ -513,7 +519,13 @@ fn fast_handler(kind: Kind) -> Option<(Handler, bool)> {
     }
     macro_rules! store {
         ($k:ident) => {{
-            fn threaded(h: &mut Hart, ops: &[Op; BLOCK_MAX], k: usize, pc: u64, left: usize) -> Exit {
+            fn threaded(
+                h: &mut Hart,
+                ops: &[Op; BLOCK_MAX],
+                k: usize,
+                pc: u64,
+                left: usize,
+            ) -> Exit {
                 const N: usize = super::mem_size(Kind::$k);
                 let op = &ops[k & (BLOCK_MAX - 1)];
                 let va = op.rs1(h).wrapping_add(op.imm());
