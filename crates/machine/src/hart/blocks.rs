@@ -37,7 +37,7 @@ const CODE_WRITTEN: u64 = 3;
 const NO_BLOCK: usize = usize::MAX;
 
 /// Runs op `k` of a block's ops at `pc` (a step function `fn(&mut Hart, &Op, pc) -> u64`
-/// returning the next pc, [`TRAPPED`] or [`CODE_WRITTEN`], wrapped by [`thread!`]), then, when it
+/// returning the next pc, [`TRAPPED`] or [`CODE_WRITTEN`], wrapped by `thread!`), then, when it
 /// fell through and `left` (the ops allowed from `k` on, at least 1) is not used up, the
 /// next op straight from this one (threaded dispatch: each handler has its own indirect
 /// branch to the next, which the host CPU predicts far better than one shared call site).
