@@ -272,3 +272,49 @@ fn reset_drops_work_left_at_the_cap() {
     // A stray event after reset touches nothing.
     dev.backend_event(crate::chain::MoreWork::TOKEN);
 }
+
+/// What the device offers (§5.4.3: no device-type features): indirect
+/// descriptors, EVENT_IDX, RING_RESET; and its QueueSizeMax.
+#[test]
+fn features_and_queue_size_max() {
+    let dev = Rng::<Mem>::new();
+    assert_eq!(
+        dev.device_features(),
+        bit(VIRTIO_F_INDIRECT_DESC) | bit(VIRTIO_F_EVENT_IDX) | bit(VIRTIO_F_RING_RESET)
+    );
+    assert_eq!(dev.queue_max_sizes(), [QUEUE_SIZE]);
+    assert_eq!(Rng::<Mem>::new().with_queue_size(8).queue_max_sizes(), [8]);
+    assert_eq!(Rng::<Mem>::new().with_queue_size(0).queue_max_sizes(), [1]);
+}
+
+/// A buffer longer than the host chunk (4096 bytes) is filled in pieces,
+/// exactly to its end.
+#[test]
+fn a_buffer_longer_than_a_chunk_is_filled_to_its_end_only() {
+    let (m, mut ring, mut dev, _line) = start(Box::new(Counter(0)));
+    let a = ring.alloc(5000);
+    let guard = ring.alloc(64);
+    ring.add_chain(&m, &[desc(a, 5000, true)]);
+    dev.queue_notify(0, None);
+    assert_eq!(ring.take_used(&m), vec![(0, 5000)]);
+    let mut got = vec![0u8; 5000];
+    m.read_slice(&mut got, GuestAddress(a)).unwrap();
+    assert!(got.iter().all(|&x| x & 1 == 1));
+    let mut after = [0xaau8; 64];
+    m.read_slice(&mut after, GuestAddress(guard)).unwrap();
+    assert_eq!(after, [0; 64]);
+}
+
+/// §2.6.1 (RING_RESET): a reset queue is not served; enabled again, it is.
+#[test]
+fn a_reset_queue_is_not_served_until_enabled_again() {
+    let (m, mut ring, mut dev, _line) = start(Box::new(Counter(0)));
+    dev.queue_reset(0);
+    let a = ring.alloc(8);
+    ring.add_chain(&m, &[desc(a, 8, true)]);
+    dev.queue_notify(0, None);
+    assert!(ring.take_used(&m).is_empty());
+    dev.queue_enable(0, ring.queue(0));
+    dev.queue_notify(0, None);
+    assert_eq!(ring.take_used(&m), vec![(0, 8)]);
+}
