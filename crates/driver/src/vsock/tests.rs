@@ -542,6 +542,13 @@ fn tx_slots_are_disjoint_and_an_idle_poll_checks_the_status() {
     io.rx_packets.push_back(pkt);
     io.retry_parked();
     vs.poll().unwrap();
+    // Only an event (an unknown one): no Status read either.
+    let io = vs.transport().io_mut();
+    io.rx_packets.push_back(7u32.to_le_bytes().to_vec());
+    io.handler = Some(event_from_rx);
+    io.retry_parked();
+    io.handler = Some(vsock_handler);
+    vs.poll().unwrap();
     // Nothing moved, a connection open: the device's state is read.
     assert_eq!(vs.poll(), Err(Error::DeviceNeedsReset));
 }
