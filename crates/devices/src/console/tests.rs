@@ -94,7 +94,7 @@ fn pending_input_is_bounded() {
     let (dev, _out) = Console::<Mem>::capture();
     dev.push_input(&vec![b'x'; MAX_PENDING_INPUT + 100]);
     dev.push_input(b"more");
-    assert_eq!(lock(&dev.inner).pending.len(), MAX_PENDING_INPUT);
+    assert_eq!(lock(&dev.inner).pending.len(), 64 * 1024);
 }
 
 #[test]
@@ -185,6 +185,12 @@ fn config_has_size_and_resize_notifies() {
     let mut c = [0u8; 4];
     fx.dev.read_config(0, &mut c);
     assert_eq!(c, [100, 0, 30, 0]);
+    // The handle reads back what the config space holds.
+    let handle = fx.dev.config_handle();
+    assert_eq!(handle.size(), (100, 30));
+    handle.set_size(7, 300);
+    assert_eq!(handle.size(), (7, 300));
+    assert_eq!(fx.line.config(), 2);
 }
 
 #[test]
