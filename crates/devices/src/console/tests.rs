@@ -388,3 +388,59 @@ fn output_that_keeps_up_is_written_before_the_notification_returns() {
     fx.dev.write_config(EMERG_WR_OFFSET, b"!");
     assert_eq!(captured(&out), b"first!");
 }
+
+/// A reader playing a script of results; tells `done` when dropped (the
+/// reader thread dropped it: it has stopped).
+struct Script {
+    steps: std::collections::VecDeque<io::Result<Vec<u8>>>,
+    done: std::sync::mpsc::Sender<()>,
+}
+
+impl Read for Script {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.steps.pop_front() {
+            None => Ok(0),
+            Some(Ok(b)) => {
+                buf[..b.len()].copy_from_slice(&b);
+                Ok(b.len())
+            }
+            Some(Err(e)) => Err(e),
+        }
+    }
+}
+
+impl Drop for Script {
+    fn drop(&mut self) {
+        let _ = self.done.send(());
+    }
+}
+
+/// The pending input once the reader thread has stopped.
+fn read_through(steps: Vec<io::Result<Vec<u8>>>) -> Vec<u8> {
+    let (dev, _out) = Console::<Mem>::capture();
+    let (done, stopped) = std::sync::mpsc::channel();
+    let script = Script {
+        steps: steps.into(),
+        done,
+    };
+    dev.spawn_reader("test-reader", script).unwrap();
+    stopped
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the reader thread stops");
+    let pending: Vec<u8> = lock(&dev.inner).pending.iter().copied().collect();
+    pending
+}
+
+#[test]
+fn reader_thread_reads_to_the_end_retries_eintr_and_stops_on_errors() {
+    let interrupted = || Err(io::Error::from(io::ErrorKind::Interrupted));
+    let failed = || Err(io::Error::other("gone"));
+    assert_eq!(
+        read_through(vec![Ok(b"ab".to_vec()), interrupted(), Ok(b"cd".to_vec())]),
+        b"abcd"
+    );
+    assert_eq!(
+        read_through(vec![Ok(b"ab".to_vec()), failed(), Ok(b"cd".to_vec())]),
+        b"ab"
+    );
+}
