@@ -467,3 +467,19 @@ fn input_stream_survives_the_pending_buffer_wrapping() {
         assert_eq!(got[..], input[..got.len()], "after piece {k}");
     }
 }
+
+/// A receive buffer that ends at the last byte of guest memory is
+/// filled like any other.
+#[test]
+fn receive_buffer_at_the_end_of_guest_memory() {
+    let (dev, _out) = Console::capture();
+    let mut fx = activate(dev);
+    let end = crate::test_util::MEM_SIZE as u64;
+    fx.rx.add_chain(&fx.m, &[desc(end - 4, 4, true)]);
+    fx.dev.push_input(b"tail");
+    fx.dev.queue_notify(RECEIVEQ, None);
+    assert_eq!(fx.rx.take_used(&fx.m), vec![(0, 4)]);
+    let mut got = [0u8; 4];
+    fx.m.read_slice(&mut got, GuestAddress(end - 4)).unwrap();
+    assert_eq!(&got, b"tail");
+}
