@@ -483,3 +483,58 @@ fn receive_buffer_at_the_end_of_guest_memory() {
     fx.m.read_slice(&mut got, GuestAddress(end - 4)).unwrap();
     assert_eq!(&got, b"tail");
 }
+
+/// A transmit buffer longer than the host chunk (4096 bytes) reaches the
+/// output whole, nothing more.
+#[test]
+fn transmit_longer_than_a_chunk_is_copied_whole() {
+    let (dev, out) = Console::capture();
+    let mut fx = activate(dev);
+    let data: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+    let a = fx.tx.alloc(5000);
+    fx.m.write_slice(&data, GuestAddress(a)).unwrap();
+    fx.tx.add_chain(&fx.m, &[desc(a, 5000, false)]);
+    fx.dev.queue_notify(TRANSMITQ, None);
+    assert_eq!(captured(&out), data);
+}
+
+/// What the console offers (§5.3.3), and ConfigGeneration moving with
+/// each size change (§2.5.1).
+#[test]
+fn features_and_config_generation() {
+    let (dev, _out) = Console::<Mem>::capture();
+    assert_eq!(
+        dev.device_features(),
+        bit(F_SIZE)
+            | bit(F_EMERG_WRITE)
+            | bit(VIRTIO_F_INDIRECT_DESC)
+            | bit(VIRTIO_F_EVENT_IDX)
+            | bit(VIRTIO_F_RING_RESET)
+    );
+    let g = dev.config_generation();
+    dev.set_size(10, 20);
+    assert_eq!(dev.config_generation(), g.wrapping_add(1));
+    dev.set_size(11, 20);
+    assert_eq!(dev.config_generation(), g.wrapping_add(2));
+}
+
+/// The capture keeps at most its limit: exactly the limit stays whole,
+/// one byte more drops the oldest.
+#[test]
+fn capture_at_and_just_past_its_limit() {
+    let (dev, out) = Console::<Mem>::capture_with_limit(8);
+    let mut fx = activate(dev);
+    let a = fx.tx.alloc(8);
+    fx.m.write_slice(b"abcdefgh", GuestAddress(a)).unwrap();
+    fx.tx.add_chain(&fx.m, &[desc(a, 8, false)]);
+    fx.dev.queue_notify(TRANSMITQ, None);
+    assert_eq!(captured(&out), b"abcdefgh");
+    let (dev, out) = Console::<Mem>::capture_with_limit(8);
+    let mut fx = activate(dev);
+    let a = fx.tx.alloc(9);
+    fx.m.write_slice(b"xabcdefgh", GuestAddress(a)).unwrap();
+    fx.tx.add_chain(&fx.m, &[desc(a, 1, false)]);
+    fx.tx.add_chain(&fx.m, &[desc(a + 1, 8, false)]);
+    fx.dev.queue_notify(TRANSMITQ, None);
+    assert_eq!(captured(&out), b"abcdefgh");
+}
