@@ -538,3 +538,27 @@ fn capture_at_and_just_past_its_limit() {
     fx.dev.queue_notify(TRANSMITQ, None);
     assert_eq!(captured(&out), b"abcdefgh");
 }
+
+/// §2.6.1 (RING_RESET): a reset queue is not served; enabled again, it is
+/// served at once (input waiting, output posted).
+#[test]
+fn reset_queues_are_served_again_once_enabled() {
+    let (dev, out) = Console::capture();
+    let mut fx = activate(dev);
+    fx.dev.queue_reset(RECEIVEQ);
+    fx.dev.queue_reset(TRANSMITQ);
+    let a = fx.rx.alloc(8);
+    fx.rx.add_chain(&fx.m, &[desc(a, 8, true)]);
+    fx.dev.push_input(b"abc");
+    fx.dev.queue_notify(RECEIVEQ, None);
+    assert!(fx.rx.take_used(&fx.m).is_empty());
+    let b = fx.tx.alloc(2);
+    fx.m.write_slice(b"hi", GuestAddress(b)).unwrap();
+    fx.tx.add_chain(&fx.m, &[desc(b, 2, false)]);
+    fx.dev.queue_notify(TRANSMITQ, None);
+    assert!(captured(&out).is_empty());
+    fx.dev.queue_enable(RECEIVEQ, fx.rx.queue(0));
+    assert_eq!(fx.rx.take_used(&fx.m), vec![(0, 3)]);
+    fx.dev.queue_enable(TRANSMITQ, fx.tx.queue(0));
+    assert_eq!(captured(&out), b"hi");
+}
