@@ -526,7 +526,8 @@ fn capture_at_and_just_past_its_limit() {
     let mut fx = activate(dev);
     let a = fx.tx.alloc(8);
     fx.m.write_slice(b"abcdefgh", GuestAddress(a)).unwrap();
-    fx.tx.add_chain(&fx.m, &[desc(a, 8, false)]);
+    fx.tx.add_chain(&fx.m, &[desc(a, 4, false)]);
+    fx.tx.add_chain(&fx.m, &[desc(a + 4, 4, false)]);
     fx.dev.queue_notify(TRANSMITQ, None);
     assert_eq!(captured(&out), b"abcdefgh");
     let (dev, out) = Console::<Mem>::capture_with_limit(8);
