@@ -613,3 +613,30 @@ fn every_class_driver_frees_its_pages_only_once_the_device_stopped() {
         s
     });
 }
+
+fn park(_: &mut Scripted, _: u32, _: &scripted::Chain) -> Option<u32> {
+    None
+}
+
+/// A queued zero-copy request still in flight when the device refuses to
+/// stop: its header page and the caller's buffer are leaked with the
+/// rest, never freed.
+#[test]
+fn queued_requests_of_a_device_that_never_stops_are_leaked() {
+    use vmmio_driver::blk::DmaOp;
+    use vmmio_driver::Dma;
+    let hal = CountingHal::default();
+    let mut s = block_device();
+    s.handler = Some(park);
+    let t = Transport::probe_with_limits(&mut s, limits())
+        .unwrap()
+        .unwrap();
+    let mut b = Block::new(t, hal.clone()).unwrap();
+    let buf = Dma::new(hal.clone(), 512).unwrap();
+    b.submit_dma(DmaOp::Read, 0, buf, 512).unwrap();
+    let held = hal.pages_in_use();
+    b.transport().io_mut().queue_stop_stuck = true;
+    b.transport().io_mut().reset_stuck = true;
+    assert!(matches!(b.reinit(), Err(Error::Timeout { .. })));
+    assert_eq!(hal.pages_in_use(), held);
+}

@@ -626,4 +626,28 @@ mod tests {
         b.submit_dma(DmaOp::Read, 0, dma(512), 512).unwrap();
         assert!(b.complete().unwrap().unwrap().result.is_ok());
     }
+
+    /// The largest requests are accepted: the whole buffer, and exactly
+    /// MAX_QUEUED_TRANSFER bytes.
+    #[test]
+    fn the_whole_buffer_and_the_largest_transfer_are_accepted() {
+        let mut s = device(0);
+        s.disk = vec![7; MAX_QUEUED_TRANSFER];
+        s.config[..8].copy_from_slice(&((MAX_QUEUED_TRANSFER / 512) as u64).to_le_bytes());
+        let t = Transport::probe(&mut s).unwrap().unwrap();
+        let mut b = Block::new(t, IdentityHal).unwrap();
+        let page = dma(512);
+        let n = page.len();
+        b.submit_dma(DmaOp::Read, 0, page, n).unwrap();
+        let big = dma(MAX_QUEUED_TRANSFER);
+        b.submit_dma(DmaOp::Read, 0, big, MAX_QUEUED_TRANSFER)
+            .unwrap();
+        let mut lens = Vec::new();
+        while let Some(c) = b.complete().unwrap() {
+            c.result.unwrap();
+            lens.push(c.buf.map(|d| d.len()));
+        }
+        lens.sort();
+        assert_eq!(lens, [Some(4096), Some(MAX_QUEUED_TRANSFER)]);
+    }
 }
