@@ -219,6 +219,8 @@ fn cap_with_event_idx_leaves_no_chain_stranded_sync() {
         .unwrap();
     let capped = ring.take_used(&m).len();
     assert!(capped < usize::from(total), "the cap holds: {capped} used");
+    // The cap: MAX_BATCHES batches of one queue size (16) each.
+    assert_eq!(capped, crate::chain::MAX_BATCHES as usize * 16);
     assert_eq!(dev.backend_fds().len(), 1, "more-work fd listed");
     run_backends(&mut dev, 16);
     let used = capped + ring.take_used(&m).len();
