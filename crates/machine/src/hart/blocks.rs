@@ -483,9 +483,7 @@ fn fast_handler(kind: Kind) -> Option<(Handler, bool)> {
             (thread!(run), false)
         }};
     }
-    // Loads and stores: the common case (aligned, TLB hit, RAM) inline, anything else
-    // through the full path in a cold function.
-    // Loads and stores, threaded by hand: the fast path (aligned, fast-TLB hit, RAM) calls
+    // Loads and stores, threaded by hand: the fast path (aligned, TLB hit, RAM) calls
     // nothing, so it needs no callee-saved registers; anything else continues in a cold
     // function entered by a tail call.
     macro_rules! load {
