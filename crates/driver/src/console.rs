@@ -544,6 +544,7 @@ mod tests {
         assert_ne!(s.status & vmmio_spec::status::FAILED, 0);
     }
 
+    #[cfg(feature = "std")]
     #[test]
     fn console_is_a_std_writer() {
         use std::io::Write;

@@ -388,6 +388,7 @@ mod tests {
         assert_ne!(s.status & vmmio_spec::status::FAILED, 0);
     }
 
+    #[cfg(feature = "std")]
     #[test]
     fn entropy_is_a_std_reader() {
         use std::io::Read;
