@@ -665,6 +665,23 @@ mod tests {
     }
 
     #[test]
+    fn areas_follow_the_descriptor_ring_and_features_read_back() {
+        // The driver area (driver event suppression) right after the 16-byte descriptors,
+        // the device area 4 bytes later: the addresses the transport writes to
+        // QueueDriver/QueueDevice are where the driver and device really meet.
+        let features = bit(VIRTIO_F_EVENT_IDX) | bit(VIRTIO_F_INDIRECT_DESC);
+        let mut q = PackedQueue::new(IdentityHal, 2, 8, features).unwrap();
+        assert_eq!(q.driver_addr(), q.desc_addr() + 8 * 16);
+        assert_eq!(q.device_addr(), q.desc_addr() + 8 * 16 + 4);
+        assert_eq!((q.index(), q.size()), (2, 8));
+        assert_eq!((q.indirect(), q.event_idx()), (true, true));
+        let mut plain = PackedQueue::new(IdentityHal, 0, 8, 0).unwrap();
+        assert_eq!((plain.indirect(), plain.event_idx()), (false, false));
+        q.release();
+        plain.release();
+    }
+
+    #[test]
     fn indirect_table_lists_the_segments_in_order_with_write_flags() {
         let features = bit(VIRTIO_F_INDIRECT_DESC);
         let mut q = PackedQueue::new(IdentityHal, 0, 4, features).unwrap();
